@@ -1,0 +1,1 @@
+"""Voxel and image file formats."""
