@@ -1,1 +1,62 @@
-"""Voxel and image file formats."""
+"""Voxel and image file formats, and ``load_voxels``: any supported voxel file -> a 32^3 grid."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from r2n2.data.errors import DataError
+from r2n2.data.formats.arrays import read_array
+from r2n2.data.formats.binvox import Binvox, read_binvox, write_binvox
+from r2n2.data.formats.images import composite, read_rgba
+from r2n2.data.formats.mat import read_mat
+
+VOXEL_SUFFIXES = (".binvox", ".mat", ".npy", ".npz")
+# ShapeNetVox32 resolution, the seed model's output
+RESOLUTION = 32
+
+
+def load_voxels(path: str | os.PathLike, key: str | None = None, resolution: int = RESOLUTION) -> np.ndarray:
+    """Load any supported voxel file as ``(R, R, R) bool``.
+
+    .binvox is returned in (x, y, z) order; .mat/.npy/.npz arrays keep their stored axis order.
+    A cubic grid of another resolution is brought to ``resolution`` by 3D adaptive max pooling,
+    as the seed report did for its .mat data (so thin parts survive down-sampling).
+    ``key`` picks the array in a .mat/.npz file (e.g. ``Volume``, ``instance``, ``input``).
+    """
+    suffix = Path(path).suffix.lower()
+    if suffix == ".binvox":
+        grid = read_binvox(path).data
+    elif suffix == ".mat":
+        grid = read_mat(path, key)
+    elif suffix in (".npy", ".npz"):
+        grid = read_array(path, key)
+    else:
+        raise DataError(path, f"unsupported voxel format {suffix!r}; expected one of {VOXEL_SUFFIXES}")
+    if grid.ndim != 3 or len(set(grid.shape)) != 1:
+        raise DataError(path, f"voxel grid must be cubic (N, N, N), got shape {tuple(grid.shape)}")
+    if not (np.issubdtype(grid.dtype, np.number) or grid.dtype == bool):
+        raise DataError(path, f"voxel grid has non-numeric dtype {grid.dtype}")
+    occupied = np.asarray(grid) > 0
+    if occupied.shape[0] != resolution:
+        pooled = F.adaptive_max_pool3d(torch.from_numpy(occupied).float()[None, None], resolution)
+        occupied = pooled[0, 0].numpy() > 0
+    return occupied
+
+
+__all__ = [
+    "Binvox",
+    "DataError",
+    "VOXEL_SUFFIXES",
+    "composite",
+    "load_voxels",
+    "read_array",
+    "read_binvox",
+    "read_mat",
+    "read_rgba",
+    "write_binvox",
+]

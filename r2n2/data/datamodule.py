@@ -1,0 +1,168 @@
+"""``R2N2DataModule``: any source -> object-level splits -> packed caches -> DataLoaders."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from r2n2.data.cache import Plan, ensure_packed
+from r2n2.data.dataset import PackedDataset
+from r2n2.data.sources.base import SPLITS, ErrorPolicy, Source
+from r2n2.data.splits import assign_splits, select_samples
+from r2n2.data.transforms import Augment, Preprocess
+
+log = logging.getLogger(__name__)
+
+
+class Collate:
+    """Turn a list of ``PackedDataset`` items into a batch: stack, keep ``k`` views (a random
+    k in [lo, hi] for the whole batch when lo < hi, as 3D-R2N2 draws 1..5 views per batch), and
+    preprocess ``rgba (B, k, S, S, 4) uint8`` into ``images (B, k, 3, S, S) float``."""
+
+    def __init__(self, preprocess: Preprocess, lo: int, hi: int):
+        self.preprocess, self.lo, self.hi = preprocess, lo, hi
+
+    def __call__(self, items: list[dict]) -> dict:
+        k = self.hi if self.lo == self.hi else int(torch.randint(self.lo, self.hi + 1, ()))
+        rgba = np.stack([it["rgba"][:k] for it in items])  # numpy: much faster than torch.stack here
+        return {
+            "images": self.preprocess(torch.from_numpy(rgba)),
+            "voxels": torch.from_numpy(np.stack([it["voxels"] for it in items])).float(),
+            "category": [it["category"] for it in items],
+            "category_index": torch.tensor([it["category_index"] for it in items]),
+            "object_id": [it["object_id"] for it in items],
+        }
+
+
+class R2N2DataModule(L.LightningDataModule):
+    """Splits, caches and loads a dataset source for training and evaluation.
+
+    Batches are dicts: ``images (B, V, 3, 127, 127) float`` (normalised), ``voxels (B, 32, 32, 32)
+    float`` {0, 1}, ``category`` (names), ``category_index (B,) int`` and ``object_id`` (strings).
+
+    source: a ``Source`` (``shapenet``, ``manifest`` or ``synthetic``).
+    splits: samples per split, e.g. ``{train: 20000, val: 4000, test: 1000}``; None = all.
+    split_fractions: object fractions for sources that do not fix the split themselves.
+    views_per_sample: views per training sample: an int, or ``[lo, hi]`` for a random number of
+        distinct views per batch; ``eval_views`` is the fixed number for val and test.
+    augment: False, True, or a dict of ``Augment`` fields (training split only).
+    on_error: ``raise`` on bad input, or ``skip`` bad samples and report them.
+    """
+
+    def __init__(
+        self,
+        source: Source,
+        splits: dict | None = None,
+        split_fractions: dict | None = None,
+        seed: int = 0,
+        views_per_sample: int | list[int] = 1,
+        eval_views: int = 1,
+        augment: bool | dict = False,
+        image_size: int = 127,
+        resolution: int = 32,
+        cache_dir: str = "data/cache",
+        on_error: str = "raise",
+        batch_size: int = 8,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        pack_workers: int | None = None,
+        verify_cache: bool = True,
+    ):
+        super().__init__()
+        self.source = source
+        self.sizes = {s: (splits or {}).get(s) for s in SPLITS}
+        self.fractions = dict(split_fractions or {"train": 0.7, "val": 0.1, "test": 0.2})
+        self.seed = seed
+        lo_hi = [views_per_sample] * 2 if isinstance(views_per_sample, int) else list(views_per_sample)
+        if len(lo_hi) != 2 or not 1 <= lo_hi[0] <= lo_hi[1]:
+            raise ValueError(f"data.views_per_sample must be an int >= 1 or [lo, hi], got {views_per_sample}")
+        self.train_views, self.eval_views = tuple(int(v) for v in lo_hi), int(eval_views)
+        if isinstance(augment, bool):
+            self.augment = Augment() if augment else None
+        else:
+            self.augment = Augment(**dict(augment))
+        self.image_size, self.resolution = image_size, resolution
+        self.cache_dir = Path(cache_dir).expanduser()
+        self.on_error = on_error
+        ErrorPolicy(on_error)  # validate now, not at first use
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
+        self.num_workers, self.pin_memory = num_workers, pin_memory
+        self.persistent_workers = persistent_workers and num_workers > 0
+        self.pack_workers = os.cpu_count() if pack_workers is None else pack_workers
+        self.verify_cache = verify_cache
+        self.datasets: dict[str, PackedDataset] = {}
+        self.categories: list[str] = []
+
+    # -- planning ---------------------------------------------------------------------------
+    def _views(self, split: str) -> int:
+        return self.train_views[1] if split == "train" else self.eval_views
+
+    def _plans(self) -> dict[str, Plan]:
+        errors = ErrorPolicy(self.on_error)
+        records = self.source.records(errors, self.sizes)
+        errors.write(self.cache_dir / "skipped-records.json", "dataset listing")
+        if not records:
+            raise ValueError(f"the data source found no objects: {self.source.describe()}")
+        self.categories = sorted({r.category for r in records})
+        by_split = assign_splits(records, self.fractions, self.seed)
+        plans = {}
+        for split in SPLITS:
+            samples = select_samples(by_split[split], self.sizes[split], self.seed, split)
+            if samples:
+                plans[split] = Plan.make(by_split[split], samples, all_views=self._views(split) > 1)
+        return plans
+
+    def _pack(self, split: str, plan: Plan) -> Path:
+        config = {"image_size": self.image_size, "resolution": self.resolution, "on_error": self.on_error,
+                  "voxel_key": self.source.voxel_key, "all_views": self._views(split) > 1}
+        return ensure_packed(self.cache_dir, split, plan, self.source.describe(), config,
+                             ErrorPolicy(self.on_error), self.pack_workers, self.verify_cache)
+
+    # -- Lightning hooks --------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        """Generate (synthetic) and pack every split once; Lightning runs this on rank 0 only."""
+        self.source.prepare(self.sizes)
+        for split, plan in self._plans().items():
+            self._pack(split, plan)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Open the packed splits (packing any that ``prepare_data`` did not)."""
+        if self.datasets:
+            return
+        for split, plan in self._plans().items():
+            train = split == "train"
+            self.datasets[split] = PackedDataset(
+                self._pack(split, plan), self._views(split), self.categories, train=train, seed=self.seed)
+        log.info("splits: %s", {s: len(d) for s, d in self.datasets.items()})
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        if split not in self.datasets:
+            raise ValueError(f"no {split} split: its size is 0 or the source has no {split} objects")
+        lo, hi = self.train_views if train else (self.eval_views,) * 2
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            shuffle=train,
+            drop_last=train and len(self.datasets[split]) > self.batch_size,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+            collate_fn=Collate(Preprocess(self.image_size, self.augment if train else None), lo, hi),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", train=False)

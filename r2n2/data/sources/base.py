@@ -1,0 +1,80 @@
+"""What every source yields (``ObjectRecord``), the source interface, and the bad-input policy."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from r2n2.atomic import atomic_write
+from r2n2.data.errors import DataError
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class ObjectRecord:
+    """One object: its views and its voxel file.
+
+    object_id: unique within the source, e.g. ``"03001627/1a6f615e8b1b5ae4dbbc9440457e303e"``
+    category: category name, e.g. ``"chair"``
+    images: paths of the object's views (any number >= 1)
+    voxels: path of its voxel file (.binvox, .mat, .npy or .npz)
+    split: ``"train" | "val" | "test"`` where the source fixes it (taxonomy file, manifest column),
+        else ``None`` and the split is drawn per object from a seed
+    """
+
+    object_id: str
+    category: str
+    images: tuple[str, ...]
+    voxels: str
+    split: str | None = None
+
+
+class Source(Protocol):
+    """A dataset source. ``prepare`` may write (rank 0 only); ``records`` only reads."""
+
+    #: key of the voxel array in .mat/.npz files, or None to take the single 3D array
+    voxel_key: str | None
+
+    def prepare(self, sizes: dict[str, int | None]) -> None:
+        """Make the data exist (e.g. generate it); ``sizes`` are the requested split sizes."""
+
+    def records(self, errors: "ErrorPolicy", sizes: dict[str, int | None]) -> list[ObjectRecord]:
+        """All objects of the source, in a deterministic order (``sizes`` as given to ``prepare``)."""
+
+    def describe(self) -> dict:
+        """Plain, JSON-able identity of the source (goes into the cache key)."""
+
+
+class ErrorPolicy:
+    """What to do with bad input: ``raise`` it, or ``skip`` the sample and remember why.
+
+    Skipped items are logged and written as JSON (``[{"path", "fault"}]``) by ``write``.
+    """
+
+    def __init__(self, mode: str = "raise"):
+        if mode not in ("raise", "skip"):
+            raise ValueError(f"data.on_error must be 'raise' or 'skip', got {mode!r}")
+        self.mode = mode
+        self.skipped: list[dict[str, str]] = []
+
+    def handle(self, err: DataError) -> None:
+        """Raise ``err`` in ``raise`` mode; record it in ``skip`` mode."""
+        if self.mode == "raise":
+            raise err
+        self.skipped.append({"path": err.path or "", "fault": err.fault})
+
+    def write(self, path: Path, what: str) -> None:
+        """Log how many were skipped and which, and write them to ``path`` (JSON, atomically)."""
+        if not self.skipped:
+            return
+        with atomic_write(path, "w") as f:
+            json.dump(self.skipped, f, indent=1)
+        shown = "; ".join(f"{s['path']}: {s['fault']}" for s in self.skipped[:5])
+        more = f" (+{len(self.skipped) - 5} more)" if len(self.skipped) > 5 else ""
+        log.warning("%s: skipped %d bad samples (list in %s): %s%s", what, len(self.skipped), path, shown, more)

@@ -1,0 +1,112 @@
+"""The 3D-R2N2 ShapeNet layout, as downloaded from the 3D-R2N2 project page::
+
+    <root>/ShapeNetRendering/<synset>/<model_id>/rendering/{00..23}.png, renderings.txt
+    <root>/ShapeNetVox32/<synset>/<model_id>/model.binvox
+
+with an optional taxonomy file in Pix2Vox's ``ShapeNet.json`` format (a list of
+``{"taxonomy_id", "taxonomy_name", "train": [...], "val": [...], "test": [...]}``) that fixes the
+official object-level split and the category names.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from r2n2.data.categories import R2N2_CATEGORIES
+from r2n2.data.errors import DataError
+from r2n2.data.sources.base import SPLITS, ErrorPolicy, ObjectRecord
+
+
+class ShapeNetSource:
+    """ShapeNetRendering + ShapeNetVox32 under ``root``.
+
+    taxonomy: path of a Pix2Vox-style ShapeNet.json (relative paths are taken under ``root``), or
+        None: then every object found is used and the split is drawn per object from a seed.
+    categories: synset ids or names to keep (None = all).
+    """
+
+    voxel_key = None
+
+    def __init__(
+        self,
+        root: str,
+        taxonomy: str | None = None,
+        categories: list[str] | None = None,
+        rendering_dir: str = "ShapeNetRendering",
+        voxel_dir: str = "ShapeNetVox32",
+    ):
+        self.root = Path(root).expanduser()
+        self.taxonomy = None if taxonomy is None else self.root / Path(taxonomy).expanduser()
+        self.categories = None if categories is None else [str(c) for c in categories]
+        self.rendering_dir, self.voxel_dir = rendering_dir, voxel_dir
+
+    def prepare(self, sizes: dict[str, int | None]) -> None:
+        if not (self.root / self.rendering_dir).is_dir():
+            raise DataError(self.root / self.rendering_dir, "no ShapeNetRendering folder: is data.root right?")
+
+    def describe(self) -> dict:
+        return {
+            "kind": "shapenet",
+            "root": str(self.root.resolve()),
+            "taxonomy": None if self.taxonomy is None else str(self.taxonomy.resolve()),
+            "categories": self.categories,
+        }
+
+    def _keep(self, synset: str, name: str) -> bool:
+        return self.categories is None or synset in self.categories or name in self.categories
+
+    def _listing(self) -> list[tuple[str, str, str, str | None]]:
+        """(synset, name, model_id, split) for every object, from the taxonomy or the folders."""
+        if self.taxonomy is not None:
+            try:
+                entries = json.loads(self.taxonomy.read_text())
+            except FileNotFoundError:
+                raise DataError(self.taxonomy, "taxonomy file not found") from None
+            except json.JSONDecodeError as e:
+                raise DataError(self.taxonomy, f"taxonomy is not valid JSON ({e})") from None
+            out = []
+            for entry in entries:
+                try:
+                    synset, name = str(entry["taxonomy_id"]), str(entry["taxonomy_name"])
+                    for split in SPLITS:
+                        out += [(synset, name, str(m), split) for m in entry.get(split, [])]
+                except (KeyError, TypeError) as e:
+                    raise DataError(self.taxonomy, f"not in Pix2Vox ShapeNet.json format ({e!r} in {entry!r:.80})") from None
+            return out
+        base = self.root / self.rendering_dir
+        return [
+            (syn.name, R2N2_CATEGORIES.get(syn.name, syn.name), obj.name, None)
+            for syn in sorted(p for p in base.iterdir() if p.is_dir())
+            for obj in sorted(p for p in syn.iterdir() if p.is_dir())
+        ]
+
+    def records(self, errors: ErrorPolicy, sizes: dict[str, int | None] | None = None) -> list[ObjectRecord]:
+        out = []
+        for synset, name, model, split in self._listing():
+            if not self._keep(synset, name):
+                continue
+            folder = self.root / self.rendering_dir / synset / model / "rendering"
+            try:
+                images = _view_files(folder)
+            except DataError as e:
+                errors.handle(e)
+                continue
+            voxels = self.root / self.voxel_dir / synset / model / "model.binvox"
+            out.append(ObjectRecord(f"{synset}/{model}", name, images, os.fspath(voxels), split))
+        return out
+
+
+def _view_files(folder: Path) -> tuple[str, ...]:
+    """The view images of one object: as listed in renderings.txt, else every PNG in the folder."""
+    listing = folder / "renderings.txt"
+    if listing.is_file():
+        names = [n.strip() for n in listing.read_text().splitlines() if n.strip()]
+    elif folder.is_dir():
+        names = sorted(p.name for p in folder.glob("*.png"))
+    else:
+        raise DataError(folder, "rendering folder not found")
+    if not names:
+        raise DataError(folder, "no views (empty renderings.txt and no PNG files)")
+    return tuple(os.fspath(folder / n) for n in names)
