@@ -1,0 +1,212 @@
+"""Model zoo: shapes, gradients, the hand parameter count, and what each config switch changes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from r2n2.models import (
+    Encoder2D,
+    LinearConv3dDecoder,
+    RecurrentAggregator,
+    SeedModel,
+    UpConvDecoder,
+    count_parameters,
+)
+from r2n2.models.seed import SEED_PARAMETERS
+
+S = 127  # 3D-R2N2 input size
+
+
+def images(b: int, v: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(b, v, 3, S, S, generator=torch.Generator().manual_seed(seed))
+
+
+def conv_params(c_in: int, c_out: int, k: int) -> int:
+    return c_in * c_out * k * k + c_out  # Conv2d weight + bias
+
+
+def gru_params(f: int, h: int, gates: int = 3) -> int:
+    return gates * (f * h + h * h + 2 * h)  # weight_ih, weight_hh, bias_ih, bias_hh per gate
+
+
+# --- shapes and gradients -------------------------------------------------------------------------------
+
+
+def test_encoder_spatial_sizes():
+    enc = Encoder2D()
+    sizes = []
+    for m in enc.features:
+        if isinstance(m, nn.MaxPool2d):
+            m.register_forward_hook(lambda _m, _i, out: sizes.append(out.shape[-1]))
+    out = enc(torch.randn(2, 3, S, S))
+    assert sizes == [63, 31, 15, 7, 3, 1]
+    assert out.shape == (2, 256) and enc.out_dim == 256
+
+
+@pytest.mark.parametrize("views", [1, 3])
+@pytest.mark.parametrize("decoder", ["linear_conv3d", "upconv"])
+def test_output_shape(views, decoder):
+    model = SeedModel(decoder={"name": decoder}).eval()
+    with torch.no_grad():
+        assert model(images(2, views)).shape == (2, 32, 32, 32)
+
+
+def test_forward_backward():
+    torch.manual_seed(0)
+    model = SeedModel(encoder={"norm": "batch"}, decoder={"name": "upconv"})
+    x, y = images(2, 2), (torch.rand(2, 32, 32, 32) < 0.3).float()
+    loss = nn.functional.binary_cross_entropy_with_logits(model(x), y)
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert torch.isfinite(loss) and not missing
+
+
+def test_samples_do_not_mix():
+    # each sample's output depends only on its own views: catches a (B, V) <-> (B*V) reshape mix-up
+    model = SeedModel().eval()
+    x = images(3, 2)
+    with torch.no_grad():
+        together = model(x)
+        alone = torch.cat([model(x[i : i + 1]) for i in range(3)])
+    torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-5)
+
+
+def test_view_order_reaches_the_recurrent_part():
+    model = SeedModel().eval()
+    x = images(1, 3)
+    with torch.no_grad():
+        assert not torch.allclose(model(x), model(x.flip(1)))
+
+
+def test_non_5d_input_raises():
+    with pytest.raises(ValueError, match="B, V, C, H, W"):
+        SeedModel()(torch.randn(2, 3, S, S))
+
+
+# --- parameter counts -------------------------------------------------------------------------------------
+
+
+def test_default_parameter_count_matches_the_formula():
+    encoder = (
+        conv_params(3, 96, 7)
+        + conv_params(96, 128, 3)
+        + conv_params(128, 256, 3)
+        + 3 * conv_params(256, 256, 3)
+    )
+    recurrent = gru_params(256, 128)
+    linear = 128 * 32**3 + 32**3
+    conv3d = 27 + 1
+    model = SeedModel()
+    assert count_parameters(model.encoder) == encoder == 2_190_336
+    assert count_parameters(model.recurrent) == recurrent == 148_224
+    assert count_parameters(model.decoder) == linear + conv3d
+    assert count_parameters(model) == encoder + recurrent + linear + conv3d == SEED_PARAMETERS == 6_565_660
+
+
+def test_count_parameters_trainable_only():
+    model = SeedModel()
+    model.encoder.requires_grad_(False)
+    assert count_parameters(model, trainable_only=True) == SEED_PARAMETERS - 2_190_336
+
+
+# --- config switches -----------------------------------------------------------------------------------------
+
+
+def count(model: nn.Module, kind: type) -> int:
+    return sum(isinstance(m, kind) for m in model.modules())
+
+
+def test_norm_batch_adds_batchnorm():
+    plain, batch = SeedModel(), SeedModel(encoder={"norm": "batch"})
+    assert count(plain, nn.BatchNorm2d) == 0 and count(batch, nn.BatchNorm2d) == 6
+    # conv biases (96 + 128 + 4 * 256) go, BatchNorm weight + bias (2 per channel) come
+    assert count_parameters(batch) - count_parameters(plain) == 1248
+
+
+def test_cell_lstm():
+    gru, lstm = SeedModel(), SeedModel(cell="lstm")
+    assert count(gru, nn.GRU) == 1 and count(gru, nn.LSTM) == 0
+    assert count(lstm, nn.LSTM) == 1 and count(lstm, nn.GRU) == 0
+    assert count_parameters(lstm.recurrent) == gru_params(256, 128, gates=4)
+    with torch.no_grad():
+        assert lstm.eval()(images(2, 3)).shape == (2, 32, 32, 32)
+
+
+def test_hidden_size():
+    model = SeedModel(hidden_size=64)
+    assert model.recurrent.hidden_size == 64
+    assert model.decoder.fc.in_features == 64
+    assert count_parameters(model.recurrent) == gru_params(256, 64)
+
+
+def test_upconv_is_smaller():
+    linear, upconv = SeedModel(), SeedModel(decoder={"name": "upconv"})
+    assert isinstance(linear.decoder, LinearConv3dDecoder) and isinstance(upconv.decoder, UpConvDecoder)
+    assert count_parameters(upconv.decoder) < count_parameters(linear.decoder) / 2
+    assert count(upconv, nn.ConvTranspose3d) == 3 and count(upconv, nn.BatchNorm3d) == 3
+
+
+def test_decoder_channels():
+    lin = SeedModel(decoder={"name": "linear_conv3d", "channels": 2})
+    assert lin.decoder.conv.in_channels == 2 and lin.decoder.fc.out_features == 2 * 32**3
+    up = UpConvDecoder(128, channels=(32, 16, 8, 4))
+    assert [m.out_channels for m in up.modules() if isinstance(m, nn.ConvTranspose3d)] == [16, 8, 4]
+    assert up(torch.randn(2, 128)).shape == (2, 32, 32, 32)
+
+
+def test_encoder_fc_dim_and_channels():
+    enc = Encoder2D(fc_dim=1024)  # 3D-R2N2's fully connected 1024 after flatten
+    assert enc.out_dim == 1024 and enc(torch.randn(1, 3, S, S)).shape == (1, 1024)
+    assert count_parameters(enc) == 2_190_336 + 256 * 1024 + 1024
+    model = SeedModel(encoder={"fc_dim": 1024})
+    assert model.recurrent.rnn.input_size == 1024
+    small = Encoder2D(channels=[8, 16, 16, 16, 16, 32])
+    assert small.out_dim == 32 and small(torch.randn(1, 3, S, S)).shape == (1, 32)
+
+
+def test_init_kaiming_zeroes_biases():
+    torch.manual_seed(0)
+    default, kaiming = Encoder2D(), Encoder2D(init="kaiming")
+    conv_d, conv_k = default.features[0], kaiming.features[0]
+    assert conv_d.bias.abs().sum() > 0 and conv_k.bias.abs().sum() == 0
+    # kaiming-normal std for LeakyReLU(0.01) with fan_in 3*7*7: sqrt(2 / (1 + 0.01^2) / 147) = 0.1166
+    assert conv_k.weight.std().item() == pytest.approx(0.1166, rel=0.1)
+
+
+def test_dropout_applied():
+    x = images(2, 1)
+    model = SeedModel(dropout=0.5)
+    model.train()
+    with torch.no_grad():
+        assert not torch.allclose(model(x), model(x))  # dropout draws a new mask each call
+        model.eval()
+        torch.testing.assert_close(model(x), model(x))
+    no_dropout = SeedModel(dropout=0.0).train()  # train mode alone is deterministic without dropout
+    with torch.no_grad():
+        torch.testing.assert_close(no_dropout(x), no_dropout(x))
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"cell": "rnn"},
+        {"encoder": {"norm": "layer"}},
+        {"encoder": {"init": "orthogonal"}},
+        {"decoder": {"name": "mlp"}},
+    ],
+)
+def test_unknown_switch_values_raise(kwargs):
+    with pytest.raises(ValueError):
+        SeedModel(**kwargs)
+
+
+def test_recurrent_returns_last_hidden_state():
+    agg = RecurrentAggregator(5, hidden_size=4, cell="gru")
+    x = torch.randn(2, 3, 5)
+    out, _ = agg.rnn(x)
+    torch.testing.assert_close(agg(x), out[:, -1])
+    lstm = RecurrentAggregator(5, hidden_size=4, cell="lstm")
+    out, _ = lstm.rnn(x)
+    torch.testing.assert_close(lstm(x), out[:, -1])
