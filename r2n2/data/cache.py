@@ -172,16 +172,23 @@ def read_index(folder: Path, verify: bool = True) -> dict:
         raise CacheInvalid("no index.json (partial cache)") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CacheInvalid(f"index.json is corrupt ({e})") from None
+    if not isinstance(index, dict):
+        raise CacheInvalid(f"index.json is corrupt (a {type(index).__name__}, not an object)")
     if index.get("version") != CACHE_VERSION:
         raise CacheInvalid(f"cache version {index.get('version')} != {CACHE_VERSION}")
-    s, r = index["image_size"], index["resolution"]
-    expected = {"images.u8": index["num_images"] * s * s * 4, "voxels.u8": len(index["objects"]) * r**3 // 8}
+    try:  # a hand-edited or damaged index must mean "rebuild", not a KeyError
+        s, r, n, objects, _, crc = (index[k] for k in ("image_size", "resolution", "num_images", "objects",
+                                                       "samples", "crc"))
+        expected = {"images.u8": n * s * s * 4, "voxels.u8": len(objects) * r**3 // 8}
+        crc = {name: crc[name] for name in expected}
+    except (KeyError, TypeError) as e:
+        raise CacheInvalid(f"index.json is corrupt (bad or missing field {e})") from None
     for name, nbytes in expected.items():
         path = folder / name
         if not path.is_file() or path.stat().st_size != nbytes:
             size = path.stat().st_size if path.is_file() else "missing"
             raise CacheInvalid(f"{name} has {size} bytes, expected {nbytes} (truncated or partial)")
-        if verify and _crc(path) != index["crc"][name]:
+        if verify and _crc(path) != crc[name]:
             raise CacheInvalid(f"{name} fails its CRC-32 check (corrupt)")
     return index
 

@@ -80,6 +80,8 @@ def _parse_header(f: io.BufferedIOBase, path) -> tuple[int, tuple[int, int, int]
                 break
             else:
                 raise DataError(path, f"unknown binvox header line {line.strip()!r}")
+        except DataError:  # a ValueError too: keep its own message
+            raise
         except (ValueError, IndexError):
             raise DataError(path, f"malformed binvox header line {line.strip()!r}") from None
     else:
@@ -139,11 +141,12 @@ def write_binvox(path: str | os.PathLike, vox: Binvox | np.ndarray, translate=No
         vox = Binvox(vox)
     translate = vox.translate if translate is None else translate
     scale = vox.scale if scale is None else scale
-    d, h, w = vox.dims
+    xzy = vox.data.transpose(0, 2, 1)  # back to the file's (x, z, y) order
+    d, h, w = xzy.shape  # 'dim' gives the run order's shape, as read_binvox reshapes it
     header = (
         f"#binvox {vox.version}\ndim {d} {h} {w}\n"
         f"translate {' '.join(repr(float(t)) for t in translate)}\nscale {float(scale)!r}\ndata\n"
     ).encode()
-    body = encode_runs(vox.data.transpose(0, 2, 1))  # back to the file's (x, z, y) order
+    body = encode_runs(xzy)
     with atomic_write(path) as f:
         f.write(header + body)

@@ -1,0 +1,267 @@
+"""R2N2DataModule on the real 7-object sample: batch format, exact preprocessing, multi-view samples,
+augmentation, split sizes, worker processes, and Hydra instantiation.
+
+Expected images come from a hand pipeline written here: read_rgba(path, 127) -> composite on 240 ->
+/255 -> ImageNet mean/std (REFERENCE.md). A batch image is identified by matching it against the
+hand-preprocessed views of its object, so no test depends on the order in which the cache stores them.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+import hydra.utils
+import numpy as np
+import pytest
+import torch
+
+from r2n2.data.datamodule import R2N2DataModule
+from r2n2.data.formats import load_voxels, read_rgba
+from r2n2.data.sources import ShapeNetSource
+
+MEAN = np.array([0.485, 0.456, 0.406])  # REFERENCE.md: ImageNet statistics
+STD = np.array([0.229, 0.224, 0.225])
+CATEGORIES = sorted(["airplane", "bench", "car", "chair", "lamp", "rifle", "watercraft"])
+FRACTIONS = {"train": 0.5, "val": 0.25, "test": 0.25}
+VIEWS = 24
+
+
+@pytest.fixture(scope="module")
+def root(shared_data) -> Path:
+    return shared_data / "r2n2-sample"
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")  # shared by the module's datamodules: equal configs reuse it
+
+
+def make_dm(root: Path, cache_dir: Path, **kwargs) -> R2N2DataModule:
+    args = dict(split_fractions=FRACTIONS, seed=0, batch_size=4, pack_workers=0, cache_dir=os.fspath(cache_dir))
+    dm = R2N2DataModule(ShapeNetSource(os.fspath(root)), **{**args, **kwargs})
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm
+
+
+@pytest.fixture(scope="module")
+def dm(root, cache_dir) -> R2N2DataModule:
+    return make_dm(root, cache_dir)
+
+
+@functools.lru_cache(maxsize=None)
+def hand_views(root: Path, object_id: str) -> np.ndarray:
+    """All views of an object through the hand pipeline: (24, 3, 127, 127) float64."""
+    out = []
+    for v in range(VIEWS):
+        rgba = read_rgba(root / "ShapeNetRendering" / object_id / "rendering" / f"{v:02d}.png", 127).astype(np.float64)
+        alpha = rgba[..., 3:] / 255
+        rgb = rgba[..., :3] * alpha + 240 * (1 - alpha)
+        out.append(((rgb / 255 - MEAN) / STD).transpose(2, 0, 1))
+    return np.stack(out)
+
+
+@functools.lru_cache(maxsize=None)
+def raw_views(root: Path, object_id: str) -> dict[bytes, int]:
+    """RGBA bytes (as read_rgba(path, 127) gives them) -> view index, for one object."""
+    table = {read_rgba(root / "ShapeNetRendering" / object_id / "rendering" / f"{v:02d}.png", 127).tobytes(): v
+             for v in range(VIEWS)}
+    assert len(table) == VIEWS  # the 24 views are all different images
+    return table
+
+
+def which_view(root: Path, object_id: str, image: torch.Tensor, atol: float = 1e-4) -> int | None:
+    """The view of ``object_id`` whose hand-preprocessed image equals ``image`` (3, 127, 127), or None."""
+    err = np.abs(hand_views(root, object_id) - image.double().numpy()).reshape(VIEWS, -1).max(1)
+    hits = np.flatnonzero(err < atol)
+    assert len(hits) <= 1
+    return int(hits[0]) if len(hits) else None
+
+
+def split_ids(dm: R2N2DataModule) -> dict[str, set[str]]:
+    return {s: {o["id"] for o in d.objects} for s, d in dm.datasets.items()}
+
+
+# --- batches --------------------------------------------------------------------------------------
+
+
+def test_batch_format(dm, root):
+    assert dm.categories == CATEGORIES
+    for loader in (dm.train_dataloader(), dm.val_dataloader(), dm.test_dataloader()):
+        batch = next(iter(loader))
+        assert set(batch) == {"images", "voxels", "category", "category_index", "object_id"}
+        b = len(batch["object_id"])
+        assert b == 4
+        assert batch["images"].shape == (b, 1, 3, 127, 127) and batch["images"].dtype == torch.float32
+        assert batch["voxels"].shape == (b, 32, 32, 32) and batch["voxels"].dtype == torch.float32
+        assert set(batch["voxels"].unique().tolist()) == {0.0, 1.0}
+        assert isinstance(batch["category"], list) and all(isinstance(c, str) for c in batch["category"])
+        assert batch["category_index"].shape == (b,) and not batch["category_index"].is_floating_point()
+        for i, oid in enumerate(batch["object_id"]):
+            synset, _ = oid.split("/")
+            assert batch["category"][i] == {"02691156": "airplane", "02828884": "bench", "02958343": "car",
+                                            "03001627": "chair", "03636649": "lamp", "04090263": "rifle",
+                                            "04530566": "watercraft"}[synset]
+            assert CATEGORIES[int(batch["category_index"][i])] == batch["category"][i]
+            expected = load_voxels(root / "ShapeNetVox32" / oid / "model.binvox")
+            np.testing.assert_array_equal(batch["voxels"][i].numpy(), expected.astype(np.float32))
+
+
+def test_preprocessing_is_exactly_resize_composite_scale_normalise(dm, root):
+    """Every val image equals the hand pipeline on one view of its object, and the val split (all
+    samples of its objects) shows each view exactly once."""
+    seen = []
+    for batch in dm.val_dataloader():
+        for oid, img in zip(batch["object_id"], batch["images"][:, 0]):
+            view = which_view(root, oid, img)
+            assert view is not None, f"a val image of {oid} is not the preprocessed view of any file"
+            seen.append((oid, view))
+    assert len(seen) == len(set(seen)) == VIEWS * len(split_ids(dm)["val"])
+
+
+def test_splits_are_by_object_and_cover_the_sample(dm):
+    ids = split_ids(dm)
+    assert all(ids[s] for s in ("train", "val", "test"))
+    assert not (ids["train"] & ids["val"] or ids["train"] & ids["test"] or ids["val"] & ids["test"])
+    assert len(ids["train"] | ids["val"] | ids["test"]) == 7
+    assert {s: len(d) for s, d in dm.datasets.items()} == {s: VIEWS * len(ids[s]) for s in ids}
+
+
+def test_split_sizes_in_samples(root, cache_dir):
+    dm = make_dm(root, cache_dir, splits={"train": 10, "val": 5, "test": 7})
+    assert {s: len(d) for s, d in dm.datasets.items()} == {"train": 10, "val": 5, "test": 7}
+    # the sampled objects are still only from their split
+    full = make_dm(root, cache_dir)
+    for s, ids in split_ids(dm).items():
+        assert ids <= split_ids(full)[s]
+
+
+def test_asking_more_samples_than_exist_fails_with_the_count(dm, root, cache_dir):
+    have = VIEWS * len(split_ids(dm)["train"])
+    with pytest.raises(ValueError, match=rf"has: {have} \("):
+        make_dm(root, cache_dir, splits={"train": have + 1})
+    with pytest.raises(ValueError, match=rf"has: {VIEWS * len(split_ids(dm)['val'])} \("):
+        make_dm(root, cache_dir, splits={"val": 10**6})
+
+
+# --- multi-view -----------------------------------------------------------------------------------
+
+
+def test_three_views_per_sample_are_distinct_views_of_the_same_object(root, cache_dir, dm):
+    single = dm.datasets["train"]  # the same samples, one view each: the sample's own view
+    dm = make_dm(root, cache_dir, views_per_sample=3)
+    ds = dm.datasets["train"]
+    assert len(ds) == len(single)
+    for i in range(len(ds)):
+        np.testing.assert_array_equal(ds[i]["rgba"][0], single[i]["rgba"][0])
+    firsts = []
+    for i in range(len(ds)):
+        item = ds[i]
+        assert item["rgba"].shape == (3, 127, 127, 4)
+        table = raw_views(root, item["object_id"])
+        views = [table.get(img.tobytes()) for img in item["rgba"]]
+        assert None not in views, "a view that is not one of the object's own"
+        assert len(set(views)) == 3
+        firsts.append((item["object_id"], views[0]))
+    # the first view is the sample's own: across the split each (object, view) is first exactly once
+    assert len(firsts) == len(set(firsts)) == VIEWS * len(split_ids(dm)["train"])
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["images"].shape == (4, 3, 3, 127, 127)
+    for oid, imgs in zip(batch["object_id"], batch["images"]):
+        views = [which_view(root, oid, img) for img in imgs]
+        assert None not in views and len(set(views)) == 3
+    # evaluation keeps one view unless eval_views says otherwise
+    assert next(iter(dm.val_dataloader()))["images"].shape[1] == 1
+
+
+def test_view_count_range_varies_per_batch(root, cache_dir):
+    dm = make_dm(root, cache_dir, views_per_sample=[1, 3])
+    counts = []
+    for batch in dm.train_dataloader():
+        v = batch["images"].shape[1]
+        counts.append(v)
+        for oid, imgs in zip(batch["object_id"], batch["images"]):
+            views = [which_view(root, oid, img) for img in imgs]
+            assert None not in views and len(set(views)) == v
+    assert set(counts) <= {1, 2, 3}
+    assert len(set(counts)) > 1  # 24 batches: all the same count has probability ~3 * 3^-24
+
+
+def test_eval_views_apply_to_val_and_test(root, cache_dir):
+    dm = make_dm(root, cache_dir, eval_views=3)
+    assert next(iter(dm.train_dataloader()))["images"].shape[1] == 1
+    for loader in (dm.val_dataloader, dm.test_dataloader):
+        first, second = next(iter(loader())), next(iter(loader()))
+        assert first["images"].shape == (4, 3, 3, 127, 127)
+        torch.testing.assert_close(first["images"], second["images"], rtol=0, atol=0)  # fixed per sample
+        for oid, imgs in zip(first["object_id"], first["images"]):
+            views = [which_view(root, oid, img) for img in imgs]
+            assert None not in views and len(set(views)) == 3
+    ds = dm.datasets["val"]
+    firsts = [(ds[i]["object_id"], raw_views(root, ds[i]["object_id"])[ds[i]["rgba"][0].tobytes()]) for i in range(len(ds))]
+    assert len(set(firsts)) == len(ds)
+
+
+# --- augmentation ---------------------------------------------------------------------------------
+
+
+def test_augment_changes_training_images_only(root, cache_dir):
+    dm = make_dm(root, cache_dir, augment=True)
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["images"].shape == (4, 1, 3, 127, 127) and torch.isfinite(batch["images"]).all()
+    for oid, img in zip(batch["object_id"], batch["images"][:, 0]):
+        assert which_view(root, oid, img, atol=1e-3) is None  # not exactly any preprocessed view
+    for batch in dm.val_dataloader():
+        for oid, img in zip(batch["object_id"], batch["images"][:, 0]):
+            assert which_view(root, oid, img) is not None
+    # with the augmentation off, training images are the plain preprocessed views
+    plain = next(iter(make_dm(root, cache_dir).train_dataloader()))
+    for oid, img in zip(plain["object_id"], plain["images"][:, 0]):
+        assert which_view(root, oid, img) is not None
+
+
+# --- workers and Hydra ----------------------------------------------------------------------------
+
+
+def test_worker_processes_give_the_same_val_batches(root, cache_dir, dm):
+    multi = make_dm(root, cache_dir, num_workers=2, persistent_workers=True)
+    loader = multi.val_dataloader()
+    assert loader.persistent_workers and loader.num_workers == 2
+    expected = list(dm.val_dataloader())
+    for _ in range(2):  # twice: the persistent workers serve a second epoch too
+        got = list(loader)
+        assert len(got) == len(expected)
+        for a, b in zip(got, expected):
+            assert a["object_id"] == b["object_id"] and a["category"] == b["category"]
+            torch.testing.assert_close(a["images"], b["images"], rtol=0, atol=0)
+            torch.testing.assert_close(a["voxels"], b["voxels"], rtol=0, atol=0)
+            torch.testing.assert_close(a["category_index"], b["category_index"], rtol=0, atol=0)
+
+
+def test_hydra_instantiate_from_a_plain_config(root, tmp_path):
+    cfg = {
+        "_target_": "r2n2.data.datamodule.R2N2DataModule",
+        "source": {"_target_": "r2n2.data.sources.ShapeNetSource", "root": os.fspath(root),
+                   "categories": ["chair", "car", "lamp", "bench"]},
+        "splits": {"train": 12, "val": None, "test": None},
+        "split_fractions": {"train": 0.5, "val": 0.25, "test": 0.25},
+        "views_per_sample": [1, 2],
+        "eval_views": 2,
+        "augment": {"crop": False, "flip": True, "random_background": False, "color_jitter": 0.0},
+        "batch_size": 3,
+        "pack_workers": 0,
+        "cache_dir": os.fspath(tmp_path / "cache"),
+    }
+    dm = hydra.utils.instantiate(cfg)
+    assert isinstance(dm, R2N2DataModule) and isinstance(dm.source, ShapeNetSource)
+    dm.prepare_data()
+    dm.setup("fit")
+    assert dm.categories == ["bench", "car", "chair", "lamp"]
+    assert len(dm.datasets["train"]) == 12
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["images"].shape[0] == 3 and batch["images"].shape[1] in (1, 2)
+    val = next(iter(dm.val_dataloader()))
+    assert val["images"].shape[1] == 2
+    assert set(val["category"]) <= {"bench", "car", "chair", "lamp"}
