@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 
 from r2n2.data.cache import Plan, ensure_packed
 from r2n2.data.dataset import PackedDataset
+from r2n2.data.samplers import EpochShuffleSampler, ShardSampler
 from r2n2.data.sources.base import SPLITS, ErrorPolicy, Source
 from r2n2.data.splits import assign_splits, select_samples
 from r2n2.data.transforms import Augment, Preprocess
@@ -52,6 +53,8 @@ class R2N2DataModule(L.LightningDataModule):
     views_per_sample: views per training sample: an int, or ``[lo, hi]`` for a random number of
         distinct views per batch; ``eval_views`` is the fixed number for val and test.
     augment: False, True, or a dict of ``Augment`` fields (training split only).
+    The loaders bring their own samplers (``r2n2.data.samplers``): run the Trainer with
+    ``use_distributed_sampler=False`` so that Lightning does not replace them.
     on_error: ``raise`` on bad input, or ``skip`` bad samples and report them.
     """
 
@@ -146,15 +149,25 @@ class R2N2DataModule(L.LightningDataModule):
     def _loader(self, split: str, train: bool) -> DataLoader:
         if split not in self.datasets:
             raise ValueError(f"no {split} split: its size is 0 or the source has no {split} objects")
+        dataset = self.datasets[split]
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        if train:  # the epoch is known here on resume, before Lightning's first set_epoch
+            epoch = trainer.current_epoch if trainer is not None else 0
+            sampler = EpochShuffleSampler(len(dataset), self.seed, epoch, rank, world)
+            generator = sampler.loader_generator
+        else:
+            sampler, generator = ShardSampler(len(dataset), rank, world), None
         lo, hi = self.train_views if train else (self.eval_views,) * 2
         return DataLoader(
-            self.datasets[split],
+            dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
-            drop_last=train and len(self.datasets[split]) > self.batch_size,
+            sampler=sampler,
+            drop_last=train and len(sampler) > self.batch_size,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
+            generator=generator,
             collate_fn=Collate(Preprocess(self.image_size, self.augment if train else None), lo, hi),
         )
 
