@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from r2n2.atomic import atomic_write
 from r2n2.data.errors import DataError
@@ -120,6 +121,8 @@ def pack(folder: Path, plan: Plan, image_size: int, resolution: int, voxel_key: 
         pool = mp.get_context("fork").Pool(workers) if workers > 1 else None
         try:
             results = pool.imap(_load_object, jobs, chunksize=4) if pool else map(_load_object, jobs)
+            results = tqdm(results, total=len(jobs), desc=f"packing {folder.name}", unit="object",
+                           disable=len(jobs) < 50, leave=False)
             for o, (rec, (bits, stack, kept, faults)) in enumerate(zip(plan.objects, results)):
                 for path, fault in faults:
                     errors.handle(DataError(path, fault))

@@ -6,8 +6,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from r2n2.data.errors import DataError
 from r2n2.data.formats.arrays import read_array
@@ -43,6 +41,9 @@ def load_voxels(path: str | os.PathLike, key: str | None = None, resolution: int
         raise DataError(path, f"voxel grid has non-numeric dtype {grid.dtype}")
     occupied = np.asarray(grid) > 0
     if occupied.shape[0] != resolution:
+        import torch  # imported here: the readers above are used by processes that need no torch
+        import torch.nn.functional as F
+
         pooled = F.adaptive_max_pool3d(torch.from_numpy(occupied).float()[None, None], resolution)
         occupied = pooled[0, 0].numpy() > 0
     return occupied

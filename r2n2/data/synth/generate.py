@@ -1,0 +1,210 @@
+"""Write a synthetic ShapeNet in exactly the 3D-R2N2 layout (REFERENCE.md, "Data layout"):
+
+    <root>/ShapeNetRendering/<synset>/<object_id>/rendering/{00..NN}.png   137x137 RGBA
+    <root>/ShapeNetRendering/<synset>/<object_id>/rendering/rendering_metadata.txt
+    <root>/ShapeNetRendering/<synset>/<object_id>/rendering/renderings.txt
+    <root>/ShapeNetVox32/<synset>/<object_id>/model.binvox                   solid 32^3
+    <root>/ShapeNet.json   Pix2Vox's taxonomy and object-level train/val/test split
+    <root>/synth.json      the generator's parameters and version
+
+Deterministic: object ``index`` of category ``synset`` draws everything from
+``SeedSequence([seed, int(synset), index])`` (its shape and its views from two spawned children), so
+the output is byte-identical whatever the number of workers. Atomic: everything is written into a
+temporary folder beside ``root`` and renamed into place at the end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import secrets
+import shutil
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from r2n2.atomic import atomic_write
+from r2n2.data.camera import AZIMUTH_RANGE, DIST_RATIO_RANGE, ELEVATION_RANGE, View
+from r2n2.data.synth.render import SUPERSAMPLE, render
+from r2n2.data.synth.shapes import CATEGORIES, make_object
+from r2n2.data.synth.voxelize import GRID
+
+# Bump when the output for given parameters changes (shapes, renderer, voxeliser, layout).
+GENERATOR_VERSION = 1
+DEFAULT_OBJECTS_PER_CATEGORY = 32
+DEFAULT_VIEWS = 24  # ShapeNetRendering has 24 views per object
+# Object-level split per category: Pix2Vox's ShapeNet.json is 30,643 / 4,371 / 8,770 objects (70/10/20)
+SPLIT_TENTHS = {"train": 7, "val": 1}  # the test split takes the rest
+# Pix2Vox's "baseline" entry holds 3D-R2N2's published IoU per view count; unknown for synthetic data
+BASELINE = {f"{k}-view": 0.0 for k in range(1, 6)}
+
+
+def resolve_categories(categories: Iterable[str] | None) -> list[str]:
+    """Synset ids (in CATEGORIES order) for a list of synset ids and/or names; all 13 for None."""
+    if categories is None:
+        return list(CATEGORIES)
+    by_name = {name: synset for synset, name in CATEGORIES.items()}
+    wanted = set()
+    for c in categories:
+        c = str(c).strip()
+        if c not in CATEGORIES and c not in by_name:
+            raise ValueError(f"unknown category {c!r}; use synset ids or names from {dict(CATEGORIES)}")
+        wanted.add(by_name.get(c, c))
+    return [s for s in CATEGORIES if s in wanted]
+
+
+def object_id(seed: int, synset: str, index: int) -> str:
+    """A 32-hex-digit id like ShapeNet's model ids, fixed by (seed, synset, index)."""
+    return hashlib.md5(f"r2n2-synth:{seed}:{synset}:{index}".encode()).hexdigest()
+
+
+def object_rngs(seed: int, synset: str, index: int) -> tuple[np.random.Generator, np.random.Generator]:
+    """Independent generators for an object's shape and for its views (so the view count does not
+    change the shape)."""
+    shape_seq, view_seq = np.random.SeedSequence([seed, int(synset), index]).spawn(2)
+    return np.random.default_rng(shape_seq), np.random.default_rng(view_seq)
+
+
+def _round12(x: float) -> float:
+    # 12 significant digits, as in the real rendering_metadata.txt; the file then reproduces the view exactly
+    return float(f"{x:.12g}")
+
+
+def sample_views(rng: np.random.Generator, n: int) -> list[View]:
+    """``n`` R2N2 viewpoints drawn uniformly from the ranges of ShapeNetRendering (camera.py)."""
+    draws = rng.uniform(size=(n, 3))
+    lows = np.array([AZIMUTH_RANGE[0], ELEVATION_RANGE[0], DIST_RATIO_RANGE[0]])
+    highs = np.array([AZIMUTH_RANGE[1], ELEVATION_RANGE[1], DIST_RATIO_RANGE[1]])
+    values = lows + draws * (highs - lows)
+    return [View(*(_round12(float(v)) for v in row)) for row in values]
+
+
+def split_indices(seed: int, synset: str, n: int) -> dict[str, list[int]]:
+    """Object indices of each split for one category: floor(70%) train (at least 1), floor(10%) val,
+    the rest test, assigned by a seeded permutation."""
+    order = np.random.default_rng([seed, int(synset), n, 1]).permutation(n).tolist()
+    n_train = max(min(n, 1), n * SPLIT_TENTHS["train"] // 10)
+    n_val = n * SPLIT_TENTHS["val"] // 10
+    return {"train": sorted(order[:n_train]), "val": sorted(order[n_train:n_train + n_val]),
+            "test": sorted(order[n_train + n_val:])}
+
+
+def write_renderings(root: Path, seed: int, synset: str, index: int, views: int) -> tuple:
+    """Generate object ``index`` of ``synset`` and write its renderings under ``root``. Runs in the
+    worker processes. Returns ``(object_id, packed, translate, scale)`` for ``write_voxels``, ``packed``
+    being ``np.packbits`` of the (32, 32, 32) bool voxels (4 KiB to send back instead of 32)."""
+    oid = object_id(seed, synset, index)
+    shape_rng, view_rng = object_rngs(seed, synset, index)
+    obj = make_object(synset, shape_rng)
+    folder = root / "ShapeNetRendering" / synset / oid / "rendering"
+    folder.mkdir(parents=True, exist_ok=True)
+    width = max(2, len(str(views - 1)))
+    names, lines = [], []
+    for i, view in enumerate(sample_views(view_rng, views)):
+        name = f"{i:0{width}d}.png"
+        Image.fromarray(render(obj, view), "RGBA").save(folder / name, format="PNG")
+        names.append(name)
+        lines.append(view.metadata_line())
+    (folder / "renderings.txt").write_text("".join(f"{n}\n" for n in names))
+    (folder / "rendering_metadata.txt").write_text("".join(f"{line}\n" for line in lines))
+    return oid, np.packbits(obj.voxels), tuple(float(t) for t in obj.translate), obj.scale
+
+
+def _render_task(task: tuple) -> tuple:
+    return (task[2],) + write_renderings(*task)
+
+
+def write_voxels(root: Path, synset: str, oid: str, packed: np.ndarray, translate: tuple, scale: float) -> None:
+    """Write ``model.binvox`` like ShapeNetVox32: translate = bounding-box minimum, scale = grid side."""
+    # imported here, not at module level: r2n2.data.formats pulls in torch (~2 s per worker process),
+    # so the parent writes the (small) voxel files and the workers only render
+    from r2n2.data.formats.binvox import write_binvox
+
+    voxels = np.unpackbits(packed, count=GRID**3).astype(bool).reshape(GRID, GRID, GRID)
+    write_binvox(root / "ShapeNetVox32" / synset / oid / "model.binvox", voxels, translate=translate, scale=scale)
+
+
+def parameters(objects_per_category: int, views: int, seed: int, synsets: Sequence[str]) -> dict:
+    """The contents of synth.json (everything that determines the output; not the worker count)."""
+    return {"generator": "r2n2.data.synth", "version": GENERATOR_VERSION, "seed": seed,
+            "objects_per_category": objects_per_category, "views": views, "categories": list(synsets),
+            "image_size": 137, "supersample": SUPERSAMPLE, "voxel_grid": 32,
+            "split": {"train": 0.7, "val": 0.1, "test": 0.2}}
+
+
+def _taxonomy(seed: int, synsets: Sequence[str], n: int) -> list[dict]:
+    """Pix2Vox's ShapeNet.json: one entry per category with object ids per split."""
+    entries = []
+    for synset in synsets:
+        split = split_indices(seed, synset, n)
+        entry = {"taxonomy_id": synset, "taxonomy_name": CATEGORIES[synset], "baseline": dict(BASELINE)}
+        entry.update({name: [object_id(seed, synset, i) for i in idx] for name, idx in split.items()})
+        entries.append(entry)
+    return entries
+
+
+def _pool_context():
+    # forkserver: workers start from a clean process (no inherited threads from torch / Lightning)
+    return mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
+
+
+def generate_dataset(root: str | os.PathLike, objects_per_category: int = DEFAULT_OBJECTS_PER_CATEGORY,
+                     views: int = DEFAULT_VIEWS, seed: int = 0, categories: Iterable[str] | None = None,
+                     workers: int | None = None, overwrite: bool = False) -> Path:
+    """Generate the synthetic ShapeNet into ``root`` and return it as a Path.
+
+    categories: synset ids or names (default: all 13); workers: processes (default ``os.cpu_count()``).
+    If ``root`` already holds a dataset made with the same parameters it is returned as is; another
+    non-empty ``root`` raises ``FileExistsError`` unless ``overwrite``. A run that fails is cleaned up;
+    one killed outright leaves only a hidden ``.<name>.tmp-*`` folder beside ``root`` (safe to delete),
+    never a partial ``root``.
+    """
+    if objects_per_category < 1 or views < 1:
+        raise ValueError(f"need objects_per_category >= 1 and views >= 1, got {objects_per_category}, {views}")
+    root = Path(root).expanduser().absolute()
+    synsets = resolve_categories(categories)
+    params = parameters(objects_per_category, views, seed, synsets)
+    if (root / "synth.json").is_file() and json.loads((root / "synth.json").read_text()) == params:
+        return root
+    if root.exists() and any(root.iterdir()) and not overwrite:
+        raise FileExistsError(f"{root} exists and is not this synthetic dataset; pass overwrite=True to replace it")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    tmp.mkdir()
+    try:
+        tasks = [(tmp, seed, s, i, views) for s in synsets for i in range(objects_per_category)]
+        workers = max(1, min(workers or os.cpu_count() or 1, len(tasks)))
+        if workers == 1:
+            for task in tasks:
+                write_voxels(tmp, *_render_task(task))
+        else:
+            with _pool_context().Pool(workers) as pool:
+                for result in pool.imap_unordered(_render_task, tasks, chunksize=1):
+                    write_voxels(tmp, *result)
+        with atomic_write(tmp / "ShapeNet.json", "w") as f:
+            json.dump(_taxonomy(seed, synsets, objects_per_category), f, indent=2)
+        with atomic_write(tmp / "synth.json", "w") as f:
+            json.dump(params, f, indent=2)
+        _move_into_place(tmp, root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return root
+
+
+def _move_into_place(tmp: Path, root: Path) -> None:
+    """Rename the finished ``tmp`` folder to ``root`` (replacing an empty or, by request, old one)."""
+    old = None
+    if root.exists():
+        if any(root.iterdir()):
+            old = root.parent / f".{root.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
+            os.rename(root, old)
+        else:
+            root.rmdir()
+    os.rename(tmp, root)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
