@@ -266,7 +266,7 @@ def test_taxonomy_json_splits_objects_disjointly(dataset):
     assert params["version"] >= 1 and params["seed"] == 3 and params["views"] == VIEWS
 
 
-@pytest.mark.parametrize("n, sizes", [(1, (1, 0, 0)), (10, (7, 1, 2)), (32, (22, 3, 7)), (95, (66, 9, 20))])
+@pytest.mark.parametrize("n, sizes", [(1, (1, 0, 0)), (2, (1, 0, 1)), (4, (2, 1, 1)), (10, (7, 1, 2)), (32, (22, 3, 7)), (95, (66, 9, 20))])
 def test_split_sizes_are_70_10_20(n, sizes):
     split = split_indices(0, "03001627", n)
     assert tuple(len(split[k]) for k in ("train", "val", "test")) == sizes

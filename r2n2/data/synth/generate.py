@@ -84,11 +84,12 @@ def sample_views(rng: np.random.Generator, n: int) -> list[View]:
 
 
 def split_indices(seed: int, synset: str, n: int) -> dict[str, list[int]]:
-    """Object indices of each split for one category: floor(70%) train (at least 1), floor(10%) val,
-    the rest test, assigned by a seeded permutation."""
+    """Object indices of each split for one category: floor(70%) train, floor(10%) val, the rest
+    test, assigned by a seeded permutation; every split gets at least one object when n >= 3
+    (train first, then test), so small datasets still have all three."""
     order = np.random.default_rng([seed, int(synset), n, 1]).permutation(n).tolist()
-    n_train = max(min(n, 1), n * SPLIT_TENTHS["train"] // 10)
-    n_val = n * SPLIT_TENTHS["val"] // 10
+    n_val = max(n * SPLIT_TENTHS["val"] // 10, 1 if n >= 3 else 0)
+    n_train = max(min(n, 1), min(n * SPLIT_TENTHS["train"] // 10, n - n_val - 1))
     return {"train": sorted(order[:n_train]), "val": sorted(order[n_train:n_train + n_val]),
             "test": sorted(order[n_train + n_val:])}
 
