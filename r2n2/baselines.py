@@ -1,0 +1,51 @@
+"""Baselines that use no image: the training set's mean shape, globally or per category.
+
+Thresholded, the mean shape is the best constant answer a model that ignores its input can give;
+a reconstruction model is only learning from the image once it beats it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from r2n2.data.dataset import PackedDataset
+from r2n2.metrics import THRESHOLD, voxel_iou
+
+
+def object_voxels(dataset: PackedDataset) -> torch.Tensor:
+    """Every object's grid: (N_objects, R, R, R) float {0, 1}."""
+    _, vox = dataset._arrays()
+    r = dataset.resolution
+    bits = np.unpackbits(np.asarray(vox), axis=1)[:, : r**3]
+    return torch.from_numpy(bits.reshape(-1, r, r, r).astype(np.float32))
+
+
+def mean_shapes(dataset: PackedDataset) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Mean occupancy over the samples of ``dataset``: global ``(R, R, R)`` and per category name."""
+    grids = object_voxels(dataset)
+    weight = torch.from_numpy(np.bincount(dataset.samples[:, 0], minlength=len(grids)).astype(np.float32))
+    overall = torch.einsum("n,nxyz->xyz", weight, grids) / weight.sum()
+    per_category = {}
+    for c, name in enumerate(dataset.categories):
+        w = weight * torch.from_numpy(dataset.category_index == c).float()
+        if w.sum() > 0:
+            per_category[name] = torch.einsum("n,nxyz->xyz", w, grids) / w.sum()
+    return overall, per_category
+
+
+def baseline_iou(mean: torch.Tensor | dict[str, torch.Tensor], dataset: PackedDataset,
+                 threshold: float = THRESHOLD) -> torch.Tensor:
+    """Per-sample IoU (N,) of a constant prediction on ``dataset``'s samples.
+
+    mean: a global mean shape (R, R, R), or {category: mean shape} (the category is given)."""
+    grids = object_voxels(dataset)
+    obj = torch.from_numpy(dataset.samples[:, 0])
+    if isinstance(mean, dict):
+        names = [o["category"] for o in dataset.objects]
+        fallback = torch.stack(list(mean.values())).mean(0)  # a category absent from training
+        pred_per_object = torch.stack([mean.get(n, fallback) for n in names])
+    else:
+        pred_per_object = mean.expand_as(grids)
+    per_object = voxel_iou(pred_per_object, grids, threshold)  # (N_objects,)
+    return per_object[obj]

@@ -1,0 +1,153 @@
+"""``ReconstructionModule``: the LightningModule that trains any network mapping views to voxel logits.
+
+Loss: BCE on logits (equal to BCE after the sigmoid, and safe under mixed precision). Metrics:
+``VoxelIoU`` at 0.3 (the seed report) for train/val/test, and val IoU at 0.2/0.3/0.4/0.5 and per
+category. Everything in ``hparams`` is a plain container, so checkpoints load with
+``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torchmetrics import MeanMetric
+
+from r2n2.metrics import THRESHOLD, VoxelIoU
+from r2n2.models import count_parameters
+
+# Pix2Vox reports IoU at these thresholds; the seed report at 0.3
+THRESHOLDS = (0.2, 0.3, 0.4, 0.5)
+
+
+def _present(metrics: dict, prefix: str) -> dict:
+    """Prefix the keys, dropping categories with no samples in this split (their IoU is NaN)."""
+    return {prefix + k: v for k, v in metrics.items() if not torch.isnan(v)}
+
+
+def build_network(net: dict) -> torch.nn.Module:
+    """Instantiate a network from a plain config dict with ``_target_`` (conf/model/*.yaml)."""
+    return hydra.utils.instantiate(net, _convert_="all")
+
+
+class ReconstructionModule(L.LightningModule):
+    """Wraps a network ``images: (B, V, 3, 127, 127) -> logits: (B, 32, 32, 32)``.
+
+    net: network config, e.g. ``{"_target_": "r2n2.models.SeedModel", "hidden_size": 128}``.
+    optimizer: optimizer config with ``_partial_: true`` (e.g. Adam lr 1e-3, weight decay 1e-4).
+    scheduler: LR scheduler config with ``_partial_: true`` (e.g. MultiStepLR) or None; stepped per epoch.
+    viz_every_n_epochs: log a figure of input, ground truth and prediction every N epochs (0 = never).
+    """
+
+    def __init__(self, net: dict, optimizer: dict, scheduler: dict | None = None, viz_every_n_epochs: int = 1,
+                 viz_samples: int = 4):
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = build_network(net)
+        self.train_iou = VoxelIoU(THRESHOLD)
+        self.test_iou = VoxelIoU(THRESHOLD)
+        self.val_iou = VoxelIoU(THRESHOLDS)
+        self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
+        self.categories: list[str] = []
+        self._viz_batch: dict | None = None
+
+    @property
+    def num_parameters(self) -> int:
+        return count_parameters(self.net)
+
+    def setup(self, stage: str) -> None:
+        """Per-category metrics need the datamodule's category list."""
+        dm = getattr(self.trainer, "datamodule", None)
+        cats = list(getattr(dm, "categories", []) or [])
+        if cats and cats != self.categories:
+            self.categories = cats
+            self.val_cat_iou = VoxelIoU(THRESHOLD, categories=cats)
+            self.test_cat_iou = VoxelIoU(THRESHOLD, categories=cats)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """images: (B, V, 3, 127, 127) float -> logits: (B, 32, 32, 32) float."""
+        return self.net(images)
+
+    def _step(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self(batch["images"])
+        loss = F.binary_cross_entropy_with_logits(logits.float(), batch["voxels"])
+        return loss, torch.sigmoid(logits.detach().float())
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss, probs = self._step(batch)
+        self.train_iou.update(probs, batch["voxels"])
+        bs = len(batch["voxels"])
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=bs)
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        self.log("train/iou", self.train_iou.compute()[VoxelIoU.key(THRESHOLD)], prog_bar=True)
+        self.train_iou.reset()
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        loss, probs = self._step(batch)
+        self.val_loss.update(loss, weight=len(batch["voxels"]))
+        self.val_iou.update(probs, batch["voxels"])
+        if self.categories:
+            self.val_cat_iou.update(probs, batch["voxels"], batch["category_index"])
+        if batch_idx == 0 and self._viz_batch is None:
+            self._viz_batch = {k: v[: self.hparams.viz_samples] for k, v in batch.items()}
+
+    def on_validation_epoch_end(self) -> None:
+        metrics = {"val/loss": self.val_loss.compute()}
+        ious = self.val_iou.compute()
+        metrics["val/iou"] = ious[VoxelIoU.key(THRESHOLD)]
+        metrics.update({f"val/{k}": v for k, v in ious.items()})
+        if self.categories:
+            metrics.update(_present(self.val_cat_iou.compute(), "val/"))
+            self.val_cat_iou.reset()
+        self.log("val/iou", metrics.pop("val/iou"), prog_bar=True)
+        self.log_dict(metrics)
+        self.val_loss.reset()
+        self.val_iou.reset()
+        self._log_figure()
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        loss, probs = self._step(batch)
+        self.test_loss.update(loss, weight=len(batch["voxels"]))
+        self.test_iou.update(probs, batch["voxels"])
+        if self.categories:
+            self.test_cat_iou.update(probs, batch["voxels"], batch["category_index"])
+
+    def on_test_epoch_end(self) -> None:
+        metrics = {"test/loss": self.test_loss.compute(), "test/iou": self.test_iou.compute()[VoxelIoU.key(THRESHOLD)]}
+        if self.categories:
+            metrics.update(_present(self.test_cat_iou.compute(), "test/"))
+            self.test_cat_iou.reset()
+        self.log_dict(metrics)
+        self.test_loss.reset()
+        self.test_iou.reset()
+
+    def _log_figure(self) -> None:
+        every = self.hparams.viz_every_n_epochs
+        if not every or self.trainer.sanity_checking or self._viz_batch is None or self.current_epoch % every:
+            return
+        writer = getattr(self.logger, "experiment", None)
+        if writer is None or not hasattr(writer, "add_figure") or self.global_rank != 0:
+            return
+        from r2n2.viz import reconstruction_figure
+
+        batch = self._viz_batch
+        with torch.no_grad():
+            probs = torch.sigmoid(self(batch["images"]).float())
+        fig = reconstruction_figure(batch["images"][:, 0], batch["voxels"], probs, titles=batch.get("category"))
+        writer.add_figure("val/reconstructions", fig, global_step=self.global_step)
+        if self.current_epoch == 0:
+            from r2n2.viz import denormalize
+
+            writer.add_images("val/inputs", denormalize(batch["images"][:, 0]), global_step=self.global_step)
+
+    def configure_optimizers(self) -> Any:
+        optimizer = hydra.utils.instantiate(self.hparams.optimizer)(params=self.parameters())
+        if not self.hparams.scheduler:
+            return optimizer
+        scheduler = hydra.utils.instantiate(self.hparams.scheduler)(optimizer=optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}

@@ -1,0 +1,131 @@
+"""The main job, called by ``train.py``: build data, model and trainer from the Hydra config, fit,
+test the best checkpoint, compare with the mean-shape baseline and write ``metrics.json``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import hydra
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from r2n2.atomic import atomic_write
+from r2n2.baselines import baseline_iou, mean_shapes
+from r2n2.callbacks import TrainThroughput
+from r2n2.module import ReconstructionModule
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.json"
+MONITOR = "val/iou"
+
+
+def _plain(cfg) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True) if cfg is not None else {}
+
+
+def resolve_resume(cfg: DictConfig) -> str | None:
+    """``resume=<run dir>`` -> its last.ckpt, with all outputs going back into that folder."""
+    if cfg.get("resume"):
+        run = Path(cfg.resume).expanduser()
+        ckpt = run / "checkpoints" / "last.ckpt"
+        if not ckpt.is_file():
+            raise FileNotFoundError(f"resume={run}: no checkpoints/last.ckpt in that folder")
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(run.resolve())
+        return str(ckpt)
+    if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).expanduser().is_file():
+        raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint file")
+    return cfg.get("ckpt_path")
+
+
+def build(cfg: DictConfig):
+    """Instantiate (datamodule, module, trainer, throughput callback) from the config."""
+    datamodule = hydra.utils.instantiate(cfg.data, _recursive_=True)
+    module = ReconstructionModule(net=_plain(cfg.model), optimizer=_plain(cfg.optimizer),
+                                  scheduler=_plain(cfg.scheduler) or None, **_plain(cfg.get("module")))
+    logger = hydra.utils.instantiate(cfg.logger) if cfg.get("logger") else False
+    callbacks = [hydra.utils.instantiate(c) for name, c in (cfg.get("callbacks") or {}).items()
+                 if c and not (name == "lr_monitor" and not logger)]
+    throughput = TrainThroughput()
+    trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks + [throughput], logger=logger)
+    return datamodule, module, trainer, throughput
+
+
+def _scalars(metrics: dict) -> dict:
+    """Scalar tensors -> floats, without Lightning's duplicate ``_step``/``_epoch`` keys."""
+    return {k: float(v) for k, v in metrics.items()
+            if (torch.is_tensor(v) and v.numel() == 1 or isinstance(v, float)) and not k.endswith(("_step", "_epoch"))}
+
+
+def train(cfg: DictConfig) -> dict:
+    """Run the main job; returns the metrics written to ``metrics.json`` in the run folder."""
+    L.seed_everything(cfg.seed, workers=True)
+    ckpt_path = resolve_resume(cfg)
+    out_dir = Path(cfg.paths.output_dir)
+    datamodule, module, trainer, throughput = build(cfg)
+    log.info("model %s: %s parameters", cfg.model._target_.rsplit(".", 1)[-1], f"{module.num_parameters:,}")
+    print(f"[r2n2] model {cfg.model._target_}: {module.num_parameters:,} parameters")
+
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    fit_seconds = time.perf_counter() - start
+    metrics = {k: v for k, v in _scalars(trainer.callback_metrics).items() if k.startswith(("train/", "val/"))}
+
+    if cfg.get("test", True) and trainer.limit_test_batches != 0:
+        ckpt = trainer.checkpoint_callback
+        best = "best" if ckpt is not None and ckpt.best_model_path else None
+        tested = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
+        metrics.update(_scalars(tested[0]) if tested else {})
+
+    metrics.update({
+        "parameters": module.num_parameters,
+        "epochs": trainer.current_epoch,
+        "fit_seconds": round(fit_seconds, 2),
+        "wall_seconds": round(time.perf_counter() - start, 2),
+        "train_samples_per_second": round(throughput.samples_per_second, 2),
+    })
+    if trainer.global_rank != 0:
+        return metrics
+    metrics.update(mean_shape_baseline(datamodule))
+    if "test/iou" in metrics and "baseline/global_mean_shape_test_iou" in metrics:
+        base = metrics["baseline/global_mean_shape_test_iou"]
+        print(f"[r2n2] test IoU@0.3 {metrics['test/iou']:.4f} | global mean-shape baseline {base:.4f} "
+              f"| difference {metrics['test/iou'] - base:+.4f}")
+    with atomic_write(out_dir / METRICS_FILE, "w") as f:
+        json.dump(metrics, f, indent=2, sort_keys=True)
+    if trainer.logger is not None and hasattr(trainer.logger, "log_hyperparams"):
+        hp = {k: v for k, v in metrics.items() if k.startswith(("test/", "val/iou", "baseline/"))}
+        trainer.logger.log_hyperparams(_flat(_plain(cfg)), {f"hp/{k}": v for k, v in hp.items()})
+    print(f"[r2n2] metrics written to {out_dir / METRICS_FILE}")
+    return metrics
+
+
+def mean_shape_baseline(datamodule) -> dict:
+    """Test IoU@0.3 of the training set's mean shape, thresholded (global and per category)."""
+    if not datamodule.datasets:
+        datamodule.setup()
+    train, test = datamodule.datasets.get("train"), datamodule.datasets.get("test")
+    if train is None or test is None:
+        return {}
+    overall, per_category = mean_shapes(train)
+    return {
+        "baseline/global_mean_shape_test_iou": float(baseline_iou(overall, test).mean()),
+        "baseline/category_mean_shape_test_iou": float(baseline_iou(per_category, test).mean()),
+    }
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    """Nested config -> flat {"a.b": value} with TensorBoard-friendly values."""
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat(v, key + "."))
+        else:
+            out[key] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    return out

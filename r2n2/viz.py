@@ -1,0 +1,100 @@
+"""Pictures: 3D voxel plots (matplotlib), the seed report's Figure 2 (input | ground truth |
+prediction), used by TensorBoard logging, ``r2n2-eval`` and ``r2n2-predict``."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display needed; must precede pyplot
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from mpl_toolkits.mplot3d.art3d import Poly3DCollection  # noqa: E402
+
+from r2n2.data.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+
+# a light from the upper front, for Lambertian face shading
+LIGHT = np.array([0.4, 0.5, 0.75]) / np.linalg.norm([0.4, 0.5, 0.75])
+
+
+def denormalize(images: torch.Tensor) -> torch.Tensor:
+    """``images: (N, 3, H, W)`` normalised with ImageNet mean/std -> (N, 3, H, W) in [0, 1]."""
+    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
+    return (images.float() * std + mean).clamp(0, 1)
+
+
+def _exposed_faces(grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Faces of occupied voxels that touch an empty one: quads (F, 4, 3) in plot coordinates and
+    their outward normals (F, 3). ``grid: (X, Y, Z) bool`` with y up; the plot's z is up, so grid
+    (x, y, z) is drawn at plot (z, x, y), a cyclic permutation that keeps handedness."""
+    occ = np.pad(grid.astype(bool), 1)
+    quads, normals = [], []
+    unit = np.array([[0, 0], [1, 0], [1, 1], [0, 1]], dtype=float)
+    for axis in range(3):
+        for step in (-1, 1):
+            neighbour = np.roll(occ, -step, axis=axis)
+            idx = np.argwhere(occ & ~neighbour) - 1  # voxel indices (x, y, z) with that face exposed
+            if not len(idx):
+                continue
+            others = [a for a in range(3) if a != axis]
+            corners = np.repeat(idx[:, None, :].astype(float), 4, axis=1)  # (F, 4, 3)
+            corners[:, :, axis] += 1.0 if step > 0 else 0.0
+            corners[:, :, others[0]] += unit[:, 0]
+            corners[:, :, others[1]] += unit[:, 1]
+            normal = np.zeros(3)
+            normal[axis] = step
+            quads.append(corners)
+            normals.append(np.repeat(normal[None], len(idx), axis=0))
+    if not quads:
+        return np.zeros((0, 4, 3)), np.zeros((0, 3))
+    quads, normals = np.concatenate(quads), np.concatenate(normals)
+    perm = [2, 0, 1]  # grid (x, y, z) -> plot (z, x, y)
+    return quads[..., perm], normals[:, perm]
+
+
+def plot_voxels(ax, grid: np.ndarray, color: Sequence[float] = (0.35, 0.55, 0.85), title: str | None = None) -> None:
+    """Draw ``grid: (X, Y, Z) bool`` (y up) on a 3D axis as shaded cubes (only exposed faces)."""
+    quads, normals = _exposed_faces(np.asarray(grid))
+    shade = 0.45 + 0.55 * np.clip(normals @ LIGHT, 0, 1)
+    colors = np.clip(np.asarray(color)[None, :] * shade[:, None], 0, 1)
+    ax.add_collection3d(Poly3DCollection(quads, facecolors=colors, edgecolors=colors * 0.8, linewidths=0.2))
+    n = max(grid.shape)
+    ax.set_xlim(0, n), ax.set_ylim(0, n), ax.set_zlim(0, n)
+    ax.set_box_aspect((1, 1, 1))
+    ax.view_init(elev=25, azim=-60)
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title, fontsize=9)
+
+
+def reconstruction_figure(
+    images: torch.Tensor,
+    voxels: torch.Tensor,
+    probs: torch.Tensor,
+    threshold: float = 0.3,
+    titles: Sequence[str] | None = None,
+) -> plt.Figure:
+    """The seed report's Figure 2: a row per sample of input view | ground truth | prediction.
+
+    images: (N, 3, H, W) normalised; voxels: (N, 32, 32, 32) {0, 1}; probs: (N, 32, 32, 32) in [0, 1].
+    The prediction is ``probs >= threshold``; its IoU with the ground truth is in the title.
+    """
+    from r2n2.metrics import voxel_iou
+
+    images, voxels, probs = denormalize(images).cpu(), voxels.detach().cpu(), probs.detach().float().cpu()
+    iou = voxel_iou(probs, voxels, threshold)
+    n = len(images)
+    fig = plt.figure(figsize=(7.5, 2.5 * n))
+    for i in range(n):
+        ax = fig.add_subplot(n, 3, 3 * i + 1)
+        ax.imshow(images[i].permute(1, 2, 0).numpy())
+        ax.set_axis_off()
+        ax.set_title(titles[i] if titles is not None else "input", fontsize=9)
+        plot_voxels(fig.add_subplot(n, 3, 3 * i + 2, projection="3d"), voxels[i].numpy() > 0.5, title="ground truth")
+        plot_voxels(fig.add_subplot(n, 3, 3 * i + 3, projection="3d"), probs[i].numpy() >= threshold,
+                    color=(0.85, 0.45, 0.3), title=f"prediction (IoU {iou[i]:.2f})")
+    fig.tight_layout()
+    return fig
