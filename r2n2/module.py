@@ -40,10 +40,12 @@ class ReconstructionModule(L.LightningModule):
     optimizer: optimizer config with ``_partial_: true`` (e.g. Adam lr 1e-3, weight decay 1e-4).
     scheduler: LR scheduler config with ``_partial_: true`` (e.g. MultiStepLR) or None; stepped per epoch.
     viz_every_n_epochs: log a figure of input, ground truth and prediction every N epochs (0 = never).
+    data: the data config it was trained with (kept in the checkpoint so ``r2n2-eval`` can rebuild
+        the same splits; not used here).
     """
 
     def __init__(self, net: dict, optimizer: dict, scheduler: dict | None = None, viz_every_n_epochs: int = 1,
-                 viz_samples: int = 4):
+                 viz_samples: int = 4, data: dict | None = None):
         super().__init__()
         self.save_hyperparameters()
         self.net = build_network(net)

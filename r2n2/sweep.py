@@ -21,24 +21,28 @@ COLUMNS = ("val/iou", "val/loss", "test/iou", "test/loss", "train/loss", "baseli
            "parameters", "epochs", "wall_seconds", "train_samples_per_second")
 
 
-def summarize(sweep_dir: Path) -> list[dict]:
-    """One row per job folder under ``sweep_dir``: its overrides and its metrics.json figures."""
-    rows = []
+def summarize(sweep_dir: Path) -> tuple[list[dict], list[str]]:
+    """One row per job folder under ``sweep_dir``: the overrides that vary between jobs, and the
+    job's metrics.json figures. Also returns the overrides every job shares."""
+    jobs = []
     for job in sorted((p for p in sweep_dir.iterdir() if p.is_dir()), key=lambda p: (len(p.name), p.name)):
         overrides_file = job / ".hydra" / "overrides.yaml"
-        if not overrides_file.is_file():
-            continue
-        overrides = " ".join(OmegaConf.load(overrides_file))
+        if overrides_file.is_file():
+            jobs.append((job, list(OmegaConf.load(overrides_file))))
+    common = [o for o in jobs[0][1] if all(o in ov for _, ov in jobs)] if jobs else []
+    rows = []
+    for job, overrides in jobs:
         metrics_file = job / "metrics.json"
         metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
-        row = {"job": job.name, "overrides": overrides, "status": "ok" if metrics else "failed"}
+        row = {"job": job.name, "overrides": " ".join(o for o in overrides if o not in common),
+               "status": "ok" if metrics else "failed"}
         row.update({c: metrics.get(c, "") for c in COLUMNS})
         rows.append(row)
-    return rows
+    return rows, common
 
 
 def write_summary(sweep_dir: Path) -> list[dict]:
-    rows = summarize(sweep_dir)
+    rows, common = summarize(sweep_dir)
     if not rows:
         return rows
     fields = list(rows[0])
@@ -52,7 +56,8 @@ def write_summary(sweep_dir: Path) -> list[dict]:
     def cell(v):
         return f"{v:.4f}" if isinstance(v, float) else str(v)
 
-    lines = ["| " + " | ".join(fields) + " |", "|" + "---|" * len(fields)]
+    lines = [f"Sweep {sweep_dir}; overrides shared by every job: `{' '.join(common) or '(none)'}`", "",
+             "| " + " | ".join(fields) + " |", "|" + "---|" * len(fields)]
     lines += ["| " + " | ".join(cell(r[f]) for f in fields) + " |" for r in rows]
     with atomic_write(sweep_dir / "summary.md", "w") as f:
         f.write("\n".join(lines) + "\n")

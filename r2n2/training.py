@@ -47,7 +47,8 @@ def build(cfg: DictConfig):
     """Instantiate (datamodule, module, trainer, throughput callback) from the config."""
     datamodule = hydra.utils.instantiate(cfg.data, _recursive_=True)
     module = ReconstructionModule(net=_plain(cfg.model), optimizer=_plain(cfg.optimizer),
-                                  scheduler=_plain(cfg.scheduler) or None, **_plain(cfg.get("module")))
+                                  scheduler=_plain(cfg.scheduler) or None, data=_plain(cfg.data),
+                                  **_plain(cfg.get("module")))
     logger = hydra.utils.instantiate(cfg.logger) if cfg.get("logger") else False
     callbacks = [hydra.utils.instantiate(c) for name, c in (cfg.get("callbacks") or {}).items()
                  if c and not (name == "lr_monitor" and not logger)]
@@ -99,8 +100,10 @@ def train(cfg: DictConfig) -> dict:
     with atomic_write(out_dir / METRICS_FILE, "w") as f:
         json.dump(metrics, f, indent=2, sort_keys=True)
     if trainer.logger is not None and hasattr(trainer.logger, "log_hyperparams"):
-        hp = {k: v for k, v in metrics.items() if k.startswith(("test/", "val/iou", "baseline/"))}
+        hp = {k: v for k, v in metrics.items() if k in ("test/iou", "test/loss", "val/iou", "val/loss", "train/loss")
+              or k.startswith("baseline/")}
         trainer.logger.log_hyperparams(_flat(_plain(cfg)), {f"hp/{k}": v for k, v in hp.items()})
+        trainer.logger.finalize("success")  # flush: the hparams summary is written after Lightning closed the run
     print(f"[r2n2] metrics written to {out_dir / METRICS_FILE}")
     return metrics
 

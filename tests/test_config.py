@@ -52,3 +52,16 @@ def test_default_config_resolves(tmp_path):
     OmegaConf.resolve(cfg)
     assert cfg.model._target_ == "r2n2.models.SeedModel"
     assert cfg.data.source._target_.endswith("SyntheticSource")
+
+
+@pytest.mark.parametrize("data", ["synthetic", "shapenet"])
+def test_paper_experiment_is_the_report_recipe(tmp_path, data):
+    cfg = _compose([f"paths.output_dir={tmp_path}", "experiment=paper", f"data={data}"], hydra_config=False)
+    assert OmegaConf.to_container(cfg.model.encoder) == {"norm": "none", "init": "default"}
+    assert (cfg.model.hidden_size, cfg.model.cell, cfg.model.dropout, cfg.model.decoder.name) == \
+        (128, "gru", 0.5, "linear_conv3d")
+    assert OmegaConf.to_container(cfg.data.splits) == {"train": 20000, "val": 4000, "test": 1000}
+    assert (cfg.data.batch_size, cfg.trainer.max_epochs, cfg.data.augment) == (8, 50, False)
+    assert (cfg.optimizer._target_, cfg.optimizer.lr, cfg.optimizer.weight_decay) == ("torch.optim.Adam", 1e-3, 1e-4)
+    assert (cfg.scheduler._target_.rsplit(".", 1)[-1], cfg.scheduler.gamma) == ("MultiStepLR", 0.5)
+    assert cfg.data.source._target_.endswith("ShapeNetSource" if data == "shapenet" else "SyntheticSource")

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 
 from r2n2.data.cache import Plan, ensure_packed
 from r2n2.data.dataset import PackedDataset
+from r2n2.data.errors import DataError
 from r2n2.data.samplers import EpochShuffleSampler, ShardSampler
 from r2n2.data.sources.base import SPLITS, ErrorPolicy, Source
 from r2n2.data.splits import assign_splits, select_samples
@@ -113,7 +114,8 @@ class R2N2DataModule(L.LightningDataModule):
         records = self.source.records(errors, self.sizes)
         errors.write(self.cache_dir / "skipped-records.json", "dataset listing")
         if not records:
-            raise ValueError(f"the data source found no objects: {self.source.describe()}")
+            where = getattr(self.source, "root", None) or getattr(self.source, "path", None)
+            raise DataError(where, f"no samples found (source {self.source.describe()['kind']})")
         self.categories = sorted({r.category for r in records})
         by_split = assign_splits(records, self.fractions, self.seed)
         plans = {}
@@ -122,6 +124,11 @@ class R2N2DataModule(L.LightningDataModule):
             if samples:
                 plans[split] = Plan.make(by_split[split], samples, all_views=self._views(split) > 1)
         return plans
+
+    def min_views(self, split: str) -> int:
+        """The number of views of the object with the fewest in ``split`` (0 if it is empty)."""
+        plan = self._plans().get(split)
+        return min((len(r.images) for r in plan.objects), default=0) if plan else 0
 
     def _pack(self, split: str, plan: Plan) -> Path:
         config = {"image_size": self.image_size, "resolution": self.resolution, "on_error": self.on_error,

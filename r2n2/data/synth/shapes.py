@@ -16,16 +16,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from r2n2.data.categories import R2N2_CATEGORIES
 from r2n2.data.synth.primitives import Primitive, beam, box, cylinder, ellipsoid, frustum, rotation
 from r2n2.data.synth.voxelize import GRID, voxelize
 
 # The 13 categories of the 3D-R2N2 benchmark (Choy et al. 2016; Pix2Vox's ShapeNet.json), synset -> name
-CATEGORIES: "OrderedDict[str, str]" = OrderedDict([
-    ("02691156", "airplane"), ("02828884", "bench"), ("02933112", "cabinet"), ("02958343", "car"),
-    ("03001627", "chair"), ("03211117", "display"), ("03636649", "lamp"), ("03691459", "speaker"),
-    ("04090263", "rifle"), ("04256520", "sofa"), ("04379243", "table"), ("04401088", "telephone"),
-    ("04530566", "watercraft"),
-])
+# the 13 3D-R2N2 categories, synset id -> name, in the benchmark's order
+CATEGORIES: "OrderedDict[str, str]" = OrderedDict(R2N2_CATEGORIES)
 
 
 @dataclass(frozen=True, eq=False)

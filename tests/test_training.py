@@ -1,0 +1,136 @@
+"""The main job end to end, as users run it: ``python train.py`` in real processes on tiny
+synthetic data (3 categories x 4 objects x 3 views), checkpoints, resume, TensorBoard, sweeps."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import run_train, tiny
+
+
+def test_run_writes_checkpoints_and_metrics(trained):
+    run_dir, proc = trained
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert (run_dir / "checkpoints" / "best.ckpt").is_file()
+    m = json.loads((run_dir / "metrics.json").read_text())
+    for key in ("train/loss", "train/iou", "val/loss", "val/iou", "test/loss", "test/iou", "parameters",
+                "wall_seconds", "train_samples_per_second", "baseline/global_mean_shape_test_iou"):
+        assert key in m, key
+    assert 0 <= m["test/iou"] <= 1 and m["train_samples_per_second"] > 0 and m["epochs"] == 2
+    # the parameter count printed at start is the model's
+    from r2n2.models import SeedModel, count_parameters
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    net = SeedModel(**{k: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v
+                       for k, v in cfg.model.items() if k != "_target_"})
+    assert m["parameters"] == count_parameters(net)
+    assert f"{count_parameters(net):,} parameters" in proc.stdout
+    # the test IoU is printed next to the mean-shape baseline
+    assert f"test IoU@0.3 {m['test/iou']:.4f} | global mean-shape baseline " \
+           f"{m['baseline/global_mean_shape_test_iou']:.4f}" in proc.stdout
+
+
+def test_checkpoint_loads_with_weights_only(trained):
+    run_dir, _ = trained
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
+    hp = ckpt["hyper_parameters"]
+    assert hp["net"]["_target_"] == "r2n2.models.SeedModel" and isinstance(hp["optimizer"], dict)
+    assert "optimizer_states" in ckpt and "lr_schedulers" in ckpt and ckpt["epoch"] == 1
+    from r2n2.module import ReconstructionModule
+
+    module = ReconstructionModule(**hp)
+    module.load_state_dict(ckpt["state_dict"])
+
+
+def test_tensorboard_has_scalars_images_figure_and_hparams(trained):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir, _ = trained
+    tags = {"scalars": set(), "images": set(), "hparams": False}
+    for f in (run_dir / "tensorboard").glob("events.out.tfevents.*"):
+        ea = EventAccumulator(str(f), size_guidance={"images": 0, "scalars": 0, "tensors": 0})
+        ea.Reload()
+        tags["scalars"] |= set(ea.Tags()["scalars"])
+        tags["images"] |= set(ea.Tags()["images"])
+        try:
+            tags["hparams"] |= bool(ea.PluginTagToContent("hparams"))
+        except KeyError:
+            pass
+    expected = {"train/loss_step", "train/iou", "val/loss", "val/iou", "val/iou@0.2", "val/iou@0.3", "val/iou@0.4",
+                "val/iou@0.5", "test/loss", "test/iou", "lr-Adam"}
+    assert expected <= tags["scalars"], expected - tags["scalars"]
+    assert {"val/reconstructions", "val/inputs"} <= tags["images"]
+    assert tags["hparams"]
+
+
+def test_resume_after_a_crash_equals_an_uninterrupted_run(data_dir, trained, tmp_path):
+    """Kill a run (SIGKILL) as its second epoch starts, resume it from its folder: same final
+    weights and metrics as the uninterrupted 2-epoch run."""
+    straight_dir, _ = trained
+    crashed = tmp_path / "crashed"
+    proc = run_train(tiny(data_dir) + ["+callbacks.crash._target_=crash.CrashAtEpoch"], crashed, check=False)
+    assert proc.returncode != 0 and not (crashed / "metrics.json").exists()
+    first = torch.load(crashed / "checkpoints" / "last.ckpt", weights_only=True)
+    assert first["epoch"] == 0
+
+    run_train(tiny(data_dir) + [f"resume={crashed}"], tmp_path / "resumed-hydra")
+    a = torch.load(straight_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    b = torch.load(crashed / "checkpoints" / "last.ckpt", weights_only=True)
+    assert a["epoch"] == b["epoch"] == 1
+    for k, v in a["state_dict"].items():
+        assert torch.equal(v, b["state_dict"][k]), k
+    ma = json.loads((straight_dir / "metrics.json").read_text())
+    mb = json.loads((crashed / "metrics.json").read_text())
+    for key in ("train/loss", "val/loss", "val/iou", "test/loss", "test/iou"):
+        assert ma[key] == mb[key], key
+
+
+def test_sweep_runs_each_job_in_its_folder_and_writes_a_summary(data_dir, tmp_path):
+    sweep = tmp_path / "sweep"
+    args = ["-m", "optimizer.lr=1e-3,3e-4", *tiny(data_dir, epochs=1), "logger=none", "test=false",
+            f"hydra.sweep.dir={sweep}"]
+    run_train(args)
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    assert [p.name for p in jobs] == ["0", "1"]
+    assert all((p / "metrics.json").is_file() and (p / "checkpoints" / "last.ckpt").is_file() for p in jobs)
+    csv_text = (sweep / "summary.csv").read_text()
+    md = (sweep / "summary.md").read_text()
+    for job, lr in zip(jobs, ("optimizer.lr=0.001", "optimizer.lr=0.0003")):  # Hydra normalises the values
+        assert f"{job.name},{lr}," in csv_text and f"| {job.name} | {lr} |" in md
+    for p in jobs:
+        val = json.loads((p / "metrics.json").read_text())["val/iou"]
+        assert f"{val:.4f}" in md
+
+
+def test_ddp_two_cpu_processes_log_the_iou_one_process_computes(data_dir, tmp_path):
+    """trainer=ddp_cpu: 2 gloo processes (ddp_spawn). The val IoU they log equals the IoU one
+    process computes with the final weights on the same validation data (odd-sized: 9 samples)."""
+    import hydra
+    from omegaconf import OmegaConf
+
+    from r2n2.metrics import VoxelIoU
+    from r2n2.module import ReconstructionModule
+
+    run_dir = tmp_path / "ddp"
+    run_train(tiny(data_dir, epochs=1) + ["trainer=ddp_cpu", "trainer.precision=32", "logger=none", "test=false",
+                                          "model.encoder.norm=batch"], run_dir)
+    logged = json.loads((run_dir / "metrics.json").read_text())["val/iou"]
+
+    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    dm = hydra.utils.instantiate(cfg.data)
+    dm.setup()
+    assert len(dm.datasets["val"]) % 2 == 1  # the two processes get 5 and 4 samples, no padding
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    module = ReconstructionModule(**ckpt["hyper_parameters"])
+    module.load_state_dict(ckpt["state_dict"])
+    module.eval()
+    iou = VoxelIoU(0.3)
+    with torch.no_grad():
+        for batch in dm.val_dataloader():
+            iou.update(torch.sigmoid(module(batch["images"])), batch["voxels"])
+    assert logged == pytest.approx(float(iou.compute()["iou@0.3"]), abs=1e-5)
