@@ -98,3 +98,51 @@ def reconstruction_figure(
                     color=(0.85, 0.45, 0.3), title=f"prediction (IoU {iou[i]:.2f})")
     fig.tight_layout()
     return fig
+
+
+def iou_threshold_figure(thresholds: np.ndarray, ious: np.ndarray, categories: Sequence[str]) -> plt.Figure:
+    """IoU against threshold, one line per category and the mean over samples.
+
+    thresholds: (G,); ious: (N, G) per-sample IoU at each threshold; categories: (N,) names.
+    """
+    categories = np.asarray(categories)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for c in sorted(set(categories.tolist())):
+        ax.plot(thresholds, ious[categories == c].mean(0), lw=1, label=c)
+    ax.plot(thresholds, ious.mean(0), "k", lw=2.5, label="all (mean over samples)")
+    ax.set_xlabel("threshold t (occupied where p >= t)")
+    ax.set_ylabel("IoU")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def save(fig: plt.Figure, path, dpi: int = 100) -> None:
+    """Write ``fig`` as PNG atomically and close it."""
+    import io
+
+    from r2n2.atomic import atomic_write
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    with atomic_write(path) as f:
+        f.write(buf.getvalue())
+
+
+def prediction_figure(images: torch.Tensor, probs: np.ndarray, threshold: float = 0.3,
+                      titles: Sequence[str] | None = None) -> plt.Figure:
+    """The input views and the predicted shape: images (V, 3, H, W) normalised; probs (R, R, R)."""
+    images = denormalize(images).cpu()
+    n = len(images)
+    fig = plt.figure(figsize=(2.6 * (n + 1), 2.8))
+    for i in range(n):
+        ax = fig.add_subplot(1, n + 1, i + 1)
+        ax.imshow(images[i].permute(1, 2, 0).numpy())
+        ax.set_axis_off()
+        ax.set_title(titles[i] if titles is not None else f"view {i + 1}", fontsize=9)
+    plot_voxels(fig.add_subplot(1, n + 1, n + 1, projection="3d"), np.asarray(probs) >= threshold,
+                color=(0.85, 0.45, 0.3), title=f"prediction (p >= {threshold:g})")
+    fig.tight_layout()
+    return fig

@@ -82,3 +82,40 @@ class _RGBOnly(torch.nn.Module):
 
     def forward(self, rgba: torch.Tensor) -> torch.Tensor:
         return torch.cat([self.transform(rgba[:3]), rgba[3:]])
+
+
+# ShapeNetRendering objects span about this share of the image side (the alpha bounding box's longer
+# side over 137 px, 7 real objects x 24 views: mean 0.66, range 0.36-0.93); photos are framed to match
+OBJECT_FILL = 0.7
+
+
+def frame_object(rgba: "np.ndarray", fill: float = OBJECT_FILL, tolerance: int = 30) -> "np.ndarray":
+    """Pad or crop an image to a square centred on the object, the object spanning ``fill`` of it.
+
+    rgba: (H, W, 4) uint8. The object is where alpha > 0 if the image has transparency, else where
+    the colour differs by more than ``tolerance`` from the background (the median border colour).
+    Padding uses the background (transparent, or the border colour). Returns (S, S, 4) uint8.
+    """
+    import numpy as np
+
+    alpha = rgba[..., 3]
+    if (alpha < 255).any():
+        mask, fill_value = alpha > 0, np.zeros(4, np.uint8)
+    else:
+        border = np.concatenate([rgba[0], rgba[-1], rgba[:, 0], rgba[:, -1]])[:, :3]
+        background = np.median(border, axis=0)
+        mask = (np.abs(rgba[..., :3].astype(np.int16) - background).max(-1) > tolerance)
+        fill_value = np.r_[background.astype(np.uint8), 255]
+    if not mask.any():
+        mask = np.ones_like(mask)
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    cy, cx = (rows[0] + rows[-1] + 1) / 2, (cols[0] + cols[-1] + 1) / 2
+    side = max(int(round(max(rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1) / fill)), 1)
+    top, left = int(round(cy - side / 2)), int(round(cx - side / 2))
+    out = np.tile(fill_value, (side, side, 1))
+    h, w = alpha.shape
+    src_r, src_c = slice(max(top, 0), min(top + side, h)), slice(max(left, 0), min(left + side, w))
+    dst_r = slice(src_r.start - top, src_r.stop - top)
+    dst_c = slice(src_c.start - left, src_c.stop - left)
+    out[dst_r, dst_c] = rgba[src_r, src_c]
+    return out

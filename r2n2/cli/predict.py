@@ -1,0 +1,102 @@
+"""``r2n2-predict``: reconstruct a 3D shape from your own photos of one object.
+
+    r2n2-predict --ckpt outputs/train/<run>/checkpoints/best.ckpt photo.jpg [more.jpg ...] --out pred/
+
+Any PNG/JPEG, any size, RGB or RGBA: each is padded or cropped to a square around the object,
+resized to 127x127 and normalised exactly as in training; several images are fed as views of one
+object. Writes prediction.npy (probabilities, (32, 32, 32) float32 in (x, y, z) order, y up),
+prediction.binvox (thresholded; readable by binvox_rw and viewvox), prediction.obj (marching-cubes
+mesh of the unit cube centred at the origin) and prediction.png (inputs and the 3D prediction).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from r2n2.atomic import atomic_write
+from r2n2.checkpoint import CheckpointError, load_module
+from r2n2.data.errors import DataError
+from r2n2.metrics import THRESHOLD
+
+
+def load_views(paths: list[str], size: int = 127) -> torch.Tensor:
+    """Photos -> ``images: (1, V, 3, size, size)`` normalised like the training data."""
+    from PIL import Image
+
+    from r2n2.data.formats import read_rgba
+    from r2n2.data.transforms import Preprocess, frame_object
+
+    views = []
+    for p in paths:
+        square = frame_object(read_rgba(p))
+        im = Image.fromarray(square, "RGBA").convert("RGBa").resize((size, size), Image.BILINEAR).convert("RGBA")
+        views.append(np.asarray(im))
+    return Preprocess(size)(torch.from_numpy(np.stack(views))[None])
+
+
+def write_obj(path: Path, probs: np.ndarray, threshold: float) -> int:
+    """Marching-cubes mesh of ``probs >= threshold`` (scikit-image), vertices in the unit cube centred
+    at the origin, (x, y, z) with y up. Returns the number of faces (0: nothing above threshold)."""
+    from skimage.measure import marching_cubes
+
+    padded = np.pad(probs.astype(np.float32), 1)
+    if padded.max() < threshold:
+        faces, verts = np.zeros((0, 3), int), np.zeros((0, 3))
+    else:
+        verts, faces, _, _ = marching_cubes(padded, level=threshold)
+        verts = (verts - 1 + 0.5) / probs.shape[0] - 0.5  # padded index -> voxel-centre coordinates
+    buf = io.StringIO()
+    buf.write("# r2n2-predict: marching cubes at p = %g\n" % threshold)
+    np.savetxt(buf, verts, fmt="v %.5f %.5f %.5f")
+    np.savetxt(buf, faces[:, ::-1] + 1, fmt="f %d %d %d")  # 1-based, outward-facing winding
+    with atomic_write(path, "w") as f:
+        f.write(buf.getvalue())
+    return len(faces)
+
+
+def predict(ckpt: str, images: list[str], out: str, threshold: float = THRESHOLD) -> dict:
+    from r2n2.data.formats.binvox import Binvox, write_binvox
+    from r2n2.viz import prediction_figure, save
+
+    module, _ = load_module(ckpt)
+    views = load_views(images)
+    with torch.no_grad():
+        probs = torch.sigmoid(module(views).float())[0].numpy()
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    np.save(buf, probs.astype(np.float32))
+    with atomic_write(out_dir / "prediction.npy") as f:
+        f.write(buf.getvalue())
+    # the grid is a cube of side 1 centred at the origin, as ShapeNetVox32 (binvox 'translate' is its corner)
+    write_binvox(out_dir / "prediction.binvox", Binvox(probs >= threshold, translate=(-0.5, -0.5, -0.5), scale=1.0))
+    faces = write_obj(out_dir / "prediction.obj", probs, threshold)
+    save(prediction_figure(views[0], probs, threshold, [Path(p).name for p in images]), out_dir / "prediction.png")
+    return {"occupied": int((probs >= threshold).sum()), "faces": faces, "out": str(out_dir)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="r2n2-predict", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ckpt", required=True, help="a training checkpoint (.ckpt)")
+    ap.add_argument("images", nargs="+", help="photos of one object (PNG/JPEG, any size)")
+    ap.add_argument("--out", required=True, help="output folder")
+    ap.add_argument("--threshold", type=float, default=THRESHOLD, help=f"occupancy threshold (default {THRESHOLD})")
+    args = ap.parse_args(argv)
+    try:
+        info = predict(args.ckpt, args.images, args.out, args.threshold)
+    except (CheckpointError, DataError) as e:
+        print(f"r2n2-predict: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(f"[r2n2-predict] {len(args.images)} view(s): {info['occupied']} occupied voxels, "
+          f"{info['faces']} mesh faces -> {info['out']}/prediction.{{npy,binvox,obj,png}}")
+
+
+if __name__ == "__main__":
+    main()

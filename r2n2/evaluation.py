@@ -1,0 +1,152 @@
+"""Evaluation as papers report it: IoU per category and overall at several thresholds (mean over
+samples and mean of category means), F-score@1%, for 1..5 views, against two image-free baselines
+(the training set's mean shape, globally and per category), with the threshold chosen on val.
+
+Everything here works on plain per-sample arrays so the figures are easy to check by hand.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from r2n2.baselines import mean_shapes, object_voxels
+from r2n2.data.dataset import PackedDataset
+from r2n2.metrics import FSCORE_DISTANCE, FSCORE_POINTS, fscore_points, surface_points, voxel_iou_thresholds
+
+# a fine grid for choosing the threshold on val (Pix2Vox scans 0.2..0.5; DRC picks t on val)
+SELECTION_GRID = tuple(np.round(np.arange(0.05, 0.951, 0.05), 2))
+
+
+@dataclass
+class Scores:
+    """Per-sample scores of one predictor on one split.
+
+    category: (N,) names; iou: (N, T) at ``thresholds``; fscore: (N,) at ``fscore_threshold``.
+    """
+
+    category: np.ndarray
+    thresholds: tuple[float, ...]
+    iou: np.ndarray
+    fscore: np.ndarray | None = None
+    fscore_threshold: float | None = None
+    extra: dict = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        """{"iou@t": {"mean_over_samples", "mean_of_category_means", "per_category"}, "fscore@1%": ...}."""
+        out = {f"iou@{t:g}": _summarise(self.iou[:, j], self.category) for j, t in enumerate(self.thresholds)}
+        if self.fscore is not None:
+            out["fscore@1%"] = {**_summarise(self.fscore, self.category), "at_threshold": self.fscore_threshold}
+        return out
+
+
+def _summarise(values: np.ndarray, category: np.ndarray) -> dict:
+    cats = sorted(set(category.tolist()))
+    per = {c: float(values[category == c].mean()) for c in cats}
+    return {"mean_over_samples": float(values.mean()), "mean_of_category_means": float(np.mean(list(per.values()))),
+            "per_category": per}
+
+
+@torch.no_grad()
+def predict(net: torch.nn.Module, loader, device: torch.device, autocast_dtype: torch.dtype | None = None):
+    """Run ``net`` over ``loader``. Returns probabilities (N, R, R, R) float16 on the CPU, the
+    ground truth (N, R, R, R) bool, and the category names (N,)."""
+    net.eval().to(device)
+    probs, gts, cats = [], [], []
+    for batch in loader:
+        images = batch["images"].to(device)
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            logits = net(images)
+        probs.append(torch.sigmoid(logits.float()).cpu().half())
+        gts.append(batch["voxels"].bool())
+        cats += list(batch["category"])
+    return torch.cat(probs), torch.cat(gts), np.array(cats)
+
+
+def score(probs: torch.Tensor, gts: torch.Tensor, category: np.ndarray, thresholds, fscore_threshold: float | None,
+          gt_points: list[np.ndarray] | None = None, distance: float = FSCORE_DISTANCE,
+          points: int = FSCORE_POINTS) -> Scores:
+    """IoU at every threshold, and F-score at ``fscore_threshold`` (None = skip it)."""
+    iou = voxel_iou_thresholds(probs.float(), gts, torch.tensor(list(thresholds))).numpy()
+    fs = None
+    if fscore_threshold is not None:
+        pred = (probs.float() >= fscore_threshold).numpy()
+        if gt_points is None:
+            gt_points = [surface_points(g, points, seed=1) for g in gts.numpy()]
+        fs = np.array([fscore_points(surface_points(p, points, seed=0), g, distance) for p, g in zip(pred, gt_points)])
+    return Scores(category, tuple(thresholds), iou, fs, fscore_threshold)
+
+
+def constant_predictions(mean: torch.Tensor | dict, dataset: PackedDataset) -> torch.Tensor:
+    """Each sample's prediction from a mean shape (global, or per category): (N, R, R, R)."""
+    names = [dataset.objects[o]["category"] for o in dataset.samples[:, 0]]
+    if isinstance(mean, dict):
+        fallback = torch.stack(list(mean.values())).mean(0)
+        return torch.stack([mean.get(n, fallback) for n in names])
+    return mean.expand(len(names), *mean.shape)
+
+
+def sample_voxels(dataset: PackedDataset) -> torch.Tensor:
+    """Ground truth of every sample, in sample order: (N, R, R, R) bool."""
+    return object_voxels(dataset)[torch.from_numpy(dataset.samples[:, 0])].bool()
+
+
+def baselines(train: PackedDataset, split: PackedDataset) -> dict[str, torch.Tensor]:
+    """The two image-free predictors on ``split``: {name: probabilities (N, R, R, R)}."""
+    overall, per_category = mean_shapes(train)
+    return {"global mean shape": constant_predictions(overall, split),
+            "category mean shape": constant_predictions(per_category, split)}
+
+
+def select_threshold(probs: torch.Tensor, gts: torch.Tensor, grid=SELECTION_GRID) -> tuple[float, float]:
+    """The threshold in ``grid`` with the best mean IoU over samples (use on val only). -> (t, IoU)."""
+    iou = voxel_iou_thresholds(probs.float(), gts, torch.tensor(list(grid))).mean(0).numpy()
+    best = int(np.argmax(iou))
+    return float(grid[best]), float(iou[best])
+
+
+def markdown_report(result: dict) -> str:
+    """eval.md: the 3D-R2N2 paper's per-category layout (categories x view counts), then overall
+    IoU at each threshold, F-score@1%, and the threshold chosen on val."""
+    t = result["threshold"]
+    key = f"iou@{t:g}"
+    model = result["model"]
+    views = sorted(model, key=int)
+    base = result["baselines"]
+    cats = sorted(model[views[0]][key]["per_category"])
+    head = ["category"] + [f"{v} view{'s' if v != '1' else ''}" for v in views] + list(base)
+    lines = [f"## IoU@{t:g} per category, {result['split']} split ({result['num_samples']} samples)", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def row(name, pick):
+        cells = [pick(model[v][key]) for v in views] + [pick(base[b][key]) for b in base]
+        return f"| {name} | " + " | ".join(f"{c:.3f}" for c in cells) + " |"
+
+    for c in cats:
+        lines.append(row(c, lambda s, c=c: s["per_category"].get(c, float("nan"))))
+    lines.append(row("**mean over samples** (Pix2Vox)", lambda s: s["mean_over_samples"]))
+    lines.append(row("**mean of category means** (3D-R2N2)", lambda s: s["mean_of_category_means"]))
+
+    lines += ["", f"## Overall, {result['split']} split: mean over samples / mean of category means", "",
+              "| measure | " + " | ".join(f"model, {v} view{'s' if v != '1' else ''}" for v in views)
+              + " | " + " | ".join(base) + " |",
+              "|" + "---|" * (1 + len(views) + len(base))]
+    measures = [f"iou@{x:g}" for x in result["thresholds"]] + ["fscore@1%"]
+    for m in measures:
+        cells = [model[v].get(m) for v in views] + [base[b].get(m) for b in base]
+        fmt = ["-" if c is None else f"{c['mean_over_samples']:.3f} / {c['mean_of_category_means']:.3f}" for c in cells]
+        name = f"IoU@{m[4:]}" if m.startswith("iou") else f"F-score@1% (at t={t:g})"
+        lines.append(f"| {name} | " + " | ".join(fmt) + " |")
+
+    sel = result.get("threshold_selection")
+    if sel:
+        lines += ["", f"## Threshold chosen on val (never on test): t = {sel['threshold']:g}", "",
+                  f"val IoU {sel['val_iou']:.3f} at t = {sel['threshold']:g} (1 view); on test: IoU "
+                  f"{sel['test_iou']:.3f} (mean over samples), {sel['test_iou_class_mean']:.3f} (mean of "
+                  f"category means), F-score@1% {sel['test_fscore']:.3f}."]
+    lines += ["", "Mean over samples: Pix2Vox's average. Mean of category means: 3D-R2N2's and Occupancy "
+              "Networks' headline figure. Baselines use no image: the training set's mean occupancy, "
+              f"thresholded at {t:g} (category mean shape: the category is given)."]
+    return "\n".join(lines) + "\n"
