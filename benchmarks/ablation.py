@@ -12,11 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from r2n2.machine import describe_machine
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,16 +37,6 @@ VARIANTS = {
 KEYS = {"paper": "paper", "dropout0": "paper, dropout 0", "hidden512": "paper, hidden 512",
         "upconv": "paper, up-conv decoder", "kaiming": "kaiming init", "batchnorm": "batchnorm",
         "kaiming_upconv": "kaiming init + up-conv decoder", "batchnorm_upconv": "batchnorm + up-conv decoder"}
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:
@@ -76,7 +67,7 @@ def main() -> None:
     lines = [
         f"Budget: {args.epochs} epoch(s) of {base.get('train_samples', 'all')} training samples, batch "
         f"{args.batch_size}, Adam 1e-3 (wd 1e-4), constant lr, bf16-mixed, seed 0; synthetic dataset "
-        f"defaults; machine: {cpu_name()}, {os.cpu_count()} CPU cores.",
+        f"defaults; machine: {describe_machine()}.",
         f"Global mean-shape baseline (test IoU@0.3): {base['baseline/global_mean_shape_test_iou']:.3f}; "
         f"per-category mean shape: {base['baseline/category_mean_shape_test_iou']:.3f}.",
         "",

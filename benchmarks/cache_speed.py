@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import tempfile
 import time
 
@@ -18,6 +17,7 @@ import torch
 
 from r2n2.data.datamodule import R2N2DataModule
 from r2n2.data.sources import ShapeNetSource, SyntheticSource
+from r2n2.machine import describe_machine
 
 
 def timed(fn, min_seconds: float) -> float:
@@ -51,7 +51,7 @@ def main() -> None:
             loader = dm.train_dataloader()
             rows.append((f"train batches of {args.batch_size} (float, normalised)", workers,
                          timed(lambda: sum(len(b["voxels"]) for b in loader), args.seconds)))
-        print(f"\ncache reads on {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        print(f"\ncache reads on {describe_machine()}, "
               f"torch {torch.__version__}; {len(ds)} training samples\n")
         print("| what | workers | samples/s |\n|---|---|---|")
         for what, workers, rate in rows:

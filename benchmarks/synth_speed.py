@@ -18,16 +18,7 @@ from pathlib import Path
 
 from r2n2.data.synth import CATEGORIES, generate_dataset
 from r2n2.data.synth.generate import DEFAULT_OBJECTS_PER_CATEGORY, DEFAULT_VIEWS
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from r2n2.machine import describe_machine
 
 
 def main() -> None:
@@ -56,7 +47,7 @@ def main() -> None:
         ("objects/s", f"{objects / seconds:.2f}"),
         ("dataset size", f"{size / 2**20:.1f} MiB"),
         ("workers", str(workers)),
-        ("machine", f"{cpu_name()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"),
+        ("machine", f"{describe_machine()}, Python {platform.python_version()}"),
     ]
     width = max(len(k) for k, _ in rows)
     print(f"{'metric':<{width}} | value\n{'-' * width}-|------")
