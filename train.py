@@ -12,7 +12,7 @@ def main(cfg: DictConfig) -> float | None:
     from r2n2.training import MONITOR, train
 
     metrics = train(cfg)
-    return metrics.get(MONITOR)
+    return metrics.get(MONITOR, metrics.get("val/iou"))
 
 
 if __name__ == "__main__":

@@ -89,44 +89,42 @@ class ReconstructionModule(L.LightningModule):
         self.log("train/iou", self.train_iou.compute()[VoxelIoU.key(THRESHOLD)], prog_bar=True)
         self.train_iou.reset()
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
+    def _eval_update(self, stage: str, batch: dict) -> None:
+        """Accumulate ``stage`` ("val" or "test") loss (weighted by batch size), IoU, per-category IoU."""
         loss, probs = self._step(batch)
-        self.val_loss.update(loss, weight=len(batch["voxels"]))
-        self.val_iou.update(probs, batch["voxels"])
+        getattr(self, f"{stage}_loss").update(loss, weight=len(batch["voxels"]))
+        getattr(self, f"{stage}_iou").update(probs, batch["voxels"])
         if self.categories:
-            self.val_cat_iou.update(probs, batch["voxels"], batch["category_index"])
+            getattr(self, f"{stage}_cat_iou").update(probs, batch["voxels"], batch["category_index"])
+
+    def _eval_log(self, stage: str) -> None:
+        """Log ``<stage>/loss``, ``<stage>/iou`` (at 0.3, on the progress bar), ``<stage>/iou@t`` and per
+        category (categories without samples left out), then reset the metrics."""
+        ious = getattr(self, f"{stage}_iou").compute()
+        metrics = {f"{stage}/loss": getattr(self, f"{stage}_loss").compute()}
+        metrics.update({f"{stage}/{k}": v for k, v in ious.items()})
+        if self.categories:
+            metrics.update(_present(getattr(self, f"{stage}_cat_iou").compute(), f"{stage}/"))
+            getattr(self, f"{stage}_cat_iou").reset()
+        self.log(f"{stage}/iou", ious[VoxelIoU.key(THRESHOLD)], prog_bar=True)
+        self.log_dict(metrics)
+        getattr(self, f"{stage}_loss").reset()
+        getattr(self, f"{stage}_iou").reset()
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_update("val", batch)
         if batch_idx == 0 and self._viz_batch is None:
             self._viz_batch = {k: v[: self.hparams.viz_samples] for k, v in batch.items()}
 
     def on_validation_epoch_end(self) -> None:
-        metrics = {"val/loss": self.val_loss.compute()}
-        ious = self.val_iou.compute()
-        metrics["val/iou"] = ious[VoxelIoU.key(THRESHOLD)]
-        metrics.update({f"val/{k}": v for k, v in ious.items()})
-        if self.categories:
-            metrics.update(_present(self.val_cat_iou.compute(), "val/"))
-            self.val_cat_iou.reset()
-        self.log("val/iou", metrics.pop("val/iou"), prog_bar=True)
-        self.log_dict(metrics)
-        self.val_loss.reset()
-        self.val_iou.reset()
+        self._eval_log("val")
         self._log_figure()
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        loss, probs = self._step(batch)
-        self.test_loss.update(loss, weight=len(batch["voxels"]))
-        self.test_iou.update(probs, batch["voxels"])
-        if self.categories:
-            self.test_cat_iou.update(probs, batch["voxels"], batch["category_index"])
+        self._eval_update("test", batch)
 
     def on_test_epoch_end(self) -> None:
-        metrics = {"test/loss": self.test_loss.compute(), "test/iou": self.test_iou.compute()[VoxelIoU.key(THRESHOLD)]}
-        if self.categories:
-            metrics.update(_present(self.test_cat_iou.compute(), "test/"))
-            self.test_cat_iou.reset()
-        self.log_dict(metrics)
-        self.test_loss.reset()
-        self.test_iou.reset()
+        self._eval_log("test")
 
     def _log_figure(self) -> None:
         every = self.hparams.viz_every_n_epochs

@@ -21,7 +21,7 @@ from r2n2.module import ReconstructionModule
 log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.json"
-MONITOR = "val/iou"
+MONITOR = "val/iou_best"  # what train.py returns to sweepers: the best val IoU@0.3
 
 
 def _plain(cfg) -> dict:
@@ -76,9 +76,11 @@ def train(cfg: DictConfig) -> dict:
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     fit_seconds = time.perf_counter() - start
     metrics = {k: v for k, v in _scalars(trainer.callback_metrics).items() if k.startswith(("train/", "val/"))}
+    ckpt = trainer.checkpoint_callback
+    if ckpt is not None and ckpt.best_model_score is not None:
+        metrics["val/iou_best"] = float(ckpt.best_model_score)
 
     if cfg.get("test", True) and trainer.limit_test_batches != 0:
-        ckpt = trainer.checkpoint_callback
         best = "best" if ckpt is not None and ckpt.best_model_path else None
         tested = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
         metrics.update(_scalars(tested[0]) if tested else {})

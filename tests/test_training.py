@@ -4,8 +4,6 @@ synthetic data (3 categories x 4 objects x 3 views), checkpoints, resume, Tensor
 from __future__ import annotations
 
 import json
-import subprocess
-from pathlib import Path
 
 import pytest
 import torch
