@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torchvision.transforms import v2
 
@@ -89,15 +90,13 @@ class _RGBOnly(torch.nn.Module):
 OBJECT_FILL = 0.7
 
 
-def frame_object(rgba: "np.ndarray", fill: float = OBJECT_FILL, tolerance: int = 30) -> "np.ndarray":
+def frame_object(rgba: np.ndarray, fill: float = OBJECT_FILL, tolerance: int = 30) -> np.ndarray:
     """Pad or crop an image to a square centred on the object, the object spanning ``fill`` of it.
 
     rgba: (H, W, 4) uint8. The object is where alpha > 0 if the image has transparency, else where
     the colour differs by more than ``tolerance`` from the background (the median border colour).
     Padding uses the background (transparent, or the border colour). Returns (S, S, 4) uint8.
     """
-    import numpy as np
-
     alpha = rgba[..., 3]
     if (alpha < 255).any():
         mask, fill_value = alpha > 0, np.zeros(4, np.uint8)

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from tqdm.auto import tqdm
 
 from r2n2.atomic import atomic_write
 from r2n2.data.camera import AZIMUTH_RANGE, DIST_RATIO_RANGE, ELEVATION_RANGE, View
@@ -179,13 +180,17 @@ def generate_dataset(root: str | os.PathLike, objects_per_category: int = DEFAUL
     try:
         tasks = [(tmp, seed, s, i, views) for s in synsets for i in range(objects_per_category)]
         workers = max(1, min(workers or os.cpu_count() or 1, len(tasks)))
+        bar = tqdm(total=len(tasks), desc=f"generating {root.name}", unit="object", disable=len(tasks) < 50)
         if workers == 1:
             for task in tasks:
                 write_voxels(tmp, *_render_task(task))
+                bar.update()
         else:
             with _pool_context().Pool(workers) as pool:
                 for result in pool.imap_unordered(_render_task, tasks, chunksize=1):
                     write_voxels(tmp, *result)
+                    bar.update()
+        bar.close()
         with atomic_write(tmp / "ShapeNet.json", "w") as f:
             json.dump(_taxonomy(seed, synsets, objects_per_category), f, indent=2)
         with atomic_write(tmp / "synth.json", "w") as f:
