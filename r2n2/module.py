@@ -38,7 +38,8 @@ class ReconstructionModule(L.LightningModule):
 
     net: network config, e.g. ``{"_target_": "r2n2.models.SeedModel", "hidden_size": 128}``.
     optimizer: optimizer config with ``_partial_: true`` (e.g. Adam lr 1e-3, weight decay 1e-4).
-    scheduler: LR scheduler config with ``_partial_: true`` (e.g. MultiStepLR) or None; stepped per epoch.
+    scheduler: LR scheduler config with ``_partial_: true`` (e.g. MultiStepLR) or None; its ``interval``
+        key ("epoch", the default, or "step") says whether milestones count epochs or optimiser steps.
     viz_every_n_epochs: log a figure of input, ground truth and prediction every N epochs (0 = never).
     data: the data config it was trained with (kept in the checkpoint so ``r2n2-eval`` can rebuild
         the same splits; not used here).
@@ -149,5 +150,9 @@ class ReconstructionModule(L.LightningModule):
         optimizer = hydra.utils.instantiate(self.hparams.optimizer)(params=self.parameters())
         if not self.hparams.scheduler:
             return optimizer
-        scheduler = hydra.utils.instantiate(self.hparams.scheduler)(optimizer=optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        cfg = dict(self.hparams.scheduler)
+        interval = cfg.pop("interval", "epoch")
+        if interval not in ("epoch", "step"):
+            raise ValueError(f"scheduler.interval must be 'epoch' or 'step', got {interval!r}")
+        scheduler = hydra.utils.instantiate(cfg)(optimizer=optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}

@@ -65,3 +65,11 @@ def test_paper_experiment_is_the_report_recipe(tmp_path, data):
     assert (cfg.optimizer._target_, cfg.optimizer.lr, cfg.optimizer.weight_decay) == ("torch.optim.Adam", 1e-3, 1e-4)
     assert (cfg.scheduler._target_.rsplit(".", 1)[-1], cfg.scheduler.gamma) == ("MultiStepLR", 0.5)
     assert cfg.data.source._target_.endswith("ShapeNetSource" if data == "shapenet" else "SyntheticSource")
+
+
+def test_r2n2_experiment_is_the_original_recipe(tmp_path):
+    cfg = _compose([f"paths.output_dir={tmp_path}", "experiment=r2n2"], hydra_config=False)
+    assert cfg.model._target_.endswith("R2N2") and cfg.model.residual
+    assert (cfg.optimizer.lr, cfg.optimizer.weight_decay) == (1e-4, 5e-5)
+    assert (list(cfg.scheduler.milestones), cfg.scheduler.gamma, cfg.scheduler.interval) == ([20000, 60000], 0.1, "step")
+    assert (cfg.trainer.max_steps, list(cfg.data.views_per_sample), cfg.data.augment) == (60000, [1, 5], True)

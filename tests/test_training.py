@@ -4,10 +4,13 @@ synthetic data (3 categories x 4 objects x 3 views), checkpoints, resume, Tensor
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 from conftest import run_train, tiny
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 def test_run_writes_checkpoints_and_metrics(trained):
@@ -132,3 +135,23 @@ def test_ddp_two_cpu_processes_log_the_iou_one_process_computes(data_dir, tmp_pa
         for batch in dm.val_dataloader():
             iou.update(torch.sigmoid(module(batch["images"])), batch["voxels"])
     assert logged == pytest.approx(float(iou.compute()["iou@0.3"]), abs=1e-5)
+
+
+@pytest.mark.parametrize("interval", ["epoch", "step"])
+def test_scheduler_milestones_count_epochs_or_steps(interval, data_dir, tmp_path):
+    """scheduler.interval=step makes milestones count optimiser steps (3D-R2N2's iterations)."""
+    from hydra import compose, initialize_config_dir
+
+    from r2n2.training import build
+
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("config", [*tiny(data_dir, epochs=1), "logger=none", "callbacks.model_checkpoint=null",
+                                 "callbacks.last_checkpoint=null", "trainer.limit_val_batches=0",
+                                 "trainer.num_sanity_val_steps=0", "optimizer.lr=0.01", "scheduler.milestones=[2]",
+                                 "scheduler.gamma=0.1", f"scheduler.interval={interval}",
+                                 f"paths.output_dir={tmp_path}"])
+    datamodule, module, trainer, _ = build(cfg)
+    trainer.fit(module, datamodule=datamodule)
+    assert trainer.global_step >= 2
+    lr = trainer.optimizers[0].param_groups[0]["lr"]
+    assert lr == pytest.approx(0.001 if interval == "step" else 0.01)
