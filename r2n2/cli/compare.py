@@ -30,41 +30,49 @@ ROOT = Path(__file__).resolve().parents[2]
 MODELS = ("seed_gru", "seed_lstm", "r2n2_gru", "r2n2_res_gru", "r2n2_lstm")
 
 
-def build(model: str, overrides: list[str]) -> torch.nn.Module:
+def _compose(model: str, overrides: list[str]):
+    """The train.py config for ``model`` with ``overrides`` (conf/config.yaml)."""
     from hydra import compose, initialize_config_dir
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
 
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", [f"model={model}", *overrides, "paths.output_dir=."])
-    return instantiate(OmegaConf.to_container(cfg.model, resolve=True), _convert_="all")
+        return compose("config", [f"model={model}", *overrides])
+
+
+def _autocast_dtype(precision: str) -> torch.dtype | None:
+    """Lightning's precision name -> the autocast dtype (None for fp32)."""
+    return {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
 
 
 def measure(model: str, batch: int, precision: str, overrides: list[str], steps: int = 5) -> dict:
     """Speed, FLOPs and memory of one model on random input (1 view), in this process."""
+    from omegaconf import OmegaConf
     from torch.utils.flop_counter import FlopCounterMode
 
     from r2n2.models import count_parameters
+    from r2n2.module import build_network
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
-    net = build(model, overrides).to(device)
+    dtype = _autocast_dtype(precision)
+    cfg = _compose(model, [*overrides, "paths.output_dir=."])
+    net = build_network(OmegaConf.to_container(cfg.model, resolve=True)).to(device)
     opt = torch.optim.Adam(net.parameters(), 1e-3)
     x = torch.randn(batch, 1, 3, 127, 127, device=device)
     y = (torch.rand(batch, 32, 32, 32, device=device) > 0.88).float()
 
-    def train_step():
+    def forward():
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            logits = net(x)
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), y)
+            return net(x)
+
+    def backward():
+        torch.nn.functional.binary_cross_entropy_with_logits(forward().float(), y).backward()
+
+    def train_step():
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        backward()
         opt.step()
 
     with FlopCounterMode(display=False) as flops:
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            logits = net(x)
-        torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), y).backward()
+        backward()
     opt.zero_grad(set_to_none=True)
 
     def timed(fn, n):
@@ -83,7 +91,7 @@ def measure(model: str, batch: int, precision: str, overrides: list[str], steps:
     train_s = timed(train_step, steps)
     net.eval()
     with torch.no_grad():
-        infer_s = timed(lambda: net(x) if dtype is None else _autocast_forward(net, x, device, dtype), steps)
+        infer_s = timed(forward, steps)
     peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     return {"parameters": count_parameters(net), "train_gflop_per_sample": flops.get_total_flops() / batch / 1e9,
@@ -92,49 +100,42 @@ def measure(model: str, batch: int, precision: str, overrides: list[str], steps:
             else "process peak RSS", "device": describe_machine(), "batch": batch, "precision": precision}
 
 
-def _autocast_forward(net, x, device, dtype):
-    with torch.autocast(device.type, dtype=dtype):
-        return net(x)
-
-
 def train_for(model: str, minutes: float, batch: int, precision: str, test_samples: int, run_dir: Path,
               overrides: list[str]) -> tuple:
     """Train ``model`` through the same builder as train.py for a wall-clock budget. Returns the
     trained module, its data config and the number of training samples it saw."""
-    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
     from r2n2.training import build
 
     h, rem = divmod(int(minutes * 60), 3600)
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", [
-            f"model={model}", "data.views_per_sample=[1,5]", f"data.batch_size={batch}",
-            f"data.splits.test={test_samples}", f"trainer.precision={precision}", "trainer.max_epochs=-1",
-            f"trainer.max_time=00:{h:02d}:{rem // 60:02d}:{rem % 60:02d}", "trainer.limit_val_batches=0",
-            "trainer.num_sanity_val_steps=0", "trainer.enable_progress_bar=false", "logger=none",
-            "callbacks.model_checkpoint=null", "callbacks.last_checkpoint=null", "scheduler=none",
-            f"paths.output_dir={run_dir}", *overrides])
+    cfg = _compose(model, [
+        "data.views_per_sample=[1,5]", f"data.batch_size={batch}",
+        f"data.splits.test={test_samples}", f"trainer.precision={precision}", "trainer.max_epochs=-1",
+        f"trainer.max_time=00:{h:02d}:{rem // 60:02d}:{rem % 60:02d}", "trainer.limit_val_batches=0",
+        "trainer.num_sanity_val_steps=0", "trainer.enable_progress_bar=false", "logger=none",
+        "callbacks.model_checkpoint=null", "callbacks.last_checkpoint=null", "scheduler=none",
+        f"paths.output_dir={run_dir}", *overrides])
     datamodule, module, trainer, throughput = build(cfg)
     trainer.fit(module, datamodule=datamodule)
     return module, OmegaConf.to_container(cfg.data, resolve=True), throughput.samples
 
 
-def test_iou(module, data_cfg: dict, views: list[int]) -> tuple[dict, float]:
+def test_iou(module, data_cfg: dict, views: list[int], precision: str) -> tuple[dict, float]:
     """Test IoU@0.3 (mean over samples) at each fixed view count, and the global mean-shape baseline's."""
     import hydra
 
     from r2n2 import evaluation as E
-    from r2n2.baselines import baseline_iou, mean_shapes
+    from r2n2.training import mean_shape_baseline
 
-    out, base = {}, float("nan")
+    out, dm = {}, None
     for v in views:
         dm = hydra.utils.instantiate({**data_cfg, "eval_views": v, "num_workers": 0, "persistent_workers": False})
         dm.setup()
-        probs, gts, _ = E.predict(module.net, dm.test_dataloader(), torch.device("cpu"), torch.bfloat16)
+        probs, gts, _ = E.predict(module.net, dm.test_dataloader(), torch.device("cpu"), _autocast_dtype(precision))
         out[str(v)] = float(E.voxel_iou_thresholds(probs.float(), gts, torch.tensor([0.3])).mean())
-        base = float(baseline_iou(mean_shapes(dm.datasets["train"])[0], dm.datasets["test"]).mean())
-    return out, base
+    # the baseline sees no image, so the view count does not change it
+    return out, mean_shape_baseline(dm)["baseline/global_mean_shape_test_iou"]
 
 
 def markdown(rows: dict, meta: dict) -> str:
@@ -222,7 +223,7 @@ def main(argv: list[str] | None = None) -> None:
                                check=True, capture_output=True, text=True)
         row = json.loads(speed.stdout.strip().splitlines()[-1])
         row["samples_seen"] = seen
-        row["test_iou"], baseline = test_iou(module, data_cfg, [1, 3])
+        row["test_iou"], baseline = test_iou(module, data_cfg, [1, 3], args.precision)
         rows[name] = row
         print(f"  {name}: {row['parameters']:,} parameters, {seen} samples seen, test IoU {row['test_iou']}", flush=True)
     meta = {"machine": describe_machine(), "minutes": args.minutes, "batch": args.batch_size, "precision": args.precision,
