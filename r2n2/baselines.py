@@ -34,6 +34,17 @@ def mean_shapes(dataset: PackedDataset) -> tuple[torch.Tensor, dict[str, torch.T
     return overall, per_category
 
 
+def mean_shape_for(mean: torch.Tensor | dict[str, torch.Tensor], categories: list[str]) -> torch.Tensor:
+    """The constant prediction for each of ``categories``: (len(categories), R, R, R).
+
+    mean: a global mean shape (R, R, R), or {category: mean shape}; a category absent from
+    training gets the average of the category means."""
+    if isinstance(mean, dict):
+        fallback = torch.stack(list(mean.values())).mean(0)
+        return torch.stack([mean.get(n, fallback) for n in categories])
+    return mean.expand(len(categories), *mean.shape)
+
+
 def baseline_iou(mean: torch.Tensor | dict[str, torch.Tensor], dataset: PackedDataset,
                  threshold: float = THRESHOLD) -> torch.Tensor:
     """Per-sample IoU (N,) of a constant prediction on ``dataset``'s samples.
@@ -41,11 +52,6 @@ def baseline_iou(mean: torch.Tensor | dict[str, torch.Tensor], dataset: PackedDa
     mean: a global mean shape (R, R, R), or {category: mean shape} (the category is given)."""
     grids = object_voxels(dataset)
     obj = torch.from_numpy(dataset.samples[:, 0])
-    if isinstance(mean, dict):
-        names = [o["category"] for o in dataset.objects]
-        fallback = torch.stack(list(mean.values())).mean(0)  # a category absent from training
-        pred_per_object = torch.stack([mean.get(n, fallback) for n in names])
-    else:
-        pred_per_object = mean.expand_as(grids)
+    pred_per_object = mean_shape_for(mean, [o["category"] for o in dataset.objects])
     per_object = voxel_iou(pred_per_object, grids, threshold)  # (N_objects,)
     return per_object[obj]

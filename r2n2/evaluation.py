@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from r2n2.baselines import mean_shapes, object_voxels
+from r2n2.baselines import mean_shape_for, mean_shapes, object_voxels
 from r2n2.data.dataset import PackedDataset
 from r2n2.metrics import FSCORE_DISTANCE, FSCORE_POINTS, fscore_points, surface_points, voxel_iou_thresholds
 
@@ -81,11 +81,7 @@ def score(probs: torch.Tensor, gts: torch.Tensor, category: np.ndarray, threshol
 
 def constant_predictions(mean: torch.Tensor | dict, dataset: PackedDataset) -> torch.Tensor:
     """Each sample's prediction from a mean shape (global, or per category): (N, R, R, R)."""
-    names = [dataset.objects[o]["category"] for o in dataset.samples[:, 0]]
-    if isinstance(mean, dict):
-        fallback = torch.stack(list(mean.values())).mean(0)
-        return torch.stack([mean.get(n, fallback) for n in names])
-    return mean.expand(len(names), *mean.shape)
+    return mean_shape_for(mean, [dataset.objects[o]["category"] for o in dataset.samples[:, 0]])
 
 
 def sample_voxels(dataset: PackedDataset) -> torch.Tensor:
