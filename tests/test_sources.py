@@ -52,6 +52,8 @@ def test_shapenet_source_wrong_root(tmp_path):
     with pytest.raises(DataError) as err:
         ShapeNetSource(os.fspath(tmp_path)).prepare({})
     assert str(err.value).startswith(f"{tmp_path / 'ShapeNetRendering'}: ")
+    # the message names the config key users set (data.source.root), not a key that does not exist
+    assert "data.source.root" in str(err.value) and "data.root " not in str(err.value).replace("data.source.root", "")
 
 
 @pytest.mark.parametrize("wanted", [["03001627", "02958343"], ["chair", "car"], ["chair", "02958343"]])
@@ -119,6 +121,25 @@ def test_shapenet_source_bad_taxonomy(shared_data, tmp_path, text):
     with pytest.raises(DataError) as err:
         ShapeNetSource(os.fspath(sample_root(shared_data)), taxonomy=os.fspath(tax)).records(ErrorPolicy("raise"))
     assert str(err.value).startswith(f"{tax}: ")
+
+
+def test_shapenet_source_taxonomy_listing_one_object_in_two_splits_is_refused(shared_data, tmp_path):
+    """An object in two splits would leak between training and test: refused, naming it and the file."""
+    tax = tmp_path / "ShapeNet.json"
+    tax.write_text(json.dumps([
+        {"taxonomy_id": "03001627", "taxonomy_name": "chair",
+         "train": ["pix2voxkeras_chair"], "val": [], "test": ["pix2voxkeras_chair"]},
+        {"taxonomy_id": "02958343", "taxonomy_name": "car", "train": ["pix2voxkeras_car"], "val": [], "test": []},
+        {"taxonomy_id": "04530566", "taxonomy_name": "boat",
+         "train": [], "val": ["pix2voxkeras_watercraft"], "test": ["pix2voxkeras_watercraft"]},
+    ]))
+    src = ShapeNetSource(os.fspath(sample_root(shared_data)), taxonomy=os.fspath(tax))
+    with pytest.raises(DataError) as err:
+        src.records(ErrorPolicy("skip"))  # not a per-sample fault: refused even when skipping bad samples
+    msg = str(err.value)
+    assert msg.startswith(f"{tax}: ")
+    assert "03001627/pix2voxkeras_chair (train, test)" in msg and "04530566/pix2voxkeras_watercraft (val, test)" in msg
+    assert "pix2voxkeras_car" not in msg
 
 
 # --- ManifestSource -------------------------------------------------------------------------------

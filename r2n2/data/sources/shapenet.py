@@ -44,7 +44,9 @@ class ShapeNetSource:
 
     def prepare(self, sizes: dict[str, int | None]) -> None:
         if not (self.root / self.rendering_dir).is_dir():
-            raise DataError(self.root / self.rendering_dir, "no ShapeNetRendering folder: is data.root right?")
+            raise DataError(self.root / self.rendering_dir,
+                            f"no {self.rendering_dir} folder: set data.source.root to the folder that holds "
+                            f"{self.rendering_dir}/ and {self.voxel_dir}/")
 
     def describe(self) -> dict:
         return {
@@ -61,20 +63,28 @@ class ShapeNetSource:
         """(synset, name, model_id, split) for every object, from the taxonomy or the folders."""
         if self.taxonomy is not None:
             try:
-                entries = json.loads(self.taxonomy.read_text())
+                entries = json.loads(self.taxonomy.read_bytes())
             except FileNotFoundError:
                 raise DataError(self.taxonomy, "taxonomy file not found") from None
-            except json.JSONDecodeError as e:
+            except OSError as e:
+                raise DataError(self.taxonomy, f"taxonomy file unreadable ({e.strerror or e})") from None
+            except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
                 raise DataError(self.taxonomy, f"taxonomy is not valid JSON ({e})") from None
+            if not isinstance(entries, list):
+                raise DataError(self.taxonomy, f"not in Pix2Vox ShapeNet.json format (a JSON {type(entries).__name__}, "
+                                               "expected a list of categories)")
             out = []
             for entry in entries:
                 try:
                     synset, name = str(entry["taxonomy_id"]), str(entry["taxonomy_name"])
                     for split in SPLITS:
-                        out += [(synset, name, str(m), split) for m in entry.get(split, [])]
+                        models = entry.get(split, [])
+                        if not isinstance(models, list):
+                            raise TypeError(f"{split!r} is not a list of model ids")
+                        out += [(synset, name, str(m), split) for m in models]
                 except (KeyError, TypeError) as e:
                     raise DataError(self.taxonomy, f"not in Pix2Vox ShapeNet.json format ({e!r} in {entry!r:.80})") from None
-            return out
+            return _once_per_object(out, self.taxonomy)
         base = self.root / self.rendering_dir
         return [
             (syn.name, R2N2_CATEGORIES.get(syn.name, syn.name), obj.name, None)
@@ -96,6 +106,24 @@ class ShapeNetSource:
             voxels = self.root / self.voxel_dir / synset / model / "model.binvox"
             out.append(ObjectRecord(f"{synset}/{model}", name, images, os.fspath(voxels), split))
         return out
+
+
+def _once_per_object(listing: list[tuple[str, str, str, str | None]], taxonomy: Path) -> list:
+    """``listing`` with repeats within one split dropped; an object listed in two splits would leak
+    between them, so it is refused with a ``DataError`` naming every such object and its splits."""
+    splits: dict[str, list[str]] = {}
+    out = []
+    for synset, name, model, split in listing:
+        seen = splits.setdefault(f"{synset}/{model}", [])
+        if split not in seen:
+            seen.append(split)
+            if len(seen) == 1:
+                out.append((synset, name, model, split))
+    leaks = [f"{oid} ({', '.join(s)})" for oid, s in splits.items() if len(s) > 1]
+    if leaks:
+        shown = "; ".join(leaks[:10]) + (f"; +{len(leaks) - 10} more" if len(leaks) > 10 else "")
+        raise DataError(taxonomy, f"{len(leaks)} object(s) listed in more than one split: {shown}")
+    return out
 
 
 def _view_files(folder: Path) -> tuple[str, ...]:
