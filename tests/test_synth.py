@@ -327,3 +327,65 @@ def test_cli_runs_as_a_subprocess(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "r2n2.cli.synth", "--out", str(tmp_path / "x"), "--categories", "tank"],
                          capture_output=True, text=True, env=env, timeout=60)
     assert bad.returncode == 2 and "tank" in bad.stderr
+
+
+# ---- regeneration when the generator changes -----------------------------------------------------
+
+def _synthetic(tmp_path):
+    from r2n2.data.sources import SyntheticSource
+
+    return SyntheticSource(os.fspath(tmp_path / "data"), objects_per_category=1, views=1, categories=["lamp"],
+                           workers=1)
+
+
+def test_changed_generator_regenerates_the_set_and_keeps_the_old_one_until_the_new_is_complete(tmp_path, monkeypatch):
+    """A set made by another generator version or code is regenerated on the next use; a run that
+    dies while regenerating leaves the old set complete and in use."""
+    from r2n2.data.synth import generate as gen
+
+    src = _synthetic(tmp_path)
+    src.prepare({})
+    folder = src.folder({})
+    made = json.loads((folder / "synth.json").read_text())
+    assert made["generator_code"] == gen.generator_fingerprint()
+    old_files = _tree(folder)
+    src.prepare({})  # unchanged generator: reused as is
+    assert (folder / "synth.json").read_text() == json.dumps(made, indent=2)
+
+    # the generator's code changed and the regeneration is killed half-way: the old set stays
+    monkeypatch.setattr(gen, "generator_fingerprint", lambda: "changed-code")
+    monkeypatch.setattr(gen, "write_renderings", lambda *a: (_ for _ in ()).throw(RuntimeError("killed")))
+    with pytest.raises(RuntimeError, match="killed"):
+        src.prepare({})
+    assert _tree(folder) == old_files
+    assert sorted(p.name for p in folder.parent.iterdir()) == [folder.name]
+
+    # the next use regenerates it
+    monkeypatch.undo()
+    monkeypatch.setattr(gen, "generator_fingerprint", lambda: "changed-code")
+    src.prepare({})
+    assert json.loads((folder / "synth.json").read_text())["generator_code"] == "changed-code"
+    monkeypatch.setattr(gen, "GENERATOR_VERSION", gen.GENERATOR_VERSION + 1)
+    src.prepare({})
+    assert json.loads((folder / "synth.json").read_text())["version"] == gen.GENERATOR_VERSION
+    assert sorted(p.name for p in folder.parent.iterdir()) == [folder.name]
+
+
+def test_generator_fingerprint_covers_every_module_that_shapes_the_output():
+    from r2n2.data.synth import generate as gen
+
+    names = {Path(p).name for p in gen.GENERATOR_MODULES}
+    assert names >= {"generate.py", "shapes.py", "primitives.py", "render.py", "voxelize.py", "camera.py", "binvox.py"}
+    assert all(Path(p).is_file() for p in gen.GENERATOR_MODULES)
+    assert len(gen.generator_fingerprint()) == 64
+
+
+def test_killed_between_the_two_renames_the_old_set_comes_back(tmp_path):
+    """The swap renames root -> .old, then tmp -> root: a kill between them must not lose the set."""
+    kw = dict(objects_per_category=1, views=1, categories=["lamp"], workers=1)
+    root = generate_dataset(tmp_path / "ds", **kw)
+    before = _tree(root)
+    os.rename(root, tmp_path / f".ds.old-{os.getpid()}-abcd1234")  # what a kill right after the first rename leaves
+    assert generate_dataset(tmp_path / "ds", **kw) == root
+    assert _tree(root) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]

@@ -51,14 +51,17 @@ class SyntheticSource:
         return self.root / f"synth-n{self.objects_needed(sizes)}-v{self.views}-s{self.seed}{cats}"
 
     def prepare(self, sizes: dict[str, int | None]) -> None:
+        """Generate the set, or regenerate it if its generator or parameters changed (synth.json)."""
         from r2n2.data.synth import generate_dataset
+        from r2n2.data.synth.generate import made_with, parameters, resolve_categories
 
         folder = self.folder(sizes)
-        if not (folder / "synth.json").is_file():
-            n = self.objects_needed(sizes)
+        n = self.objects_needed(sizes)
+        if made_with(folder) != parameters(n, self.views, self.seed, resolve_categories(self.categories)):
             log.info("generating the synthetic dataset (%d objects per category) into %s", n, folder)
-            generate_dataset(folder, objects_per_category=n, views=self.views, seed=self.seed,
-                             categories=self.categories, workers=self.workers)
+        # the folder is ours (named by the parameters): an outdated set in it is replaced
+        generate_dataset(folder, objects_per_category=n, views=self.views, seed=self.seed,
+                         categories=self.categories, workers=self.workers, overwrite=True)
 
     def describe(self) -> dict:
         return {"kind": "synthetic", "root": str(self.root.resolve()), "objects_per_category": self.objects_per_category,

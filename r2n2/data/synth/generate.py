@@ -34,8 +34,13 @@ from r2n2.data.synth.render import SUPERSAMPLE, render
 from r2n2.data.synth.shapes import CATEGORIES, make_object
 from r2n2.data.synth.voxelize import GRID
 
-# Bump when the output for given parameters changes (shapes, renderer, voxeliser, layout).
+# Bump when the output for given parameters changes (shapes, renderer, voxeliser, layout). A set is also
+# regenerated when the code of GENERATOR_MODULES changes (generator_fingerprint), bumped or not.
 GENERATOR_VERSION = 1
+_HERE = Path(__file__).resolve().parent
+# every module whose code shapes the files written: this package, the camera, the binvox writer
+GENERATOR_MODULES = tuple(sorted(str(p) for p in _HERE.glob("*.py") if p.name != "__init__.py")) + (
+    str(_HERE.parent / "camera.py"), str(_HERE.parent / "categories.py"), str(_HERE.parent / "formats" / "binvox.py"))
 DEFAULT_OBJECTS_PER_CATEGORY = 32
 DEFAULT_VIEWS = 24  # ShapeNetRendering has 24 views per object
 # Object-level split per category: Pix2Vox's ShapeNet.json is 30,643 / 4,371 / 8,770 objects (70/10/20)
@@ -130,9 +135,19 @@ def write_voxels(root: Path, synset: str, oid: str, packed: np.ndarray, translat
     write_binvox(root / "ShapeNetVox32" / synset / oid / "model.binvox", voxels, translate=translate, scale=scale)
 
 
+def generator_fingerprint() -> str:
+    """SHA-256 of the source of ``GENERATOR_MODULES``: any change to the generator's code changes it."""
+    h = hashlib.sha256()
+    for path in GENERATOR_MODULES:
+        h.update(Path(path).name.encode() + b"\0" + Path(path).read_bytes() + b"\0")
+    return h.hexdigest()
+
+
 def parameters(objects_per_category: int, views: int, seed: int, synsets: Sequence[str]) -> dict:
-    """The contents of synth.json (everything that determines the output; not the worker count)."""
-    return {"generator": "r2n2.data.synth", "version": GENERATOR_VERSION, "seed": seed,
+    """The contents of synth.json: everything that determines the output (the generator's version and
+    code, and its parameters; not the worker count). A set whose synth.json differs is regenerated."""
+    return {"generator": "r2n2.data.synth", "version": GENERATOR_VERSION, "generator_code": generator_fingerprint(),
+            "seed": seed,
             "objects_per_category": objects_per_category, "views": views, "categories": list(synsets),
             "image_size": 137, "supersample": SUPERSAMPLE, "voxel_grid": 32,
             "split": {"train": 0.7, "val": 0.1, "test": 0.2}}
@@ -160,17 +175,20 @@ def generate_dataset(root: str | os.PathLike, objects_per_category: int = DEFAUL
     """Generate the synthetic ShapeNet into ``root`` and return it as a Path.
 
     categories: synset ids or names (default: all 13); workers: processes (default ``os.cpu_count()``).
-    If ``root`` already holds a dataset made with the same parameters it is returned as is; another
-    non-empty ``root`` raises ``FileExistsError`` unless ``overwrite``. A run that fails is cleaned up;
-    one killed outright leaves only a hidden ``.<name>.tmp-*`` folder beside ``root`` (safe to delete),
-    never a partial ``root``.
+    If ``root`` already holds a dataset made with the same parameters and generator (``synth.json``) it
+    is returned as is; another non-empty ``root`` raises ``FileExistsError`` unless ``overwrite``. The
+    new set is built beside ``root`` and swapped in when complete, so until then the old one stays
+    usable. A run that fails is cleaned up; one killed outright leaves only a hidden
+    ``.<name>.tmp-*`` folder beside ``root`` (safe to delete), never a partial ``root``; one killed
+    during the swap leaves the old set as ``.<name>.old-*``, which the next call puts back.
     """
     if objects_per_category < 1 or views < 1:
         raise ValueError(f"need objects_per_category >= 1 and views >= 1, got {objects_per_category}, {views}")
     root = Path(root).expanduser().absolute()
     synsets = resolve_categories(categories)
     params = parameters(objects_per_category, views, seed, synsets)
-    if (root / "synth.json").is_file() and json.loads((root / "synth.json").read_text()) == params:
+    _recover_swap(root)
+    if made_with(root) == params:
         return root
     if root.exists() and any(root.iterdir()) and not overwrite:
         raise FileExistsError(f"{root} exists and is not this synthetic dataset; pass overwrite=True to replace it")
@@ -200,6 +218,24 @@ def generate_dataset(root: str | os.PathLike, objects_per_category: int = DEFAUL
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return root
+
+
+def made_with(root: Path) -> dict | None:
+    """The parameters in ``root/synth.json``, or None if there is none (or it is unreadable)."""
+    try:
+        return json.loads((root / "synth.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _recover_swap(root: Path) -> None:
+    """Undo a swap that a kill interrupted: put a complete old set back if ``root`` is missing, and
+    delete old sets left beside a ``root`` that exists."""
+    olds = sorted(root.parent.glob(f".{root.name}.old-*")) if root.parent.is_dir() else []
+    if not root.exists() and olds:
+        os.rename(olds.pop(), root)
+    for old in olds:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _move_into_place(tmp: Path, root: Path) -> None:
