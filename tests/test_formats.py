@@ -554,3 +554,44 @@ def test_missing_image(tmp_path):
     with pytest.raises(DataError) as err:
         read_rgba(path)
     assert_names(err, path, "not found")
+
+
+# --- checkpoints: what is wrong, never PyTorch's advice to unpickle anything ----------------------
+
+
+class NotAWeight:
+    """A class a checkpoint must not hold (weights_only refuses to rebuild it)."""
+
+
+def _checkpoints(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    """Bad checkpoint files and the fault each message must name."""
+    good = {"state_dict": {"w": torch.zeros(3)}, "hyper_parameters": {"net": {"_target_": "r2n2.models.SeedModel"}}}
+    torch.save(good, tmp_path / "good.ckpt")
+    blob = (tmp_path / "good.ckpt").read_bytes()
+    torch.save({"state_dict": {}, "hyper_parameters": {}, "x": NotAWeight()}, tmp_path / "object.ckpt")
+    cases = {
+        "random": (np.random.default_rng(0).integers(0, 256, 1000, dtype=np.uint8).tobytes(), "not a readable PyTorch checkpoint"),
+        "text": (b"hello world\n", "not a readable PyTorch checkpoint"),
+        "empty": (b"", "empty"),
+        "truncated": (blob[: len(blob) // 2], "truncated"),
+        "pickle": (__import__("pickle").dumps({"state_dict": 1}), "not a readable PyTorch checkpoint"),
+        "object": ((tmp_path / "object.ckpt").read_bytes(), "another program"),
+    }
+    out = {}
+    for name, (data, fault) in cases.items():
+        (tmp_path / f"{name}.ckpt").write_bytes(data)
+        out[name] = (tmp_path / f"{name}.ckpt", fault)
+    return out
+
+
+def test_bad_checkpoints_say_what_is_wrong_without_pytorchs_advice(tmp_path):
+    from r2n2.checkpoint import CheckpointError, load_checkpoint
+
+    for name, (path, fault) in _checkpoints(tmp_path).items():
+        with pytest.raises(CheckpointError) as err:
+            load_checkpoint(path)
+        msg = str(err.value)
+        assert msg.startswith(f"{path}: "), msg
+        assert fault in msg, (name, msg)
+        assert "weights_only" not in msg and "torch.load" not in msg and "\x1b" not in msg, (name, msg)
+        assert "\n" not in msg, (name, msg)
