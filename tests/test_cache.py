@@ -265,6 +265,8 @@ def test_on_error_skip_skips_exactly_the_bad_samples(shared_data, tmp_path, capl
     assert sorted(s["path"] for s in skipped) == sorted(bad)
     assert all(s["fault"] for s in skipped)
     assert "skipped 3 bad samples" in caplog.text
+    # the warning points to the list where it is now, not to the temporary folder it was written in
+    assert f"(list in {folder / 'skipped.json'})" in caplog.text and ".tmp" not in caplog.text
     # 12 planned samples: the bad view (1), and every view of the two objects with bad voxels (3 + 3)
     index = read_index(folder)
     assert len(index["samples"]) == 12 - 1 - 3 - 3

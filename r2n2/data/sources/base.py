@@ -69,12 +69,16 @@ class ErrorPolicy:
             raise err
         self.skipped.append({"path": err.path or "", "fault": err.fault})
 
-    def write(self, path: Path, what: str) -> None:
-        """Log how many were skipped and which, and write them to ``path`` (JSON, atomically)."""
+    def write(self, path: Path, what: str, final: Path | None = None) -> None:
+        """Log how many were skipped and which, and write them to ``path`` (JSON, atomically).
+
+        final: where ``path`` will be once its folder is moved into place (the log names that path).
+        """
         if not self.skipped:
             return
         with atomic_write(path, "w") as f:
             json.dump(self.skipped, f, indent=1)
         shown = "; ".join(f"{s['path']}: {s['fault']}" for s in self.skipped[:5])
         more = f" (+{len(self.skipped) - 5} more)" if len(self.skipped) > 5 else ""
-        log.warning("%s: skipped %d bad samples (list in %s): %s%s", what, len(self.skipped), path, shown, more)
+        log.warning("%s: skipped %d bad samples (list in %s): %s%s", what, len(self.skipped), final or path,
+                    shown, more)
