@@ -1,0 +1,138 @@
+"""``resume=<run>``: continue a run with the configuration it was started with.
+
+The run's saved Hydra config (``<run>/.hydra/config.yaml``: data, model, optimizer, trainer, seed,
+everything) is restored; of this command line's overrides only those in ``RESUMABLE`` are applied.
+Any other override is refused with a ``ResumeError`` naming the key, unless it repeats the saved
+value (so re-running the original command with ``resume=<run>`` added works). The checkpoint's own
+record of the network and the data (its ``hyper_parameters``) is checked against the restored config
+too, so a run folder whose ``.hydra`` was overwritten cannot be continued on other data either.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from r2n2.atomic import atomic_write
+from r2n2.checkpoint import CheckpointError, load_checkpoint
+
+# Keys (and everything under them) that a resume may change: how long to train, what to log and
+# show, and data-loading knobs that do not change which samples or numbers the model sees.
+RESUMABLE = (
+    "resume",
+    "trainer.max_epochs", "trainer.max_steps", "trainer.max_time",  # train longer (or stop sooner)
+    "trainer.enable_progress_bar", "trainer.log_every_n_steps",
+    "logger",  # logger=none, logger.save_dir=...
+    "test",  # test the best checkpoint at the end or not
+    "module.viz_every_n_epochs", "module.viz_samples",  # TensorBoard figures only
+    "data.num_workers", "data.persistent_workers", "data.pin_memory",  # loader processes (resume-exact for any)
+    "data.pack_workers", "data.verify_cache", "data.cache_dir",  # how and where the cache is built and checked
+    "extras",  # console conveniences (printing the config, rich, warnings)
+)
+# data config keys whose value may differ between the checkpoint and the resumed run (see RESUMABLE)
+RUNTIME_DATA_KEYS = tuple(k.split(".", 1)[1] for k in RESUMABLE if k.startswith("data."))
+
+
+class ResumeError(ValueError):
+    """``resume=<run>`` cannot continue that run as asked; ``str()`` reads ``"<path>: <what>"``."""
+
+
+def _allowed(key: str) -> bool:
+    return any(key == a or key.startswith(a + ".") for a in RESUMABLE)
+
+
+def _node(cfg: DictConfig, key: str):
+    value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
+    return OmegaConf.to_container(value, resolve=False) if OmegaConf.is_config(value) else value
+
+
+def _command_line() -> tuple[list, dict]:
+    """This invocation's task overrides (parsed) and group choices; empty outside a Hydra app."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    if not HydraConfig.initialized():
+        return [], {}
+    hc = HydraConfig.get()
+    return OverridesParser.create().parse_overrides(list(hc.overrides.task)), dict(hc.runtime.choices)
+
+
+def run_folder(resume: str) -> tuple[Path, Path]:
+    """``resume=<run>`` -> (run folder, its checkpoints/last.ckpt), or ``ResumeError`` saying what is missing."""
+    run = Path(resume).expanduser().resolve()
+    if not run.is_dir():
+        raise ResumeError(f"{run}: the run folder does not exist (resume= names a folder like outputs/train/<date>)"
+                          if not run.exists() else f"{run}: not a folder (resume= names a run folder)")
+    ckpt = run / "checkpoints" / "last.ckpt"
+    if not ckpt.is_file():
+        raise ResumeError(f"{ckpt}: not found: the run was stopped before its first checkpoint, or {run.name} is "
+                          "not a training run; start it again with its original command")
+    return run, ckpt
+
+
+def restore_config(cfg: DictConfig) -> tuple[DictConfig, str]:
+    """The config to continue ``cfg.resume`` with, and the checkpoint to continue from.
+
+    cfg: this invocation's composed config (``resume`` set). Returns the run's saved config with this
+    command line's resumable overrides applied, ``paths.output_dir`` set to the run folder.
+    """
+    run, ckpt = run_folder(cfg.resume)
+    if cfg.get("ckpt_path"):
+        raise ResumeError(f"{run}: resume= and ckpt_path= together: resume= continues that run from its last.ckpt; "
+                          "ckpt_path= starts a new run from a checkpoint; pick one")
+    saved_file = run / ".hydra" / "config.yaml"
+    if not saved_file.is_file():
+        raise ResumeError(f"{saved_file}: not found: cannot restore the run's configuration")
+    saved = OmegaConf.load(saved_file)
+    saved_choices = {}
+    if (run / ".hydra" / "hydra.yaml").is_file():
+        saved_choices = dict(OmegaConf.load(run / ".hydra" / "hydra.yaml").hydra.runtime.choices)
+
+    overrides, choices = _command_line()
+    for o in overrides:
+        key = o.key_or_group
+        if _allowed(key):
+            OmegaConf.update(saved, key, None if o.is_delete() else _node(cfg, key), merge=False, force_add=True)
+            continue
+        if key in choices:  # a config group: the same option as the run's is no change
+            same = choices[key] == saved_choices.get(key, choices[key])
+        else:
+            same = _node(cfg, key) == _node(saved, key)
+        if not same:
+            raise ResumeError(
+                f"{run}: cannot resume with {o.input_line}: {key} is part of the run's saved configuration "
+                f"({saved_file}), which a resume keeps; a resume may change only {', '.join(RESUMABLE[1:])}. "
+                "To train with other settings, start a new run (ckpt_path=<checkpoint> starts from its weights)")
+    with open_dict(saved):
+        saved.resume = None
+        saved.paths.output_dir = str(run)
+    if os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("RANK", "0") == "0":
+        # the run's record now says how far it is meant to go (a later plain resume= continues the same way)
+        with atomic_write(saved_file, "w") as f:
+            f.write(OmegaConf.to_yaml(saved))
+    with open_dict(saved):
+        saved.resume = str(run)
+    check_checkpoint_matches(ckpt, saved)
+    return saved, str(ckpt)
+
+
+def check_checkpoint_matches(ckpt: Path, cfg: DictConfig) -> None:
+    """``ResumeError`` if the checkpoint was trained on other data or with another network than ``cfg``."""
+    try:
+        hp = load_checkpoint(ckpt)["hyper_parameters"]
+    except CheckpointError as e:
+        raise ResumeError(str(e)) from None
+    mine = {"model": OmegaConf.to_container(cfg.model, resolve=True),
+            "data": OmegaConf.to_container(cfg.data, resolve=True)}
+    theirs = {"model": hp.get("net"), "data": hp.get("data")}
+    for part in ("model", "data"):
+        if theirs[part] is None:
+            continue
+        a = {k: v for k, v in mine[part].items() if part != "data" or k not in RUNTIME_DATA_KEYS}
+        b = {k: v for k, v in theirs[part].items() if part != "data" or k not in RUNTIME_DATA_KEYS}
+        if a != b:
+            diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+            raise ResumeError(f"{ckpt}: was trained with other {part} settings than the run's config "
+                              f"({', '.join(f'{part}.{k}' for k in diff)} differ); refusing to continue it")
