@@ -49,7 +49,7 @@ def main() -> None:
                 idx = torch.randperm(len(ds)).tolist()
                 rows.append(("raw items (dataset[i], uint8)", 0, timed(lambda: [ds[i] for i in idx] and len(idx), args.seconds)))
             loader = dm.train_dataloader()
-            rows.append((f"train batches of {args.batch_size} (float, normalised)", workers,
+            rows.append((f"train batches of {args.batch_size} (uint8 rgba, as they reach the device)", workers,
                          timed(lambda: sum(len(b["voxels"]) for b in loader), args.seconds)))
         print(f"\ncache reads on {describe_machine()}, "
               f"torch {torch.__version__}; {len(ds)} training samples\n")

@@ -23,9 +23,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from r2n2.data.datamodule import Collate, R2N2DataModule
+from r2n2.data.datamodule import R2N2DataModule, collate
 from r2n2.data.sources import SyntheticSource
-from r2n2.data.transforms import Preprocess
+from r2n2.data.transforms import to_images
 from r2n2.models import SeedModel
 
 VARIANTS = {
@@ -73,7 +73,8 @@ def main() -> None:
     dm.prepare_data()
     dm.setup()
     val = dm.datasets["val"]  # 32 samples spread over all val objects (the loader's order is by object)
-    fixed = Collate(Preprocess(), 1, 1)([val[int(i)] for i in torch.linspace(0, len(val) - 1, 32).long()])
+    fixed = collate([val[int(i)] for i in torch.linspace(0, len(val) - 1, 32).long()])
+    fixed["images"] = to_images(fixed["rgba"])
     train_mean = dm.datasets["train"]
     from r2n2.baselines import mean_shapes
 
@@ -91,8 +92,8 @@ def main() -> None:
         while step < args.steps:
             for batch in dm.train_dataloader():
                 with torch.autocast("cpu", dtype=torch.bfloat16):
-                    logits = model(batch["images"])
-                loss = F.binary_cross_entropy_with_logits(logits.float(), batch["voxels"])
+                    logits = model(to_images(batch["rgba"]))
+                loss = F.binary_cross_entropy_with_logits(logits.float(), batch["voxels"].float())
                 opt.zero_grad()
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -14,6 +14,7 @@ import torch
 
 from r2n2.baselines import mean_shape_for, mean_shapes, object_voxels
 from r2n2.data.dataset import PackedDataset
+from r2n2.data.transforms import to_images
 from r2n2.metrics import FSCORE_DISTANCE, FSCORE_POINTS, fscore_points, surface_points, voxel_iou_thresholds
 
 # a fine grid for choosing the threshold on val (Pix2Vox scans 0.2..0.5; DRC picks t on val)
@@ -56,7 +57,7 @@ def predict(net: torch.nn.Module, loader, device: torch.device, autocast_dtype: 
     net.eval().to(device)
     probs, gts, cats = [], [], []
     for batch in loader:
-        images = batch["images"].to(device)
+        images = to_images(batch["rgba"].to(device, non_blocking=True))
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             logits = net(images)
         probs.append(torch.sigmoid(logits.float()).cpu().half())

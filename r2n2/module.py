@@ -40,7 +40,8 @@ class ReconstructionModule(L.LightningModule):
     optimizer: optimizer config with ``_partial_: true`` (e.g. Adam lr 1e-3, weight decay 1e-4).
     scheduler: LR scheduler config with ``_partial_: true`` (e.g. MultiStepLR) or None; its ``interval``
         key ("epoch", the default, or "step") says whether milestones count epochs or optimiser steps.
-    viz_every_n_epochs: log a figure of input, ground truth and prediction every N epochs (0 = never).
+    viz_every_n_epochs: a figure of input, ground truth and prediction every N epochs (0 = never), to
+        TensorBoard and as ``<run>/reconstructions/epoch_NNN.png``.
     data: the data config it was trained with (kept in the checkpoint so ``r2n2-eval`` can rebuild
         the same splits; not used here).
     """
@@ -76,7 +77,7 @@ class ReconstructionModule(L.LightningModule):
 
     def _step(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self(batch["images"])
-        loss = F.binary_cross_entropy_with_logits(logits.float(), batch["voxels"])
+        loss = F.binary_cross_entropy_with_logits(logits.float(), batch["voxels"].float())
         return loss, torch.sigmoid(logits.detach().float())
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -115,7 +116,8 @@ class ReconstructionModule(L.LightningModule):
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_update("val", batch)
         if batch_idx == 0 and self._viz_batch is None:
-            self._viz_batch = {k: v[: self.hparams.viz_samples] for k, v in batch.items()}
+            n = self.hparams.viz_samples
+            self._viz_batch = {k: batch[k][:n] for k in ("images", "voxels", "category")}
 
     def on_validation_epoch_end(self) -> None:
         self._eval_log("val")
@@ -131,17 +133,24 @@ class ReconstructionModule(L.LightningModule):
         every = self.hparams.viz_every_n_epochs
         if not every or self.trainer.sanity_checking or self._viz_batch is None or self.current_epoch % every:
             return
-        writer = getattr(self.logger, "experiment", None)
-        if writer is None or not hasattr(writer, "add_figure") or self.global_rank != 0:
+        if self.global_rank != 0:
             return
-        from r2n2.viz import reconstruction_figure
+        from pathlib import Path
+
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        from r2n2.viz import reconstruction_figure, save
 
         batch = self._viz_batch
         with torch.no_grad():
             probs = torch.sigmoid(self(batch["images"]).float())
         fig = reconstruction_figure(batch["images"][:, 0], batch["voxels"], probs, titles=batch.get("category"))
-        writer.add_figure("val/reconstructions", fig, global_step=self.global_step)
-        if self.current_epoch == 0:
+        # TensorBoard (among any loggers) gets the figure; the run folder always gets it as a PNG
+        writer = next((lg.experiment for lg in self.loggers if isinstance(lg, TensorBoardLogger)), None)
+        if writer is not None:
+            writer.add_figure("val/reconstructions", fig, global_step=self.global_step, close=False)
+        save(fig, Path(self.trainer.default_root_dir) / "reconstructions" / f"epoch_{self.current_epoch:03d}.png")
+        if writer is not None and self.current_epoch == 0:
             from r2n2.viz import denormalize
 
             writer.add_images("val/inputs", denormalize(batch["images"][:, 0]), global_step=self.global_step)

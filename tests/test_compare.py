@@ -22,17 +22,18 @@ def training_set_loss(module, datamodule) -> float:
     import torch
     import torch.nn.functional as F
 
-    from r2n2.data.datamodule import Collate
-    from r2n2.data.transforms import Preprocess
+    from r2n2.data.datamodule import collate
+    from r2n2.data.transforms import to_images
 
     ds = datamodule.datasets["train"]
-    batch = Collate(Preprocess(), 1, 1)([ds[i] for i in range(len(ds))])
+    batch = collate([ds[i] for i in range(len(ds))])
     module.train()
     for m in module.modules():
         if isinstance(m, torch.nn.Dropout):
             m.eval()
     with torch.no_grad():
-        return float(F.binary_cross_entropy_with_logits(module(batch["images"]).float(), batch["voxels"]))
+        logits = module(to_images(batch["rgba"])).float()
+        return float(F.binary_cross_entropy_with_logits(logits, batch["voxels"].float()))
 
 
 @pytest.mark.slow

@@ -20,6 +20,7 @@ import torch
 from r2n2.data.datamodule import R2N2DataModule
 from r2n2.data.formats import load_voxels, read_rgba
 from r2n2.data.sources import ShapeNetSource
+from r2n2.data.transforms import to_images
 
 MEAN = np.array([0.485, 0.456, 0.406])  # REFERENCE.md: ImageNet statistics
 STD = np.array([0.229, 0.224, 0.225])
@@ -80,6 +81,11 @@ def which_view(root: Path, object_id: str, image: torch.Tensor, atol: float = 1e
     return int(hits[0]) if len(hits) else None
 
 
+def images(batch: dict) -> torch.Tensor:
+    """The batch's images as the module makes them on the device, without augmentation."""
+    return to_images(batch["rgba"])
+
+
 def split_ids(dm: R2N2DataModule) -> dict[str, set[str]]:
     return {s: {o["id"] for o in d.objects} for s, d in dm.datasets.items()}
 
@@ -89,14 +95,17 @@ def split_ids(dm: R2N2DataModule) -> dict[str, set[str]]:
 
 def test_batch_format(dm, root):
     assert dm.categories == CATEGORIES
-    for loader in (dm.train_dataloader(), dm.val_dataloader(), dm.test_dataloader()):
+    for split, loader in (("train", dm.train_dataloader()), ("val", dm.val_dataloader()),
+                          ("test", dm.test_dataloader())):
         batch = next(iter(loader))
-        assert set(batch) == {"images", "voxels", "category", "category_index", "object_id"}
+        keys = {"rgba", "voxels", "category", "category_index", "object_id"}
+        assert set(batch) == keys | ({"seed"} if split == "train" else set())  # seed: training batches only
         b = len(batch["object_id"])
         assert b == 4
-        assert batch["images"].shape == (b, 1, 3, 127, 127) and batch["images"].dtype == torch.float32
-        assert batch["voxels"].shape == (b, 32, 32, 32) and batch["voxels"].dtype == torch.float32
-        assert set(batch["voxels"].unique().tolist()) == {0.0, 1.0}
+        assert batch["rgba"].shape == (b, 1, 127, 127, 4) and batch["rgba"].dtype == torch.uint8
+        assert images(batch).shape == (b, 1, 3, 127, 127) and images(batch).dtype == torch.float32
+        assert batch["voxels"].shape == (b, 32, 32, 32) and batch["voxels"].dtype == torch.uint8
+        assert set(batch["voxels"].unique().tolist()) == {0, 1}
         assert isinstance(batch["category"], list) and all(isinstance(c, str) for c in batch["category"])
         assert batch["category_index"].shape == (b,) and not batch["category_index"].is_floating_point()
         for i, oid in enumerate(batch["object_id"]):
@@ -106,7 +115,7 @@ def test_batch_format(dm, root):
                                             "04530566": "watercraft"}[synset]
             assert CATEGORIES[int(batch["category_index"][i])] == batch["category"][i]
             expected = load_voxels(root / "ShapeNetVox32" / oid / "model.binvox")
-            np.testing.assert_array_equal(batch["voxels"][i].numpy(), expected.astype(np.float32))
+            np.testing.assert_array_equal(batch["voxels"][i].numpy(), expected.astype(np.uint8))
 
 
 def test_preprocessing_is_exactly_resize_composite_scale_normalise(dm, root):
@@ -114,7 +123,7 @@ def test_preprocessing_is_exactly_resize_composite_scale_normalise(dm, root):
     samples of its objects) shows each view exactly once."""
     seen = []
     for batch in dm.val_dataloader():
-        for oid, img in zip(batch["object_id"], batch["images"][:, 0]):
+        for oid, img in zip(batch["object_id"], images(batch)[:, 0]):
             view = which_view(root, oid, img)
             assert view is not None, f"a val image of {oid} is not the preprocessed view of any file"
             seen.append((oid, view))
@@ -168,21 +177,21 @@ def test_three_views_per_sample_are_distinct_views_of_the_same_object(root, cach
     # the first view is the sample's own: across the split each (object, view) is first exactly once
     assert len(firsts) == len(set(firsts)) == VIEWS * len(split_ids(dm)["train"])
     batch = next(iter(dm.train_dataloader()))
-    assert batch["images"].shape == (4, 3, 3, 127, 127)
-    for oid, imgs in zip(batch["object_id"], batch["images"]):
+    assert images(batch).shape == (4, 3, 3, 127, 127)
+    for oid, imgs in zip(batch["object_id"], images(batch)):
         views = [which_view(root, oid, img) for img in imgs]
         assert None not in views and len(set(views)) == 3
     # evaluation keeps one view unless eval_views says otherwise
-    assert next(iter(dm.val_dataloader()))["images"].shape[1] == 1
+    assert images(next(iter(dm.val_dataloader()))).shape[1] == 1
 
 
 def test_view_count_range_varies_per_batch(root, cache_dir):
     dm = make_dm(root, cache_dir, views_per_sample=[1, 3])
     counts = []
     for batch in dm.train_dataloader():
-        v = batch["images"].shape[1]
+        v = images(batch).shape[1]
         counts.append(v)
-        for oid, imgs in zip(batch["object_id"], batch["images"]):
+        for oid, imgs in zip(batch["object_id"], images(batch)):
             views = [which_view(root, oid, img) for img in imgs]
             assert None not in views and len(set(views)) == v
     assert set(counts) <= {1, 2, 3}
@@ -191,12 +200,12 @@ def test_view_count_range_varies_per_batch(root, cache_dir):
 
 def test_eval_views_apply_to_val_and_test(root, cache_dir):
     dm = make_dm(root, cache_dir, eval_views=3)
-    assert next(iter(dm.train_dataloader()))["images"].shape[1] == 1
+    assert images(next(iter(dm.train_dataloader()))).shape[1] == 1
     for loader in (dm.val_dataloader, dm.test_dataloader):
         first, second = next(iter(loader())), next(iter(loader()))
-        assert first["images"].shape == (4, 3, 3, 127, 127)
-        torch.testing.assert_close(first["images"], second["images"], rtol=0, atol=0)  # fixed per sample
-        for oid, imgs in zip(first["object_id"], first["images"]):
+        assert images(first).shape == (4, 3, 3, 127, 127)
+        torch.testing.assert_close(images(first), images(second), rtol=0, atol=0)  # fixed per sample
+        for oid, imgs in zip(first["object_id"], images(first)):
             views = [which_view(root, oid, img) for img in imgs]
             assert None not in views and len(set(views)) == 3
     ds = dm.datasets["val"]
@@ -208,17 +217,25 @@ def test_eval_views_apply_to_val_and_test(root, cache_dir):
 
 
 def test_augment_changes_training_images_only(root, cache_dir):
+    """Training batches carry the seed of their augmentation; val batches carry none, so the module
+    leaves them plain."""
     dm = make_dm(root, cache_dir, augment=True)
     batch = next(iter(dm.train_dataloader()))
-    assert batch["images"].shape == (4, 1, 3, 127, 127) and torch.isfinite(batch["images"]).all()
-    for oid, img in zip(batch["object_id"], batch["images"][:, 0]):
+    aug = to_images(batch["rgba"], dm.augment, torch.Generator().manual_seed(batch["seed"]))
+    assert aug.shape == (4, 1, 3, 127, 127) and torch.isfinite(aug).all()
+    for oid, img in zip(batch["object_id"], aug[:, 0]):
         assert which_view(root, oid, img, atol=1e-3) is None  # not exactly any preprocessed view
+    again = next(iter(dm.train_dataloader()))
+    assert again["seed"] == batch["seed"]  # the seed follows from (seed, epoch, batch): repeatable
+    torch.testing.assert_close(to_images(again["rgba"], dm.augment, torch.Generator().manual_seed(again["seed"])), aug,
+                               rtol=0, atol=0)
     for batch in dm.val_dataloader():
-        for oid, img in zip(batch["object_id"], batch["images"][:, 0]):
+        assert "seed" not in batch
+        for oid, img in zip(batch["object_id"], images(batch)[:, 0]):
             assert which_view(root, oid, img) is not None
     # with the augmentation off, training images are the plain preprocessed views
     plain = next(iter(make_dm(root, cache_dir).train_dataloader()))
-    for oid, img in zip(plain["object_id"], plain["images"][:, 0]):
+    for oid, img in zip(plain["object_id"], images(plain)[:, 0]):
         assert which_view(root, oid, img) is not None
 
 
@@ -235,7 +252,7 @@ def test_worker_processes_give_the_same_val_batches(root, cache_dir, dm):
         assert len(got) == len(expected)
         for a, b in zip(got, expected):
             assert a["object_id"] == b["object_id"] and a["category"] == b["category"]
-            torch.testing.assert_close(a["images"], b["images"], rtol=0, atol=0)
+            torch.testing.assert_close(images(a), images(b), rtol=0, atol=0)
             torch.testing.assert_close(a["voxels"], b["voxels"], rtol=0, atol=0)
             torch.testing.assert_close(a["category_index"], b["category_index"], rtol=0, atol=0)
 
@@ -261,9 +278,9 @@ def test_hydra_instantiate_from_a_plain_config(root, tmp_path):
     assert dm.categories == ["bench", "car", "chair", "lamp"]
     assert len(dm.datasets["train"]) == 12
     batch = next(iter(dm.train_dataloader()))
-    assert batch["images"].shape[0] == 3 and batch["images"].shape[1] in (1, 2)
+    assert images(batch).shape[0] == 3 and images(batch).shape[1] in (1, 2)
     val = next(iter(dm.val_dataloader()))
-    assert val["images"].shape[1] == 2
+    assert images(val).shape[1] == 2
     assert set(val["category"]) <= {"bench", "car", "chair", "lamp"}
 
 
@@ -283,9 +300,9 @@ def test_synthetic_source_end_to_end(tmp_path):
     assert not (ids["train"] & ids["val"] or ids["train"] & ids["test"] or ids["val"] & ids["test"])
     assert dm.categories == ["chair", "table"]
     batch = next(iter(dm.train_dataloader()))
-    assert batch["images"].shape == (4, 1, 3, 127, 127) and batch["voxels"].shape == (4, 32, 32, 32)
+    assert images(batch).shape == (4, 1, 3, 127, 127) and batch["voxels"].shape == (4, 32, 32, 32)
     assert set(batch["category"]) <= {"chair", "table"}
-    assert 0 < float(batch["voxels"].mean()) < 0.5
+    assert 0 < float(batch["voxels"].float().mean()) < 0.5
 
     again = R2N2DataModule(source, cache_dir=str(tmp_path / "cache"), batch_size=4, pack_workers=0)
     again.prepare_data()
@@ -294,3 +311,61 @@ def test_synthetic_source_end_to_end(tmp_path):
     # 4 objects per category hold only 2 x 2 x 3 = 12 train samples: 30 makes it generate more
     needed = source.objects_needed({"train": 30, "val": None, "test": None})
     assert needed > 4 and int(needed * 0.7) * 2 * 3 >= 30
+
+
+# --- to_images: the batched device-side preprocessing and augmentation ----------------------------
+
+
+def _tv_reference(rgba: torch.Tensor, draw) -> torch.Tensor:
+    """The augmentation one view at a time with torchvision's own functional ops (pad + crop, flip,
+    brightness / contrast / saturation on [0, 1] floats), then compositing and ImageNet mean/std."""
+    from torchvision.transforms.v2 import functional as TF
+
+    from r2n2.data.transforms import CROP_PAD
+
+    out = torch.empty(*rgba.shape[:2], 3, *rgba.shape[2:4], dtype=torch.float64)
+    s = rgba.shape[2]
+    for b in range(rgba.shape[0]):
+        for v in range(rgba.shape[1]):
+            x = rgba[b, v].permute(2, 0, 1)  # (4, S, S) uint8
+            dy, dx = (int(t) for t in draw.shift[b, v])
+            x = TF.crop(TF.pad(x, [CROP_PAD], fill=0), CROP_PAD + dy, CROP_PAD + dx, s, s)
+            if draw.flip[b, v]:
+                x = TF.horizontal_flip(x)
+            rgb, alpha = x[:3].float() / 255, x[3:].double() / 255
+            br, co, sa = (float(f) for f in draw.jitter[b, v])
+            rgb = TF.adjust_saturation(TF.adjust_contrast(TF.adjust_brightness(rgb, br), co), sa).double() * 255
+            bg = float(draw.background[b, v])
+            comp = rgb * alpha + bg * (1 - alpha)
+            out[b, v] = (comp / 255 - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(STD).view(3, 1, 1)
+    return out
+
+
+def test_augmentation_equals_torchvision_per_view_for_the_same_draw(dm):
+    from r2n2.data.transforms import Augment, draw_augment
+
+    rgba = torch.stack([torch.from_numpy(dm.datasets["train"][i]["rgba"]) for i in range(6)]).view(3, 2, 127, 127, 4)
+    draw = draw_augment(Augment(), 3, 2, torch.Generator().manual_seed(3))
+    assert draw.flip.any() and not draw.flip.all() and (draw.shift != 0).any()
+    got = to_images(rgba, draw=draw)
+    torch.testing.assert_close(got.double(), _tv_reference(rgba, draw), rtol=0, atol=2e-4)
+    # the generator path draws exactly this
+    torch.testing.assert_close(to_images(rgba, Augment(), torch.Generator().manual_seed(3)), got, rtol=0, atol=0)
+
+
+def test_augmentation_draws_follow_the_documented_distribution():
+    from r2n2.data.transforms import Augment, draw_augment
+
+    d = draw_augment(Augment(color_jitter=0.2), 200, 5, torch.Generator().manual_seed(0))  # 1,000 views
+    assert set(d.shift.unique().tolist()) == set(range(-5, 6))  # 3D-R2N2: 127 of 137, every shift drawn
+    assert abs(d.shift.float().mean()) < 0.3
+    assert 0.45 < d.flip.float().mean() < 0.55
+    assert d.jitter.min() >= 0.8 and d.jitter.max() <= 1.2 and abs(float(d.jitter.mean()) - 1) < 0.01
+    assert d.background.min() == 225 and d.background.max() == 255 and (d.background == d.background.round()).all()
+    off = draw_augment(Augment(crop=False, flip=False, random_background=False, color_jitter=0), 2, 1)
+    assert off.shift is off.flip is off.jitter is off.background is None
+
+
+def test_to_images_rejects_float_input():
+    with pytest.raises(ValueError, match=r"uint8"):
+        to_images(torch.zeros(1, 1, 8, 8, 4))

@@ -114,6 +114,7 @@ def test_ddp_two_cpu_processes_log_the_iou_one_process_computes(data_dir, tmp_pa
     import hydra
     from omegaconf import OmegaConf
 
+    from r2n2.data.transforms import to_images
     from r2n2.metrics import VoxelIoU
     from r2n2.module import ReconstructionModule
 
@@ -133,7 +134,7 @@ def test_ddp_two_cpu_processes_log_the_iou_one_process_computes(data_dir, tmp_pa
     iou = VoxelIoU(0.3)
     with torch.no_grad():
         for batch in dm.val_dataloader():
-            iou.update(torch.sigmoid(module(batch["images"])), batch["voxels"])
+            iou.update(torch.sigmoid(module(to_images(batch["rgba"]))), batch["voxels"])
     assert logged == pytest.approx(float(iou.compute()["iou@0.3"]), abs=1e-5)
 
 

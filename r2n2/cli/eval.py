@@ -112,8 +112,8 @@ def _object_points(split, cfg: DictConfig) -> list[np.ndarray]:
 
 def _figures(out_dir: Path, module, split, gts, first, thresholds, cfg) -> None:
     from r2n2 import viz
-    from r2n2.data.datamodule import Collate
-    from r2n2.data.transforms import Preprocess
+    from r2n2.data.datamodule import collate
+    from r2n2.data.transforms import to_images
     from r2n2.metrics import voxel_iou_thresholds
 
     probs, cats, s = first
@@ -122,11 +122,11 @@ def _figures(out_dir: Path, module, split, gts, first, thresholds, cfg) -> None:
     viz.save(viz.iou_threshold_figure(grid, curves, cats), out_dir / "iou_vs_threshold.png")
     order = np.argsort(s.iou[:, list(s.thresholds).index(float(cfg.threshold))])
     k = min(int(cfg.figure_samples), len(order))
-    collate = Collate(Preprocess(split.size), 1, 1)
     for name, idx in (("worst", order[:k]), ("best", order[::-1][:k].copy())):
         batch = collate([split[int(i)] for i in idx])
         titles = [f"{c} ({cats[i]})" for c, i in zip([name] * k, idx)]
-        fig = viz.reconstruction_figure(batch["images"][:, 0], batch["voxels"], probs[idx].float(), cfg.threshold, titles)
+        images = to_images(batch["rgba"][:, :1])[:, 0]
+        fig = viz.reconstruction_figure(images, batch["voxels"], probs[idx].float(), cfg.threshold, titles)
         viz.save(fig, out_dir / f"{name}.png")
 
 

@@ -30,14 +30,14 @@ def load_views(paths: list[str], size: int = 127) -> torch.Tensor:
     from PIL import Image
 
     from r2n2.data.formats import read_rgba
-    from r2n2.data.transforms import Preprocess, frame_object
+    from r2n2.data.transforms import frame_object, to_images
 
     views = []
     for p in paths:
         square = frame_object(read_rgba(p))
         im = Image.fromarray(square, "RGBA").convert("RGBa").resize((size, size), Image.BILINEAR).convert("RGBA")
         views.append(np.asarray(im))
-    return Preprocess(size)(torch.from_numpy(np.stack(views))[None])
+    return to_images(torch.from_numpy(np.stack(views))[None])
 
 
 def write_obj(path: Path, probs: np.ndarray, threshold: float) -> int:

@@ -9,51 +9,52 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.accelerators import CUDAAccelerator
 from torch.utils.data import DataLoader
 
 from r2n2.data.cache import Plan, ensure_packed
 from r2n2.data.dataset import PackedDataset
 from r2n2.data.errors import DataError
-from r2n2.data.samplers import EpochShuffleSampler, ShardSampler
+from r2n2.data.samplers import EpochBatchSampler, EpochShuffleSampler, ShardSampler
 from r2n2.data.sources.base import SPLITS, ErrorPolicy, Source
 from r2n2.data.splits import assign_splits, select_samples
-from r2n2.data.transforms import Augment, Preprocess
+from r2n2.data.transforms import Augment, to_images
 
 log = logging.getLogger(__name__)
 
 
-class Collate:
-    """Turn a list of ``PackedDataset`` items into a batch: stack, keep ``k`` views (a random
-    k in [lo, hi] for the whole batch when lo < hi, as 3D-R2N2 draws 1..5 views per batch), and
-    preprocess ``rgba (B, k, S, S, 4) uint8`` into ``images (B, k, 3, S, S) float``."""
-
-    def __init__(self, preprocess: Preprocess, lo: int, hi: int):
-        self.preprocess, self.lo, self.hi = preprocess, lo, hi
-
-    def __call__(self, items: list[dict]) -> dict:
-        k = self.hi if self.lo == self.hi else int(torch.randint(self.lo, self.hi + 1, ()))
-        rgba = np.stack([it["rgba"][:k] for it in items])  # numpy: much faster than torch.stack here
-        return {
-            "images": self.preprocess(torch.from_numpy(rgba)),
-            "voxels": torch.from_numpy(np.stack([it["voxels"] for it in items])).float(),
-            "category": [it["category"] for it in items],
-            "category_index": torch.tensor([it["category_index"] for it in items]),
-            "object_id": [it["object_id"] for it in items],
-        }
+def collate(items: list[dict]) -> dict:
+    """Stack a list of ``PackedDataset`` items into a batch (see ``R2N2DataModule``). Images stay
+    ``uint8``: :func:`r2n2.data.transforms.to_images` makes them float on the device."""
+    batch = {
+        "rgba": torch.from_numpy(np.stack([it["rgba"] for it in items])),  # numpy: faster than torch.stack
+        "voxels": torch.from_numpy(np.stack([it["voxels"] for it in items])),
+        "category": [it["category"] for it in items],
+        "category_index": torch.tensor([it["category_index"] for it in items]),
+        "object_id": [it["object_id"] for it in items],
+    }
+    if "seed" in items[0]:
+        batch["seed"] = int(items[0]["seed"])
+    return batch
 
 
 class R2N2DataModule(L.LightningDataModule):
     """Splits, caches and loads a dataset source for training and evaluation.
 
-    Batches are dicts: ``images (B, V, 3, 127, 127) float`` (normalised), ``voxels (B, 32, 32, 32)
-    float`` {0, 1}, ``category`` (names), ``category_index (B,) int`` and ``object_id`` (strings).
+    Batches are dicts: ``rgba (B, V, 127, 127, 4) uint8`` (``r2n2.data.transforms.to_images`` makes the
+    normalised float images; inside Lightning the module does it on the device), ``voxels (B, 32, 32,
+    32) uint8`` {0, 1}, ``category`` (names), ``category_index (B,) int``, ``object_id`` (strings) and,
+    in training batches only, ``seed`` (int): the batch's seed for its augmentation. Every random
+    number of a training batch (order, view count, extra views, augmentation) follows from (seed,
+    epoch, rank, batch index), whatever ``num_workers`` and ``persistent_workers`` are.
 
     source: a ``Source`` (``shapenet``, ``manifest`` or ``synthetic``).
     splits: samples per split, e.g. ``{train: 20000, val: 4000, test: 1000}``; None = all.
     split_fractions: object fractions for sources that do not fix the split themselves.
     views_per_sample: views per training sample: an int, or ``[lo, hi]`` for a random number of
         distinct views per batch; ``eval_views`` is the fixed number for val and test.
-    augment: False, True, or a dict of ``Augment`` fields (training split only).
+    augment: False, True, or a dict of ``Augment`` fields (training split only; the module applies it).
+    pin_memory: None (default) pins batches when the trainer runs on CUDA.
     The loaders bring their own samplers (``r2n2.data.samplers``): run the Trainer with
     ``use_distributed_sampler=False`` so that Lightning does not replace them.
     on_error: ``raise`` on bad input, or ``skip`` bad samples and report them.
@@ -75,7 +76,7 @@ class R2N2DataModule(L.LightningDataModule):
         batch_size: int = 8,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
-        pin_memory: bool = False,
+        pin_memory: bool | None = None,
         persistent_workers: bool = False,
         pack_workers: int | None = None,
         verify_cache: bool = True,
@@ -148,9 +149,8 @@ class R2N2DataModule(L.LightningDataModule):
         if self.datasets:
             return
         for split, plan in self._plans().items():
-            train = split == "train"
-            self.datasets[split] = PackedDataset(
-                self._pack(split, plan), self._views(split), self.categories, train=train, seed=self.seed)
+            self.datasets[split] = PackedDataset(self._pack(split, plan), self._views(split), self.categories,
+                                                 seed=self.seed)
         log.info("splits: %s", {s: len(d) for s, d in self.datasets.items()})
 
     def _loader(self, split: str, train: bool) -> DataLoader:
@@ -159,24 +159,46 @@ class R2N2DataModule(L.LightningDataModule):
         dataset = self.datasets[split]
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-        if train:  # the epoch is known here on resume, before Lightning's first set_epoch
-            epoch = trainer.current_epoch if trainer is not None else 0
-            sampler = EpochShuffleSampler(len(dataset), self.seed, epoch, rank, world)
-            generator = sampler.loader_generator
-        else:
-            sampler, generator = ShardSampler(len(dataset), rank, world), None
-        lo, hi = self.train_views if train else (self.eval_views,) * 2
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size if train else self.eval_batch_size,
-            sampler=sampler,
-            drop_last=train and len(sampler) > self.batch_size,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.persistent_workers,
-            generator=generator,
-            collate_fn=Collate(Preprocess(self.image_size, self.augment if train else None), lo, hi),
-        )
+        pin = self.pin_memory
+        if pin is None:
+            pin = trainer is not None and isinstance(trainer.accelerator, CUDAAccelerator)
+        # a private generator: without one, every new iterator draws its workers' base seed from the
+        # global RNG, shifting dropout masks differently in a resumed run (workers draw nothing random)
+        common = dict(num_workers=self.num_workers, pin_memory=pin, persistent_workers=self.persistent_workers,
+                      collate_fn=collate, generator=torch.Generator().manual_seed(self.seed))
+        if not train:
+            return DataLoader(dataset, batch_size=self.eval_batch_size, sampler=ShardSampler(len(dataset), rank, world),
+                              **common)
+        sampler = EpochShuffleSampler(len(dataset), self.seed, self._next_epoch(), rank, world)
+        batches = EpochBatchSampler(sampler, self.batch_size, self.train_views,
+                                    drop_last=len(sampler) > self.batch_size)
+        return DataLoader(dataset, batch_sampler=batches, **common)
+
+    def _next_epoch(self) -> int:
+        """The epoch Lightning will train next, known when it builds the loader. On resume, Lightning
+        builds the loader (and worker processes draw its first batches) before it calls ``set_epoch``,
+        while ``trainer.current_epoch`` still reads the checkpoint's count of *completed* epochs. The
+        fit loop's ``processed`` count is the next epoch for a checkpoint written at a training epoch's
+        end (last.ckpt); one written at validation end (best.ckpt) has finished its last batch but not
+        yet counted the epoch, which Lightning counts right after this (``FitLoop.reset``)."""
+        trainer = self.trainer
+        if trainer is None:
+            return 0
+        loop = trainer.fit_loop
+        progress = loop.epoch_progress.current
+        finished = loop.restarting and loop.epoch_loop.batch_progress.is_last_batch
+        return int(progress.processed) + int(finished and progress.processed == progress.completed)
+
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        """On the device, for the whole batch: ``rgba (B, V, S, S, 4) uint8`` -> ``images (B, V, 3, S, S)
+        float``, augmented in training batches (those carry their ``seed``) when ``augment`` is on."""
+        if "rgba" in batch and "images" not in batch:
+            augment, generator = None, None
+            if self.augment is not None and "seed" in batch:
+                augment = self.augment
+                generator = torch.Generator(device=batch["rgba"].device).manual_seed(batch["seed"])
+            batch["images"] = to_images(batch["rgba"], augment, generator)
+        return batch
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)

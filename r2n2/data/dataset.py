@@ -7,8 +7,9 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch.utils.data import Dataset
+
+from r2n2.data.samplers import SampleKey
 
 
 log = logging.getLogger(__name__)
@@ -17,18 +18,23 @@ log = logging.getLogger(__name__)
 class PackedDataset(Dataset):
     """One split of (object, view) samples from a packed cache folder.
 
-    ``dataset[i]`` is a dict of raw cached values (``collate`` turns a list of them into a batch):
+    ``dataset[key]`` is a dict of raw cached values (``Collate`` turns a list of them into a batch):
 
     - ``rgba: (V, S, S, 4) uint8`` (numpy) the sample's view first, then V-1 other distinct views of the
-      same object (random at training, fixed per sample otherwise)
+      same object
     - ``voxels: (R, R, R) uint8`` (numpy) {0, 1} occupancy in (x, y, z) order
     - ``category: str``, ``category_index: int`` (index into ``categories``), ``object_id: str``
+    - ``seed: int`` when ``key`` is a :class:`SampleKey`
 
-    views: V, the number of views returned per sample.
+    ``key`` is a sample index (``views`` views, the extra ones fixed per sample: evaluation is
+    repeatable), or a :class:`SampleKey` ``(index, views, seed)`` from the training batch sampler (its
+    extra views drawn from ``(seed, index)``: no random state in the worker process).
+
+    views: V, the number of views returned for an integer key (and the most a SampleKey may ask).
     categories: the category names shared by all splits, fixing ``category_index``.
     """
 
-    def __init__(self, folder: str | Path, views: int, categories: list[str], train: bool = False, seed: int = 0):
+    def __init__(self, folder: str | Path, views: int, categories: list[str], seed: int = 0):
         self.folder = Path(folder)
         index = json.loads((self.folder / "index.json").read_text())
         self.size, self.resolution = index["image_size"], index["resolution"]
@@ -39,7 +45,7 @@ class PackedDataset(Dataset):
         self.count = np.array([o["count"] for o in self.objects], dtype=np.int64)
         self.categories = list(categories)
         self.category_index = np.array([self.categories.index(o["category"]) for o in self.objects])
-        self.views, self.train, self.seed = views, train, seed
+        self.views, self.seed = views, seed
         fewest = int(self.count.min()) if len(self.count) else 0
         if views > 1 and fewest < views:
             bad = self.objects[int(self.count.argmin())]["id"]
@@ -63,26 +69,31 @@ class PackedDataset(Dataset):
             self._vox = np.memmap(self.folder / "voxels.u8", np.uint8, "r", shape=(len(self.objects), r**3 // 8))
         return self._img, self._vox
 
-    def view_slots(self, i: int) -> np.ndarray:
-        """Stored-image indices of sample ``i``'s views: (V,) int, its own view first."""
+    def view_slots(self, i: int, views: int | None = None, seed: int | None = None) -> np.ndarray:
+        """Stored-image indices of sample ``i``'s views: (views,) int, its own view first; the others
+        drawn from ``(seed, i)``, or fixed per sample when ``seed`` is None."""
+        views = self.views if views is None else views
+        if views > self.views:
+            raise ValueError(f"{views} views asked of {self.folder}, which was opened for {self.views}")
         obj, slot = self.samples[i]
-        if self.views == 1:
+        if views == 1:
             return self.first[obj] + np.array([slot])
         others = np.delete(np.arange(self.count[obj]), slot)
-        if self.train:
-            pick = torch.randperm(len(others))[: self.views - 1].numpy()
-        else:  # fixed for a given sample, so evaluation is repeatable
-            pick = np.random.default_rng([self.seed, i]).permutation(len(others))[: self.views - 1]
-        return self.first[obj] + np.r_[slot, others[pick]]
+        rng = np.random.default_rng([self.seed, i] if seed is None else [seed, i])
+        return self.first[obj] + np.r_[slot, others[rng.permutation(len(others))[: views - 1]]]
 
-    def __getitem__(self, i: int) -> dict:
+    def __getitem__(self, key: int | SampleKey) -> dict:
+        i, views, seed = key if isinstance(key, tuple) else (key, None, None)
         img, vox = self._arrays()
         obj = int(self.samples[i, 0])
         r = self.resolution
-        return {
-            "rgba": img[self.view_slots(i)],
+        item = {
+            "rgba": img[self.view_slots(i, views, seed)],
             "voxels": np.unpackbits(vox[obj])[: r**3].reshape(r, r, r),
             "category": self.objects[obj]["category"],
             "category_index": int(self.category_index[obj]),
             "object_id": self.objects[obj]["id"],
         }
+        if seed is not None:
+            item["seed"] = seed
+        return item

@@ -1,7 +1,11 @@
 """Image preprocessing, exactly as the seed report: 127x127, [0, 1], ImageNet mean/std; plus the
-optional 3D-R2N2 training augmentation (random crop, flip, random background, colour jitter).
+optional 3D-R2N2 training augmentation (random crop shift, flip, random background, colour jitter).
 
-It runs on whole batches (in the DataLoader's workers), so reading from the cache stays fast.
+Batches leave the DataLoader as ``rgba: (B, V, S, S, 4) uint8`` (a quarter of float32's bytes,
+pinned when training on CUDA); :func:`to_images` turns a whole batch into normalised float images on
+whatever device ``rgba`` is on (inside Lightning: ``ReconstructionModule.on_after_batch_transfer``).
+Augmentation draws come from an explicit ``torch.Generator``, so a batch's augmentation depends only
+on the seed it is given, never on the state of a worker process.
 """
 
 from __future__ import annotations
@@ -10,7 +14,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torchvision.transforms import v2
 
 from r2n2.data.formats.images import EVAL_BACKGROUND, TRAIN_BACKGROUND_RANGE
 
@@ -19,6 +22,8 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # 3D-R2N2 crops 127 of 137 pixels: a random shift of up to 5 pixels each way
 CROP_PAD = 5
+# ITU-R 601-2 luma, as torchvision's rgb_to_grayscale (used by its contrast and saturation jitter)
+LUMA = (0.2989, 0.587, 0.114)
 
 
 @dataclass
@@ -31,58 +36,115 @@ class Augment:
     color_jitter: float = 0.2
 
 
-class Preprocess:
-    """``rgba: (B, V, S, S, 4) uint8`` -> ``images: (B, V, 3, S, S) float``, normalised.
+@dataclass
+class AugmentDraw:
+    """One batch's augmentation parameters, one per view (None = that step is off).
 
-    With ``augment`` (training only) each view is shifted by up to ``CROP_PAD`` pixels (3D-R2N2's
-    random 127-of-137 crop, on our already-resized images), flipped left-right (the image only, as
-    3D-R2N2 did), colour-jittered, and composited on a random grey in [225, 255]; otherwise every
-    view is composited on 240, as 3D-R2N2 did at test time.
+    shift: (B, V, 2) int64 (dy, dx) in [-CROP_PAD, CROP_PAD]: output[y, x] = input[y + dy, x + dx],
+        transparent outside (3D-R2N2's random 127-of-137 crop, on our already-resized images).
+    flip: (B, V) bool, left-right (the image only, as 3D-R2N2 did).
+    jitter: (B, V, 3) float (brightness, contrast, saturation) factors, uniform in [1 - j, 1 + j].
+    background: (B, V) float grey level, uniform integers in TRAIN_BACKGROUND_RANGE (3D-R2N2: 225..255).
     """
 
-    def __init__(self, image_size: int = 127, augment: Augment | None = None):
-        self.augment = augment
-        self.mean = torch.tensor(IMAGENET_MEAN) * 255
-        self.std = torch.tensor(IMAGENET_STD) * 255
-        ops = []
-        if augment is not None:
-            if augment.crop:
-                ops.append(v2.RandomCrop(image_size, padding=CROP_PAD, fill=0))  # fill 0 = transparent
-            if augment.flip:
-                ops.append(v2.RandomHorizontalFlip())
-            if augment.color_jitter:
-                j = augment.color_jitter
-                ops.append(_RGBOnly(v2.ColorJitter(brightness=j, contrast=j, saturation=j)))
-        self.per_view = v2.Compose(ops) if ops else None
-
-    def __call__(self, rgba: torch.Tensor) -> torch.Tensor:
-        b, v = rgba.shape[:2]
-        if self.per_view is not None:
-            flat = rgba.flatten(0, 1).permute(0, 3, 1, 2)  # (B*V, 4, S, S)
-            flat = torch.stack([self.per_view(x) for x in flat])
-            rgba = flat.permute(0, 2, 3, 1).unflatten(0, (b, v))
-        if self.augment is not None and self.augment.random_background:
-            lo, hi = TRAIN_BACKGROUND_RANGE
-            background = torch.randint(lo, hi + 1, (b, v, 1, 1, 1)).float()
-        else:
-            background = torch.tensor(float(EVAL_BACKGROUND))
-        # (rgb * a + bg * (1 - a) - mean) / std, with a = alpha / 255, in three in-place passes
-        chw = rgba.permute(0, 1, 4, 2, 3).contiguous()  # (B, V, 4, S, S) uint8
-        rgb, alpha = chw[:, :, :3].float(), chw[:, :, 3:].float()
-        scale = (1 / (255 * self.std)).view(3, 1, 1)
-        shift = (background - self.mean.view(3, 1, 1)) / self.std.view(3, 1, 1)
-        return rgb.sub_(background).mul_(alpha).mul_(scale).add_(shift)
+    shift: torch.Tensor | None = None
+    flip: torch.Tensor | None = None
+    jitter: torch.Tensor | None = None
+    background: torch.Tensor | None = None
 
 
-class _RGBOnly(torch.nn.Module):
-    """Apply a colour transform to the RGB channels of a (4, S, S) RGBA image, keeping alpha."""
+def draw_augment(augment: Augment, batch: int, views: int, generator: torch.Generator | None = None,
+                 device: torch.device | str = "cpu") -> AugmentDraw:
+    """Draw every view's augmentation parameters from ``generator`` (on the generator's device), then
+    move them to ``device``."""
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    shape = (batch, views)
 
-    def __init__(self, transform):
-        super().__init__()
-        self.transform = transform
+    def uniform(*extra):
+        return torch.rand(*shape, *extra, generator=generator, device=gen_device)
 
-    def forward(self, rgba: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.transform(rgba[:3]), rgba[3:]])
+    draw = AugmentDraw()
+    if augment.crop:
+        draw.shift = torch.randint(-CROP_PAD, CROP_PAD + 1, (*shape, 2), generator=generator, device=gen_device)
+    if augment.flip:
+        draw.flip = uniform() < 0.5
+    if augment.color_jitter:
+        j = float(augment.color_jitter)
+        lo = max(0.0, 1 - j)
+        draw.jitter = lo + (1 + j - lo) * uniform(3)
+    if augment.random_background:
+        lo, hi = TRAIN_BACKGROUND_RANGE
+        draw.background = torch.randint(lo, hi + 1, shape, generator=generator, device=gen_device).float()
+    return AugmentDraw(*(None if t is None else t.to(device, non_blocking=True) for t in
+                         (draw.shift, draw.flip, draw.jitter, draw.background)))
+
+
+def to_images(rgba: torch.Tensor, augment: Augment | None = None, generator: torch.Generator | None = None,
+              draw: AugmentDraw | None = None) -> torch.Tensor:
+    """``rgba: (B, V, S, S, 4) uint8`` -> ``images: (B, V, 3, S, S) float32``, on ``rgba``'s device.
+
+    Without augmentation every view is composited on grey 240 (3D-R2N2 at test time), scaled to
+    [0, 1] and normalised with ImageNet mean/std, exactly the seed report's preprocessing. With
+    ``augment`` (training), the parameters are drawn from ``generator`` (see :class:`AugmentDraw`;
+    or pass ``draw`` itself) and applied in the order shift, flip, colour jitter (brightness,
+    contrast, saturation, torchvision's formulas on [0, 1] RGB; torchvision's ColorJitter shuffles
+    that order, here it is fixed), then compositing on the drawn background.
+    """
+    if rgba.dim() != 5 or rgba.shape[-1] != 4 or rgba.dtype != torch.uint8:
+        raise ValueError(f"rgba must be (B, V, S, S, 4) uint8, got {tuple(rgba.shape)} {rgba.dtype}")
+    b, v = rgba.shape[:2]
+    if draw is None and augment is not None:
+        draw = draw_augment(augment, b, v, generator, rgba.device)
+    draw = draw or AugmentDraw()
+    if draw.shift is not None:
+        rgba = _shift(rgba, draw.shift)
+    if draw.flip is not None:
+        rgba = torch.where(draw.flip[:, :, None, None, None], rgba.flip(3), rgba)
+    chw = rgba.permute(0, 1, 4, 2, 3).contiguous()  # (B, V, 4, S, S) uint8
+    rgb, alpha = chw[:, :, :3].float(), chw[:, :, 3:].float()
+    if draw.jitter is not None:
+        rgb = _jitter(rgb / 255, draw.jitter).mul_(255)
+    if draw.background is not None:
+        background = draw.background[:, :, None, None, None]  # (B, V, 1, 1, 1)
+    else:
+        background = torch.tensor(float(EVAL_BACKGROUND), device=rgba.device)
+    # (rgb * a + bg * (1 - a) - mean) / std, with a = alpha / 255, in three in-place passes
+    mean = torch.tensor(IMAGENET_MEAN, device=rgba.device).view(3, 1, 1) * 255
+    std = torch.tensor(IMAGENET_STD, device=rgba.device).view(3, 1, 1) * 255
+    scale, shift = 1 / (255 * std), (background - mean) / std
+    return rgb.sub_(background).mul_(alpha).mul_(scale).add_(shift)
+
+
+def _shift(rgba: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Translate every view by its (dy, dx), filling with transparent pixels. rgba: (B, V, S, S, 4)."""
+    b, v, s = rgba.shape[:3]
+    flat = rgba.flatten(0, 1)  # (N, S, S, 4)
+    padded = flat.new_zeros(b * v, s + 2 * CROP_PAD, s + 2 * CROP_PAD, 4)
+    padded[:, CROP_PAD:CROP_PAD + s, CROP_PAD:CROP_PAD + s] = flat
+    ar = torch.arange(s, device=rgba.device)
+    dy, dx = shift.flatten(0, 1).unbind(-1)  # (N,) each
+    rows = (CROP_PAD + dy)[:, None, None] + ar[None, :, None]  # (N, S, 1)
+    cols = (CROP_PAD + dx)[:, None, None] + ar[None, None, :]  # (N, 1, S)
+    n = torch.arange(b * v, device=rgba.device)[:, None, None]
+    return padded[n, rows, cols].view_as(rgba)
+
+
+def _grey(rgb: torch.Tensor) -> torch.Tensor:
+    """(..., 3, S, S) -> (..., 1, S, S) luma."""
+    w = torch.tensor(LUMA, device=rgb.device, dtype=rgb.dtype).view(3, 1, 1)
+    return (rgb * w).sum(-3, keepdim=True)
+
+
+def _jitter(rgb: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """Brightness, contrast, saturation as torchvision (float images in [0, 1], clamped after each).
+
+    rgb: (B, V, 3, S, S) float in [0, 1]; factors: (B, V, 3). Returns (B, V, 3, S, S) in [0, 1].
+    """
+    f = factors[..., None, None, None]  # (B, V, 3, 1, 1, 1)
+    rgb = (rgb * f[:, :, 0]).clamp_(0, 1)
+    mean = _grey(rgb).mean((-3, -2, -1), keepdim=True)
+    rgb = (rgb * f[:, :, 1] + mean * (1 - f[:, :, 1])).clamp_(0, 1)
+    return (rgb * f[:, :, 2] + _grey(rgb) * (1 - f[:, :, 2])).clamp_(0, 1)
 
 
 # ShapeNetRendering objects span about this share of the image side (the alpha bounding box's longer

@@ -1,0 +1,77 @@
+"""Exact resume whatever the data settings: a real ``python train.py`` run is killed with SIGKILL
+after its first checkpoint and continued with ``resume=<run dir>``; its final weights and metrics
+equal those of an uninterrupted run with the same command.
+
+Two settings: the defaults (2 worker processes, persistent), where the resumed loader used to replay
+epoch 0's order, and augmentation with a random 1..3 views per batch, whose random draws used to
+live in the (never reseeded) persistent workers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import HELPERS, ROOT, run_train, tiny
+
+EPOCHS = 2
+# metrics.json keys that measure time, not results
+TIMING = ("fit_seconds", "wall_seconds", "train_samples_per_second")
+
+
+def _args(data_dir: Path, extra: list[str]) -> list[str]:
+    return tiny(data_dir, epochs=EPOCHS) + ["data.num_workers=2", "data.persistent_workers=true", "logger=none",
+                                           "test=false", "module.viz_every_n_epochs=0", *extra]
+
+
+def _killed_after_first_checkpoint(args: list[str], run_dir: Path) -> int:
+    """Start train.py, SIGKILL it as soon as checkpoints/last.ckpt exists; return that checkpoint's epoch."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HELPERS), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args, f"hydra.run.dir={run_dir}"], cwd=ROOT,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 300
+    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)  # the trainer and its worker processes, all at once
+    _, err = proc.communicate()
+    assert proc.returncode == -signal.SIGKILL, f"train.py ended before the kill ({proc.returncode}):\n{err[-3000:]}"
+    assert not (run_dir / "metrics.json").exists()
+    return torch.load(last, weights_only=True)["epoch"]
+
+
+def _results(run_dir: Path) -> tuple[dict, dict]:
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    return {k: v for k, v in metrics.items() if k not in TIMING}, state
+
+
+def _check_resume_is_exact(data_dir: Path, tmp_path: Path, extra: list[str]) -> None:
+    args = _args(data_dir, extra)
+    run_train(args, tmp_path / "whole")
+    epoch = _killed_after_first_checkpoint(args, tmp_path / "killed")
+    assert epoch < EPOCHS - 1, "the kill came after the last epoch: nothing left to resume"
+    run_train(args + [f"resume={tmp_path / 'killed'}"])
+    (want_metrics, want_state), (got_metrics, got_state) = _results(tmp_path / "whole"), _results(tmp_path / "killed")
+    assert got_metrics == want_metrics
+    assert want_state.keys() == got_state.keys()
+    for k in want_state:
+        torch.testing.assert_close(got_state[k], want_state[k], rtol=0, atol=0, msg=k)
+
+
+@pytest.mark.slow
+def test_resume_is_exact_with_the_default_data_settings(data_dir, tmp_path):
+    """2 persistent worker processes (the default): the resumed epoch gets its own order, not epoch 0's."""
+    _check_resume_is_exact(data_dir, tmp_path, [])
+
+
+@pytest.mark.slow
+def test_resume_is_exact_with_augmentation_and_random_view_counts(data_dir, tmp_path):
+    _check_resume_is_exact(data_dir, tmp_path, ["data.augment=true", "data.views_per_sample=[1,3]"])
