@@ -137,6 +137,7 @@ class ReconstructionModule(L.LightningModule):
             return
         from pathlib import Path
 
+        import matplotlib.pyplot as plt
         from lightning.pytorch.loggers import TensorBoardLogger
 
         from r2n2.viz import reconstruction_figure, save
@@ -145,11 +146,14 @@ class ReconstructionModule(L.LightningModule):
         with torch.no_grad():
             probs = torch.sigmoid(self(batch["images"]).float())
         fig = reconstruction_figure(batch["images"][:, 0], batch["voxels"], probs, titles=batch.get("category"))
-        # TensorBoard (among any loggers) gets the figure; the run folder always gets it as a PNG
+        # TensorBoard (found among any loggers) gets the figure, with or without it a PNG in the run folder
         writer = next((lg.experiment for lg in self.loggers if isinstance(lg, TensorBoardLogger)), None)
         if writer is not None:
             writer.add_figure("val/reconstructions", fig, global_step=self.global_step, close=False)
-        save(fig, Path(self.trainer.default_root_dir) / "reconstructions" / f"epoch_{self.current_epoch:03d}.png")
+        if self.trainer.state.fn == "fit":  # a training run's epochs, into its folder (not r2n2-eval's validation)
+            save(fig, Path(self.trainer.default_root_dir) / "reconstructions" / f"epoch_{self.current_epoch:03d}.png")
+        else:
+            plt.close(fig)
         if writer is not None and self.current_epoch == 0:
             from r2n2.viz import denormalize
 

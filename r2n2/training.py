@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from r2n2.atomic import atomic_write
 from r2n2.baselines import baseline_iou, mean_shapes
 from r2n2.callbacks import TrainThroughput
+from r2n2.extras import prepare_run
 from r2n2.module import ReconstructionModule
 
 log = logging.getLogger(__name__)
@@ -49,9 +50,11 @@ def build(cfg: DictConfig):
     module = ReconstructionModule(net=_plain(cfg.model), optimizer=_plain(cfg.optimizer),
                                   scheduler=_plain(cfg.scheduler) or None, data=_plain(cfg.data),
                                   **_plain(cfg.get("module")))
-    logger = hydra.utils.instantiate(cfg.logger) if cfg.get("logger") else False
+    # logger=<option> is a dict of named loggers (tensorboard, csv; logger=many has both)
+    logger = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c] or False
     callbacks = [hydra.utils.instantiate(c) for name, c in (cfg.get("callbacks") or {}).items()
                  if c and not (name == "lr_monitor" and not logger)]
+    callbacks = [c for c in callbacks if c is not None]  # a factory may decline (progress_bar when disabled)
     throughput = TrainThroughput()
     trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks + [throughput], logger=logger)
     return datamodule, module, trainer, throughput
@@ -65,12 +68,12 @@ def _scalars(metrics: dict) -> dict:
 
 def train(cfg: DictConfig) -> dict:
     """Run the main job; returns the metrics written to ``metrics.json`` in the run folder."""
-    L.seed_everything(cfg.seed, workers=True)
     ckpt_path = resolve_resume(cfg)
+    prepare_run(cfg)
+    L.seed_everything(cfg.seed, workers=True)
     out_dir = Path(cfg.paths.output_dir)
     datamodule, module, trainer, throughput = build(cfg)
     log.info("model %s: %s parameters", cfg.model._target_.rsplit(".", 1)[-1], f"{module.num_parameters:,}")
-    print(f"[r2n2] model {cfg.model._target_}: {module.num_parameters:,} parameters")
 
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
@@ -81,7 +84,9 @@ def train(cfg: DictConfig) -> dict:
         metrics["val/iou_best"] = float(ckpt.best_model_score)
 
     if cfg.get("test", True) and trainer.limit_test_batches != 0:
-        best = "best" if ckpt is not None and ckpt.best_model_path else None
+        # the best-by-val-IoU checkpoint's own path: "best" would leave Lightning to pick among the
+        # two ModelCheckpoint callbacks (best and last) and warn that it took the first
+        best = ckpt.best_model_path if ckpt is not None and ckpt.best_model_path else None
         tested = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
         metrics.update(_scalars(tested[0]) if tested else {})
 
@@ -95,19 +100,29 @@ def train(cfg: DictConfig) -> dict:
     if trainer.global_rank != 0:
         return metrics
     metrics.update(mean_shape_baseline(datamodule))
-    if "test/iou" in metrics and "baseline/global_mean_shape_test_iou" in metrics:
-        base = metrics["baseline/global_mean_shape_test_iou"]
-        print(f"[r2n2] test IoU@0.3 {metrics['test/iou']:.4f} | global mean-shape baseline {base:.4f} "
-              f"| difference {metrics['test/iou'] - base:+.4f}")
     with atomic_write(out_dir / METRICS_FILE, "w") as f:
         json.dump(metrics, f, indent=2, sort_keys=True)
-    if trainer.logger is not None and hasattr(trainer.logger, "log_hyperparams"):
-        hp = {k: v for k, v in metrics.items() if k in ("test/iou", "test/loss", "val/iou", "val/loss", "train/loss")
-              or k.startswith("baseline/")}
-        trainer.logger.log_hyperparams(_flat(_plain(cfg)), {f"hp/{k}": v for k, v in hp.items()})
-        trainer.logger.finalize("success")  # flush: the hparams summary is written after Lightning closed the run
-    print(f"[r2n2] metrics written to {out_dir / METRICS_FILE}")
+    log_final_hparams(trainer.loggers, cfg, metrics)
+    log.info("metrics written to %s", out_dir / METRICS_FILE)
+    if "test/iou" in metrics and "baseline/global_mean_shape_test_iou" in metrics:  # the run's last line
+        base = metrics["baseline/global_mean_shape_test_iou"]
+        log.info(f"test IoU@0.3 {metrics['test/iou']:.4f} | global mean-shape baseline {base:.4f} "
+                 f"| difference {metrics['test/iou'] - base:+.4f}")
     return metrics
+
+
+def log_final_hparams(loggers: list, cfg: DictConfig, metrics: dict) -> None:
+    """The flat config to every logger; TensorBoard's hparams tab also gets the final metrics."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    hp = {f"hp/{k}": v for k, v in metrics.items()
+          if k in ("test/iou", "test/loss", "val/iou", "val/loss", "train/loss") or k.startswith("baseline/")}
+    for logger in loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.log_hyperparams(_flat(_plain(cfg)), hp)
+        else:
+            logger.log_hyperparams(_flat(_plain(cfg)))
+        logger.finalize("success")  # flush: this is written after Lightning closed the run
 
 
 def mean_shape_baseline(datamodule) -> dict:
