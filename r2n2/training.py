@@ -11,13 +11,17 @@ from pathlib import Path
 import hydra
 import lightning as L
 import torch
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from r2n2.atomic import atomic_write
 from r2n2.baselines import baseline_iou, mean_shapes
 from r2n2.callbacks import TrainThroughput
 from r2n2.extras import prepare_run
+from r2n2.checkpoint import load_checkpoint
+from r2n2.checkpoint_io import AtomicCheckpointIO
+from r2n2.headline import PredictionSpread, degeneracy_warnings, headline
 from r2n2.module import ReconstructionModule
+from r2n2.resume import restore_config
 
 log = logging.getLogger(__name__)
 
@@ -29,19 +33,15 @@ def _plain(cfg) -> dict:
     return OmegaConf.to_container(cfg, resolve=True) if cfg is not None else {}
 
 
-def resolve_resume(cfg: DictConfig) -> str | None:
-    """``resume=<run dir>`` -> its last.ckpt, with all outputs going back into that folder."""
+def resolve_resume(cfg: DictConfig) -> tuple[DictConfig, str | None]:
+    """(config to run, checkpoint to continue from). ``resume=<run>`` restores that run's saved config
+    (``r2n2.resume``), outputs going back into its folder; ``ckpt_path=<file>`` is checked to be a
+    readable r2n2 checkpoint; otherwise (cfg, None)."""
     if cfg.get("resume"):
-        run = Path(cfg.resume).expanduser()
-        ckpt = run / "checkpoints" / "last.ckpt"
-        if not ckpt.is_file():
-            raise FileNotFoundError(f"resume={run}: no checkpoints/last.ckpt in that folder")
-        with open_dict(cfg):
-            cfg.paths.output_dir = str(run.resolve())
-        return str(ckpt)
-    if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).expanduser().is_file():
-        raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint file")
-    return cfg.get("ckpt_path")
+        return restore_config(cfg)
+    if cfg.get("ckpt_path"):
+        load_checkpoint(cfg.ckpt_path)  # CheckpointError naming the file if it is not one
+    return cfg, cfg.get("ckpt_path")
 
 
 def build(cfg: DictConfig):
@@ -56,7 +56,10 @@ def build(cfg: DictConfig):
                  if c and not (name == "lr_monitor" and not logger)]
     callbacks = [c for c in callbacks if c is not None]  # a factory may decline (progress_bar when disabled)
     throughput = TrainThroughput()
-    trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks + [throughput], logger=logger)
+    # every checkpoint written atomically (temp file, fsync, rename), whatever other plugins are configured
+    plugins = [hydra.utils.instantiate(p) for p in (cfg.trainer.get("plugins") or [])] + [AtomicCheckpointIO()]
+    trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks + [throughput, PredictionSpread()],
+                                      logger=logger, plugins=plugins)
     return datamodule, module, trainer, throughput
 
 
@@ -68,7 +71,7 @@ def _scalars(metrics: dict) -> dict:
 
 def train(cfg: DictConfig) -> dict:
     """Run the main job; returns the metrics written to ``metrics.json`` in the run folder."""
-    ckpt_path = resolve_resume(cfg)
+    cfg, ckpt_path = resolve_resume(cfg)
     prepare_run(cfg)
     L.seed_everything(cfg.seed, workers=True)
     out_dir = Path(cfg.paths.output_dir)
@@ -89,6 +92,7 @@ def train(cfg: DictConfig) -> dict:
         best = ckpt.best_model_path if ckpt is not None and ckpt.best_model_path else None
         tested = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
         metrics.update(_scalars(tested[0]) if tested else {})
+        metrics.update(next(c for c in trainer.callbacks if isinstance(c, PredictionSpread)).compute())
 
     metrics.update({
         "parameters": module.num_parameters,
@@ -100,14 +104,16 @@ def train(cfg: DictConfig) -> dict:
     if trainer.global_rank != 0:
         return metrics
     metrics.update(mean_shape_baseline(datamodule))
+    warnings = degeneracy_warnings(metrics)
+    metrics["degenerate"] = bool(warnings)
     with atomic_write(out_dir / METRICS_FILE, "w") as f:
         json.dump(metrics, f, indent=2, sort_keys=True)
     log_final_hparams(trainer.loggers, cfg, metrics)
     log.info("metrics written to %s", out_dir / METRICS_FILE)
-    if "test/iou" in metrics and "baseline/global_mean_shape_test_iou" in metrics:  # the run's last line
-        base = metrics["baseline/global_mean_shape_test_iou"]
-        log.info(f"test IoU@0.3 {metrics['test/iou']:.4f} | global mean-shape baseline {base:.4f} "
-                 f"| difference {metrics['test/iou'] - base:+.4f}")
+    for warning in warnings:
+        log.warning("degenerate model: %s", warning)
+    if headline(metrics):  # the run's last line: the model against both mean shapes
+        log.info(headline(metrics))
     return metrics
 
 
@@ -116,7 +122,8 @@ def log_final_hparams(loggers: list, cfg: DictConfig, metrics: dict) -> None:
     from lightning.pytorch.loggers import TensorBoardLogger
 
     hp = {f"hp/{k}": v for k, v in metrics.items()
-          if k in ("test/iou", "test/loss", "val/iou", "val/loss", "train/loss") or k.startswith("baseline/")}
+          if k in ("test/iou", "test/loss", "val/iou", "val/loss", "train/loss", "degenerate")
+          or k.startswith(("baseline/", "test/pred_"))}
     for logger in loggers:
         if isinstance(logger, TensorBoardLogger):
             logger.log_hyperparams(_flat(_plain(cfg)), hp)

@@ -114,7 +114,13 @@ def pack(folder: Path, plan: Plan, image_size: int, resolution: int, voxel_key: 
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
     try:
         n_img = sum(len(v) for v in plan.views)
-        img = np.memmap(tmp / "images.u8", np.uint8, "w+", shape=(max(n_img, 1), image_size, image_size, 4))
+        shape = (max(n_img, 1), image_size, image_size, 4)
+        try:  # reserve the space: a full disk is an OSError naming the cache here, not a SIGBUS in memmap
+            with open(tmp / "images.u8", "wb") as f:
+                os.posix_fallocate(f.fileno(), 0, int(np.prod(shape)))
+        except OSError as e:
+            raise OSError(e.errno, e.strerror, str(folder)) from None
+        img = np.memmap(tmp / "images.u8", np.uint8, "r+", shape=shape)
         vox_bytes = resolution**3 // 8
         objects, voxels, slots, written = [], [], {}, 0
         jobs = [(r, v, image_size, resolution, voxel_key) for r, v in zip(plan.objects, plan.views)]

@@ -1,0 +1,72 @@
+"""The honest headline (issue 12): test IoU next to both mean shapes, and warnings for a degenerate
+model, checked on hand-made predictions and on a real tiny run of a model that cannot learn (lr=0)."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from conftest import manifest_args, run_train, write_manifest
+
+from r2n2.headline import SAME_GRID_IOU, PredictionSpread, degeneracy_warnings, headline
+
+
+def _spread(probs: torch.Tensor, batch: int = 3) -> dict:
+    cb = PredictionSpread()
+    for chunk in probs.split(batch):
+        cb.update(chunk)
+    return cb.compute()
+
+
+def test_spread_of_identical_predictions_is_degenerate():
+    probs = torch.full((7, 32, 32, 32), 0.6)  # the full cube for every image
+    s = _spread(probs)
+    assert s["test/pred_pairwise_iou"] == 1.0 and s["test/pred_voxel_std"] < 1e-6
+    assert s["test/pred_occupied_fraction"] == 1.0
+    assert any("same grid" in w for w in degeneracy_warnings(s))
+
+
+def test_spread_of_different_predictions_by_hand():
+    """Two boxes of 8 voxels overlapping in 4, and a disjoint third: pairwise IoUs 4/12, 0, 0."""
+    probs = torch.zeros(3, 32, 32, 32)
+    probs[0, 0:2, 0:2, 0:2] = 0.9
+    probs[1, 1:3, 0:2, 0:2] = 0.9
+    probs[2, 10:12, 10:12, 10:12] = 0.9
+    s = _spread(probs, batch=2)
+    assert abs(s["test/pred_pairwise_iou"] - (4 / 12) / 3) < 1e-6
+    p = probs.flatten(1).double()
+    assert abs(s["test/pred_voxel_std"] - float(p.std(0, unbiased=False).mean())) < 1e-9
+    assert s["test/pred_occupied_fraction"] == 24 / (3 * 32**3)
+    assert degeneracy_warnings({**s, "test/iou": 0.5, "baseline/global_mean_shape_test_iou": 0.2}) == []
+
+
+def test_headline_and_warning_below_the_global_mean_shape():
+    m = {"test/iou": 0.45, "baseline/global_mean_shape_test_iou": 0.2, "baseline/category_mean_shape_test_iou": 0.56}
+    assert headline(m) == ("test IoU@0.3 0.4500 | global mean-shape baseline 0.2000 (+0.2500) | "
+                           "category mean-shape baseline 0.5600 (-0.1100)")
+    assert degeneracy_warnings(m) == []
+    low = degeneracy_warnings({**m, "test/iou": 0.1})
+    assert len(low) == 1 and "below the global mean shape" in low[0]
+
+
+def test_a_model_that_cannot_learn_is_flagged_in_console_metrics_and_tensorboard(tmp_path):
+    """lr=0: the initial network predicts p ~ 0.5 everywhere, i.e. the full cube for every photo."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    csv = write_manifest(tmp_path / "data", objects=6, views=2)
+    args = [a for a in manifest_args(csv, tmp_path / "root") if a != "logger=none"] + ["optimizer.lr=0"]
+    proc = run_train(args, tmp_path / "run")
+    out = proc.stdout + proc.stderr
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert m["degenerate"] is True and m["test/pred_pairwise_iou"] >= SAME_GRID_IOU
+    assert m["test/iou"] < m["baseline/global_mean_shape_test_iou"]
+    assert "degenerate model: the model is below the global mean shape" in out
+    assert "degenerate model: the model predicts nearly the same grid for every image" in out
+    assert headline(m) in out  # the console line carries both mean shapes
+    scalars = set()
+    for f in (tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"):
+        ea = EventAccumulator(str(f), size_guidance={"scalars": 0})
+        ea.Reload()
+        scalars |= set(ea.Tags()["scalars"])
+    assert {"hp/baseline/global_mean_shape_test_iou", "hp/baseline/category_mean_shape_test_iou",
+            "hp/test/iou", "hp/test/pred_pairwise_iou"} <= scalars, scalars
