@@ -19,6 +19,7 @@ from r2n2.callbacks import TrainThroughput
 from r2n2.extras import prepare_run
 from r2n2.checkpoint import load_checkpoint
 from r2n2.checkpoint_io import AtomicCheckpointIO
+from r2n2.cluster import needs_own_run, requeued_checkpoint, train_in_child_run
 from r2n2.headline import PredictionSpread, degeneracy_warnings, headline
 from r2n2.module import ReconstructionModule
 from r2n2.resume import restore_config
@@ -41,7 +42,8 @@ def resolve_resume(cfg: DictConfig) -> tuple[DictConfig, str | None]:
         return restore_config(cfg)
     if cfg.get("ckpt_path"):
         load_checkpoint(cfg.ckpt_path)  # CheckpointError naming the file if it is not one
-    return cfg, cfg.get("ckpt_path")
+    # a requeued SLURM job continues from its own folder's last.ckpt (r2n2/cluster.py)
+    return cfg, cfg.get("ckpt_path") or requeued_checkpoint(cfg.paths.output_dir)
 
 
 def build(cfg: DictConfig):
@@ -71,6 +73,8 @@ def _scalars(metrics: dict) -> dict:
 
 def train(cfg: DictConfig) -> dict:
     """Run the main job; returns the metrics written to ``metrics.json`` in the run folder."""
+    if needs_own_run(cfg):  # DDP inside a Hydra multirun: the job's ranks run in a train.py run of its own
+        return train_in_child_run(METRICS_FILE)
     cfg, ckpt_path = resolve_resume(cfg)
     prepare_run(cfg)
     L.seed_everything(cfg.seed, workers=True)
