@@ -11,6 +11,7 @@ from r2n2.data.errors import DataError
 from r2n2.data.formats.arrays import read_array
 from r2n2.data.formats.binvox import Binvox, read_binvox, write_binvox
 from r2n2.data.formats.images import composite, read_rgba
+from r2n2.data.formats.limits import MAX_VOXELS
 from r2n2.data.formats.mat import read_mat
 
 VOXEL_SUFFIXES = (".binvox", ".mat", ".npy", ".npz")
@@ -37,8 +38,10 @@ def load_voxels(path: str | os.PathLike, key: str | None = None, resolution: int
         raise DataError(path, f"unsupported voxel format {suffix!r}; expected one of {VOXEL_SUFFIXES}")
     if grid.ndim != 3 or len(set(grid.shape)) != 1:
         raise DataError(path, f"voxel grid must be cubic (N, N, N), got shape {tuple(grid.shape)}")
-    if not (np.issubdtype(grid.dtype, np.number) or grid.dtype == bool):
+    if grid.dtype.kind not in "biuf":  # bool, integers, floats: complex, strings, objects are no occupancy
         raise DataError(path, f"voxel grid has non-numeric dtype {grid.dtype}")
+    if grid.size > MAX_VOXELS:
+        raise DataError(path, f"voxel grid {tuple(grid.shape)} has more than {MAX_VOXELS} voxels")
     occupied = np.asarray(grid) > 0
     if occupied.shape[0] != resolution:
         import torch  # imported here: the readers above are used by processes that need no torch

@@ -20,6 +20,7 @@ would add a dependency for ~40 lines of vectorised numpy.
 from __future__ import annotations
 
 import io
+import math
 import os
 from dataclasses import dataclass, field
 
@@ -27,6 +28,7 @@ import numpy as np
 
 from r2n2.atomic import atomic_write
 from r2n2.data.errors import DataError
+from r2n2.data.formats.limits import MAX_BINVOX_SIDE, MAX_VOXELS
 
 MAGIC = b"#binvox"
 
@@ -88,6 +90,9 @@ def _parse_header(f: io.BufferedIOBase, path) -> tuple[int, tuple[int, int, int]
         raise DataError(path, "binvox header has no 'data' line")
     if dims is None or len(dims) != 3 or min(dims) <= 0:
         raise DataError(path, f"binvox header has a bad or missing 'dim' line: {dims}")
+    if max(dims) > MAX_BINVOX_SIDE or math.prod(dims) > MAX_VOXELS:
+        raise DataError(path, f"binvox dim {dims} is larger than the format allows ({MAX_BINVOX_SIDE} per side, "
+                              f"{MAX_VOXELS} voxels)")
     if translate is None or len(translate) != 3:
         translate = (0.0, 0.0, 0.0)
     return version, dims, translate, 1.0 if scale is None else scale
@@ -110,7 +115,7 @@ def read_binvox(path: str | os.PathLike) -> Binvox:
     if raw.size % 2:
         raise DataError(path, f"truncated binvox data: {raw.size} run bytes, expected (value, count) pairs")
     values, counts = raw[0::2], raw[1::2].astype(np.int64)
-    total, expected = int(counts.sum()), int(np.prod(dims))
+    total, expected = int(counts.sum()), math.prod(dims)
     if total > expected:
         raise DataError(path, f"binvox run overflow: runs cover {total} voxels, dim {dims} holds {expected}")
     if total < expected:

@@ -12,7 +12,10 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from r2n2.data.errors import DataError
+from r2n2.data.formats.limits import MAX_IMAGE_PIXELS
 
+# the formats read (ShapeNetRendering is PNG, photos are PNG or JPEG); PIL's other decoders are not tried
+FORMATS = ("PNG", "JPEG")
 # 3D-R2N2: background colour at test time, and its random range at training time
 EVAL_BACKGROUND = 240
 TRAIN_BACKGROUND_RANGE = (225, 255)
@@ -26,15 +29,24 @@ def read_rgba(path: str | os.PathLike, size: int | None = None) -> np.ndarray:
     pixels' colours do not bleed into the object's edge.
     """
     try:
-        with Image.open(path) as im:
+        with Image.open(path, formats=FORMATS) as im:
+            if im.width * im.height > MAX_IMAGE_PIXELS:  # checked on the header, before decoding
+                raise DataError(path, f"image of {im.width}x{im.height} pixels is larger than the "
+                                      f"{MAX_IMAGE_PIXELS} pixels allowed (corrupt header or not a view)")
             im.load()  # decode now: a truncated or corrupt file fails here, not later
             if im.mode == "P" and "transparency" in im.info:
                 im = im.convert("RGBA")
             rgba = im if im.mode == "RGBA" else im.convert("RGBA")
+    except DataError:
+        raise
     except FileNotFoundError:
         raise DataError(path, "image file not found") from None
+    except IsADirectoryError:
+        raise DataError(path, "is a directory, expected an image file") from None
     except UnidentifiedImageError:
-        raise DataError(path, "not a readable image (unknown or corrupt format)") from None
+        raise DataError(path, "not a readable image (not PNG or JPEG, or corrupt)") from None
+    except Image.DecompressionBombError as e:
+        raise DataError(path, f"image too large ({e})") from None
     except (OSError, SyntaxError, ValueError) as e:  # PIL: truncated data, bad CRC, broken stream
         raise DataError(path, f"corrupt or truncated image ({e})") from None
     if size is not None and rgba.size != (size, size):

@@ -48,33 +48,50 @@ class ManifestSource:
         p = os.path.expanduser(p.strip())
         return p if os.path.isabs(p) else os.fspath(self.root / p)
 
-    def records(self, errors: ErrorPolicy, sizes: dict[str, int | None] | None = None) -> list[ObjectRecord]:
+    def _rows(self) -> list[tuple[int, dict]]:
+        """(line number, row) for every data row; ``DataError`` naming the CSV and the line if it
+        cannot be parsed (bad UTF-8, an unterminated quote, a field over csv's size limit)."""
+        reader = None
         try:
-            with open(self.path, newline="") as f:
+            with open(self.path, newline="", encoding="utf-8-sig") as f:  # -sig: Excel's byte-order mark
                 reader = csv.DictReader(f)
                 missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
                 if missing:
                     raise DataError(self.path, f"manifest lacks column(s) {missing}; it has {reader.fieldnames}")
-                rows = list(reader)
+                return [(reader.line_num, row) for row in reader]
         except FileNotFoundError:
             raise DataError(self.path, "manifest CSV not found") from None
+        except UnicodeDecodeError as e:
+            raise DataError(self.path, f"not UTF-8 text (byte {e.start}: {e.reason})") from None
+        except csv.Error as e:
+            raise DataError(self.path, f"malformed CSV near line {reader.line_num if reader else 1} ({e})") from None
+        except OSError as e:
+            raise DataError(self.path, f"manifest CSV unreadable ({e.strerror or e})") from None
+
+    def records(self, errors: ErrorPolicy, sizes: dict[str, int | None] | None = None) -> list[ObjectRecord]:
         objects: dict[str, dict] = {}
-        for line, row in enumerate(rows, start=2):
-            images = [self._abs(p) for p in (row["image"] or "").split(self.image_sep) if p.strip()]
-            voxels = (row["voxels"] or "").strip()
-            split = (row.get("split") or "").strip() or None
-            if not images or not voxels:
-                errors.handle(DataError(self.path, f"line {line}: empty image or voxels field"))
+        for line, row in self._rows():
+            field = {k: (row.get(k) or "").strip() if isinstance(row.get(k), str) else "" for k in _COLUMNS}
+            images = [self._abs(p) for p in field["image"].split(self.image_sep) if p.strip()]
+            voxels, category, split = field["voxels"], field["category"], field["split"] or None
+            if not images or not voxels or not category:
+                errors.handle(DataError(self.path, f"line {line}: empty image, voxels or category field"))
+                continue
+            if "\0" in field["image"] + voxels:
+                errors.handle(DataError(self.path, f"line {line}: a path contains a NUL byte"))
                 continue
             if split is not None and split not in SPLITS:
                 errors.handle(DataError(self.path, f"line {line}: split {split!r} is not one of {SPLITS}"))
                 continue
             voxels = self._abs(voxels)
-            key = (row.get("object_id") or "").strip() or voxels
-            obj = objects.setdefault(key, {"category": row["category"].strip(), "voxels": voxels,
-                                           "split": split, "images": []})
-            if (obj["voxels"], obj["split"]) != (voxels, split):
-                errors.handle(DataError(self.path, f"line {line}: object {key!r} given different voxels or split"))
+            key = field["object_id"] or voxels
+            obj = objects.setdefault(key, {"category": category, "voxels": voxels, "split": split, "images": []})
+            if (obj["voxels"], obj["split"], obj["category"]) != (voxels, split, category):
+                errors.handle(DataError(self.path, f"line {line}: object {key!r} given different voxels, split "
+                                                   "or category than on an earlier line"))
                 continue
             obj["images"] += [p for p in images if p not in obj["images"]]
         return [ObjectRecord(k, o["category"], tuple(o["images"]), o["voxels"], o["split"]) for k, o in objects.items()]
+
+
+_COLUMNS = REQUIRED + ("object_id", "split")
