@@ -1,9 +1,11 @@
-"""Lightning callbacks of ours: per-epoch reseeding (exact resume) and training throughput."""
+"""Lightning callbacks of ours: per-epoch reseeding (exact resume), training throughput, and a stop
+on a non-finite loss."""
 
 from __future__ import annotations
 
 import random
 import time
+from collections import deque
 
 import lightning as L
 import numpy as np
@@ -50,3 +52,63 @@ class TrainThroughput(L.Callback):
     @property
     def samples_per_second(self) -> float:
         return self.samples / self.seconds if self.seconds else float("nan")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; ``str()`` names the step and the batch's samples."""
+
+
+class NonFiniteLoss(L.Callback):
+    """Stop training with :class:`NonFiniteLossError` when a training loss is not finite, naming the
+    optimiser step and the object ids of that batch, before any checkpoint holds weights updated by it.
+
+    No host-device synchronisation per step: each step's "not finite" flag is copied to pinned host
+    memory without blocking, with a CUDA event behind it, and read once the event has completed (a
+    few steps later). Before any checkpoint is written, and at the end of every training epoch, the
+    pending flags are waited for, so the last checkpoint is always one of finite weights and resuming
+    from it works. On the CPU the flag is read at once.
+    """
+
+    def __init__(self):
+        self.pending: deque = deque()  # (step, object ids, host flag, CUDA event or None)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is None:
+            return
+        flag = ~torch.isfinite(loss.detach())
+        event = None
+        if flag.is_cuda:
+            host = torch.empty((), dtype=torch.bool, pin_memory=True)
+            host.copy_(flag, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            flag = host
+        # the step this loss was computed at (global_step already counts its optimiser step)
+        self.pending.append((trainer.global_step - 1, list(batch.get("object_id", [])), flag, event))
+        self.check(wait=False)
+
+    def check(self, wait: bool = True) -> None:
+        """Read every flag whose copy has completed (all of them if ``wait``); raise on the first set."""
+        while self.pending:
+            step, ids, flag, event = self.pending[0]
+            if event is not None and not event.query():
+                if not wait:
+                    return
+                event.synchronize()
+            self.pending.popleft()
+            if bool(flag):
+                self.pending.clear()
+                shown = ", ".join(ids[:16]) + (f", ... ({len(ids)} in all)" if len(ids) > 16 else "")
+                raise NonFiniteLossError(
+                    f"training loss is not finite at step {step} (batch of {len(ids)}: {shown}); "
+                    "no checkpoint was written after it: resume=<run> continues from the last good one")
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.check()
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self.check()
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        self.check()

@@ -14,9 +14,11 @@ import hydra
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.accelerators import CUDAAccelerator
 from torchmetrics import MeanMetric
 
-from r2n2.metrics import THRESHOLD, VoxelIoU
+from r2n2.callbacks import NonFiniteLoss
+from r2n2.metrics import THRESHOLD, VoxelIoU, voxel_iou_thresholds
 from r2n2.models import count_parameters
 
 # Pix2Vox reports IoU at these thresholds; the seed report at 0.3
@@ -26,6 +28,18 @@ THRESHOLDS = (0.2, 0.3, 0.4, 0.5)
 def _present(metrics: dict, prefix: str) -> dict:
     """Prefix the keys, dropping categories with no samples in this split (their IoU is NaN)."""
     return {prefix + k: v for k, v in metrics.items() if not torch.isnan(v)}
+
+
+def use_channels_last(net: torch.nn.Module, setting: bool | str, on_cuda: bool) -> bool:
+    """Put the 2D convolutions' weights in channels-last memory format if ``setting`` is True, or
+    "auto" on a CUDA GPU; the convolutions then produce channels-last activations. (The 3D parts keep
+    their layout: ``Module.to(memory_format=...)`` refuses 5D weights.) Returns whether it did."""
+    if not (setting is True or (setting == "auto" and on_cuda)):
+        return False
+    for m in net.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            m.to(memory_format=torch.channels_last)
+    return True
 
 
 def build_network(net: dict) -> torch.nn.Module:
@@ -44,14 +58,26 @@ class ReconstructionModule(L.LightningModule):
         TensorBoard and as ``<run>/reconstructions/epoch_NNN.png``.
     data: the data config it was trained with (kept in the checkpoint so ``r2n2-eval`` can rebuild
         the same splits; not used here).
+    compile: run the network through ``torch.compile`` (in place: checkpoint keys do not change).
+    channels_last: channels-last memory format for the 2D convolutions: True, False, or "auto" (on a
+        CUDA GPU only, where cuDNN's channels-last kernels are the fast ones).
+
+    The training step makes no host-device synchronisation: the step loss reaches the progress bar
+    only on the CPU (on a GPU it is logged every ``log_every_n_steps`` and per epoch), the training IoU
+    is summed on the device, and the non-finite-loss check (``r2n2.callbacks.NonFiniteLoss``) reads
+    its flag asynchronously.
     """
 
     def __init__(self, net: dict, optimizer: dict, scheduler: dict | None = None, viz_every_n_epochs: int = 1,
-                 viz_samples: int = 4, data: dict | None = None):
+                 viz_samples: int = 4, data: dict | None = None, compile: bool = False,
+                 channels_last: bool | str = "auto"):
         super().__init__()
         self.save_hyperparameters()
         self.net = build_network(net)
-        self.train_iou = VoxelIoU(THRESHOLD)
+        # training IoU@0.3 summed on the device (VoxelIoU.update validates and counts on the host); plain
+        # attributes, not buffers, which DDP would overwrite with rank 0's at every forward
+        self._train_iou_sum: torch.Tensor | float = 0.0
+        self._train_iou_count = 0
         self.test_iou = VoxelIoU(THRESHOLD)
         self.val_iou = VoxelIoU(THRESHOLDS)
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
@@ -63,7 +89,13 @@ class ReconstructionModule(L.LightningModule):
         return count_parameters(self.net)
 
     def setup(self, stage: str) -> None:
-        """Per-category metrics need the datamodule's category list."""
+        """Per-category metrics need the datamodule's category list; memory format and compilation
+        depend on the device the trainer chose."""
+        # moving to the GPU afterwards keeps the memory format
+        use_channels_last(self.net, self.hparams.channels_last, isinstance(self.trainer.accelerator, CUDAAccelerator))
+        if self.hparams.compile and not getattr(self, "_compiled", False):
+            self.net.compile()  # in place: state_dict keys stay those of the plain network
+            self._compiled = True
         dm = getattr(self.trainer, "datamodule", None)
         cats = list(getattr(dm, "categories", []) or [])
         if cats and cats != self.categories:
@@ -82,14 +114,21 @@ class ReconstructionModule(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss, probs = self._step(batch)
-        self.train_iou.update(probs, batch["voxels"])
+        threshold = torch.full((1,), THRESHOLD, device=probs.device)  # a fill, not a host-to-device copy
+        self._train_iou_sum = voxel_iou_thresholds(probs, batch["voxels"], threshold).sum() + self._train_iou_sum
+        self._train_iou_count += len(probs)
         bs = len(batch["voxels"])
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=bs)
+        # a step value on the progress bar is read every step: a host-device sync on a GPU
+        self.log("train/loss", loss, prog_bar=self.device.type == "cpu", on_step=True, on_epoch=True, batch_size=bs)
         return loss
 
     def on_train_epoch_end(self) -> None:
-        self.log("train/iou", self.train_iou.compute()[VoxelIoU.key(THRESHOLD)], prog_bar=True)
-        self.train_iou.reset()
+        # every rank sees the same number of samples (EpochShuffleSampler): the mean of rank means is the mean
+        self.log("train/iou", self._train_iou_sum / max(self._train_iou_count, 1), prog_bar=True, sync_dist=True)
+        self._train_iou_sum, self._train_iou_count = 0.0, 0
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        return [NonFiniteLoss()]
 
     def _eval_update(self, stage: str, batch: dict) -> None:
         """Accumulate ``stage`` ("val" or "test") loss (weighted by batch size), IoU, per-category IoU."""

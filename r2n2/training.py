@@ -13,6 +13,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from r2n2.accelerator import resolve_trainer
 from r2n2.atomic import atomic_write
 from r2n2.baselines import baseline_iou, mean_shapes
 from r2n2.callbacks import TrainThroughput
@@ -60,7 +61,7 @@ def build(cfg: DictConfig):
     throughput = TrainThroughput()
     # every checkpoint written atomically (temp file, fsync, rename), whatever other plugins are configured
     plugins = [hydra.utils.instantiate(p) for p in (cfg.trainer.get("plugins") or [])] + [AtomicCheckpointIO()]
-    trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks + [throughput, PredictionSpread()],
+    trainer = hydra.utils.instantiate(resolve_trainer(cfg.trainer), callbacks=callbacks + [throughput, PredictionSpread()],
                                       logger=logger, plugins=plugins)
     return datamodule, module, trainer, throughput
 

@@ -10,6 +10,7 @@ on the seed it is given, never on the state of a worker process.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -107,12 +108,19 @@ def to_images(rgba: torch.Tensor, augment: Augment | None = None, generator: tor
     if draw.background is not None:
         background = draw.background[:, :, None, None, None]  # (B, V, 1, 1, 1)
     else:
-        background = torch.tensor(float(EVAL_BACKGROUND), device=rgba.device)
+        background = float(EVAL_BACKGROUND)
     # (rgb * a + bg * (1 - a) - mean) / std, with a = alpha / 255, in three in-place passes
-    mean = torch.tensor(IMAGENET_MEAN, device=rgba.device).view(3, 1, 1) * 255
-    std = torch.tensor(IMAGENET_STD, device=rgba.device).view(3, 1, 1) * 255
+    mean, std = _mean_std(rgba.device)
     scale, shift = 1 / (255 * std), (background - mean) / std
     return rgb.sub_(background).mul_(alpha).mul_(scale).add_(shift)
+
+
+@functools.lru_cache(maxsize=None)
+def _mean_std(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """ImageNet mean and std * 255, (3, 1, 1) each, made once per device (no copy per batch)."""
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1) * 255
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1) * 255
+    return mean.to(device), std.to(device)
 
 
 def _shift(rgba: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
@@ -131,8 +139,8 @@ def _shift(rgba: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
 
 def _grey(rgb: torch.Tensor) -> torch.Tensor:
     """(..., 3, S, S) -> (..., 1, S, S) luma."""
-    w = torch.tensor(LUMA, device=rgb.device, dtype=rgb.dtype).view(3, 1, 1)
-    return (rgb * w).sum(-3, keepdim=True)
+    r, g, b = rgb.unbind(-3)
+    return (r * LUMA[0] + g * LUMA[1] + b * LUMA[2]).unsqueeze(-3)
 
 
 def _jitter(rgb: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:

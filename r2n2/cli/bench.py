@@ -1,0 +1,211 @@
+"""``r2n2-bench``: how close training gets to the speed of the network itself, in one process.
+
+For each batch size it measures steady-state training samples/s (after warm-up, synchronised with
+the device) of
+
+    (a) a bare PyTorch loop over the same network, precision, memory format and compilation, on one
+        batch already on the device (forward, BCE, backward, gradient clipping, Adam);
+    (b) the real path: ``Trainer.fit`` with the real DataModule, cache and worker processes, built by
+        the same ``r2n2.training.build`` as ``train.py`` (validation and checkpoints off);
+    (c) the DataLoader alone (its batches as they reach the device: uint8, pinned on CUDA);
+
+prints a table with the ratio b/a, writes bench.json, and names the device.
+
+    r2n2-bench                                           # the default model and batch, GPU if present
+    r2n2-bench --batch-sizes 8 256 model=r2n2_res_gru    # any model=, any batch sizes
+    r2n2-bench --batch-sizes 256 module.compile=true module.channels_last=true
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from r2n2.atomic import atomic_write
+from r2n2.machine import describe_machine
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _compose(overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        return compose("config", overrides)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class _StepClock:
+    """Lightning callback: wall time between the end of step ``warmup`` and of step ``warmup + steps``,
+    synchronised with the device at both ends only."""
+
+    def __init__(self, warmup: int, steps: int):
+        import lightning as L
+
+        class Clock(L.Callback):
+            def on_train_batch_end(cb, trainer, pl_module, outputs, batch, batch_idx):
+                done = trainer.global_step
+                if done in (warmup, warmup + steps):
+                    _sync(pl_module.device)
+                    self.marks.append((time.perf_counter(), self.samples))
+                self.samples += len(batch["voxels"])
+
+        self.callback, self.marks, self.samples = Clock(), [], 0
+
+    def rate(self) -> float:
+        (t0, n0), (t1, n1) = self.marks[:2]
+        return (n1 - n0) / (t1 - t0)
+
+
+def bare_loop(cfg, batch: dict, device: torch.device, precision: str, warmup: int, steps: int) -> float:
+    """(a): samples/s of forward + BCE + backward + clip + Adam on one batch already on ``device``."""
+    import hydra
+    import torch.nn.functional as F
+
+    from r2n2.data.transforms import to_images
+    from r2n2.module import build_network, use_channels_last
+
+    net = build_network(_plain(cfg.model)).to(device).train()
+    module_cfg = _plain(cfg.get("module"))
+    use_channels_last(net, module_cfg.get("channels_last", "auto"), device.type == "cuda")
+    if module_cfg.get("compile", False):
+        net.compile()
+    optimizer = hydra.utils.instantiate(_plain(cfg.optimizer))(params=net.parameters())
+    images = to_images(batch["rgba"].to(device))
+    target = batch["voxels"].to(device).float()
+    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(str(precision))
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)
+    clip = cfg.trainer.get("gradient_clip_val")
+
+    def step():
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            logits = net(images)
+        loss = F.binary_cross_entropy_with_logits(logits.float(), target)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if clip:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(net.parameters(), clip)
+        scaler.step(optimizer)
+        scaler.update()
+
+    for _ in range(warmup):
+        step()
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _sync(device)
+    return steps * len(target) / (time.perf_counter() - start)
+
+
+def _plain(cfg) -> dict:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(cfg, resolve=True) if cfg is not None else {}
+
+
+def real_path(cfg, warmup: int, steps: int) -> tuple[float, str, str]:
+    """(b): samples/s of ``Trainer.fit`` between the end of step ``warmup`` and ``warmup + steps``.
+    Returns (rate, accelerator, precision) as the trainer resolved them."""
+    from r2n2.training import build
+
+    datamodule, module, trainer, _ = build(cfg)
+    clock = _StepClock(warmup, steps)
+    trainer.callbacks.append(clock.callback)
+    trainer.fit(module, datamodule=datamodule)
+    return clock.rate(), type(trainer.accelerator).__name__.removesuffix("Accelerator").lower(), str(trainer.precision)
+
+
+def loader_only(datamodule, warmup: int, steps: int) -> float:
+    """(c): samples/s of iterating the training DataLoader (epochs chained as needed)."""
+    def batches():
+        while True:
+            yield from datamodule.train_dataloader()
+
+    it = batches()
+    for _ in range(warmup):
+        next(it)
+    start, n = time.perf_counter(), 0
+    for _ in range(steps):
+        n += len(next(it)["voxels"])
+    return n / (time.perf_counter() - start)
+
+
+def measure(overrides: list[str], batch_size: int, warmup: int, steps: int, out: Path) -> dict:
+    """One row of the table: (a), (b), (c) at ``batch_size`` for the config ``overrides``."""
+    import hydra
+
+    from r2n2.accelerator import choose
+
+    run = ["logger=none", "test=false", "trainer.max_epochs=-1", f"trainer.max_steps={warmup + steps}",
+           "trainer.limit_val_batches=0", "trainer.num_sanity_val_steps=0", "trainer.enable_progress_bar=false",
+           "callbacks.model_checkpoint=null", "callbacks.last_checkpoint=null", "module.viz_every_n_epochs=0",
+           f"data.batch_size={batch_size}", f"paths.output_dir={out / 'run'}"]
+    cfg = _compose([*run, *overrides])
+    rate_b, accelerator, precision = real_path(cfg, warmup, steps)
+    chosen = choose(cfg.trainer.accelerator, cfg.trainer.precision, cfg.trainer.get("benchmark", "auto"))
+    device = torch.device("cuda" if chosen["accelerator"] in ("gpu", "cuda") else "cpu")
+    torch.backends.cudnn.benchmark = bool(chosen["benchmark"])
+    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup()
+    datamodule.pin_memory = device.type == "cuda"
+    rate_c = loader_only(datamodule, warmup, steps)
+    batch = next(iter(datamodule.train_dataloader()))
+    rate_a = bare_loop(cfg, batch, device, chosen["precision"], warmup, steps)
+    module = _plain(cfg.get("module"))
+    return {"model": cfg.model._target_.rsplit(".", 1)[-1], "batch": batch_size, "device": describe_machine(),
+            "accelerator": accelerator, "precision": precision, "views": str(cfg.data.views_per_sample),
+            "compile": bool(module.get("compile", False)), "channels_last": module.get("channels_last", "auto"),
+            "num_workers": cfg.data.num_workers, "warmup_steps": warmup, "timed_steps": steps,
+            "bare_loop": rate_a, "trainer_fit": rate_b, "dataloader": rate_c, "ratio": rate_b / rate_a,
+            "overrides": overrides}
+
+
+def table(rows: list[dict]) -> str:
+    lines = [f"Machine: {rows[0]['device']}; torch {torch.__version__}. Training samples/s after warm-up, "
+             "synchronised. (a) bare PyTorch loop on one batch on the device, (b) Trainer.fit with the real "
+             "DataModule, cache and workers, (c) the DataLoader alone.", "",
+             "| model | batch | precision | compile | channels_last | workers | (a) bare loop | (b) Trainer.fit "
+             "| (c) DataLoader | b/a |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['batch']} | {r['precision']} | {r['compile']} | {r['channels_last']} | "
+                     f"{r['num_workers']} | {r['bare_loop']:,.1f} | {r['trainer_fit']:,.1f} | {r['dataloader']:,.0f} | "
+                     f"{r['ratio']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="r2n2-bench", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batch-sizes", type=int, nargs="+", help="default: data.batch_size of the config")
+    ap.add_argument("--warmup", type=int, default=5, help="steps before timing starts")
+    ap.add_argument("--steps", type=int, default=20, help="timed steps")
+    ap.add_argument("--out", default="outputs/bench", help="folder for bench.json")
+    ap.add_argument("overrides", nargs="*", help="Hydra overrides of train.py's config (model=..., data=...)")
+    args = ap.parse_args(argv)
+    sizes = args.batch_sizes or [int(_compose(args.overrides).data.batch_size)]
+    rows = []
+    for b in sizes:
+        rows.append(measure(args.overrides, b, args.warmup, args.steps, Path(args.out)))
+        print(f"[r2n2-bench] batch {b}: bare {rows[-1]['bare_loop']:.1f}, Trainer.fit {rows[-1]['trainer_fit']:.1f}, "
+              f"DataLoader {rows[-1]['dataloader']:.0f} samples/s", flush=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_write(out / "bench.json", "w") as f:
+        json.dump({"machine": describe_machine(), "torch": torch.__version__, "rows": rows}, f, indent=2)
+    print("\n" + table(rows))
+    print(f"[r2n2-bench] wrote {out / 'bench.json'}")
+
+
+if __name__ == "__main__":
+    main()
