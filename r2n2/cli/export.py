@@ -1,0 +1,86 @@
+"""``r2n2-export``: write an inference-only model (no optimizer state) from a training checkpoint.
+
+    r2n2-export --ckpt outputs/train/<run>/checkpoints/best.ckpt --format weights --out model.pt [--dtype bf16]
+    r2n2-export --ckpt ... --format onnx --out model.onnx [--check-images a.png b.png ...]
+    r2n2-export --ckpt ... --format torchscript --out model.ts
+
+Every export is checked before it is kept: the exported model and PyTorch run on the same input with
+1..5 views, and their logits must agree to 1e-4 (fp32 formats; a bf16 weights file reports its
+difference). The input is ``--check-images`` (your photos, preprocessed as ``r2n2-predict`` does;
+repeated to fill 5 views), else a seeded random batch. ``r2n2-predict --ckpt`` accepts the weights file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from r2n2.checkpoint import CheckpointError
+from r2n2.data.errors import DataError
+from r2n2.export import ATOL, CHECK_VIEWS, FORMATS, IMAGE_SIZE, check, export_onnx, export_torchscript, \
+    export_weights, load_network
+
+
+def check_input(images: list[str] | None) -> torch.Tensor:
+    """``(1, 5, 3, 127, 127)`` float: the given photos cycled to 5 views, or a seeded random one."""
+    if images:
+        from r2n2.cli.predict import load_views
+
+        views = load_views(images, IMAGE_SIZE)  # (1, V, 3, S, S)
+        idx = [i % views.shape[1] for i in range(max(CHECK_VIEWS))]
+        return views[:, idx].contiguous()
+    return torch.randn(1, max(CHECK_VIEWS), 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(0))
+
+
+def export(ckpt: str, fmt: str, out: str, dtype: str = "fp32", images: list[str] | None = None) -> dict:
+    """Export ``ckpt`` as ``fmt`` to ``out`` and check it; returns sizes and the check's differences."""
+    net, _ = load_network(ckpt)
+    x = check_input(images)
+    if fmt == "weights":
+        export_weights(ckpt, out, dtype)
+    elif fmt == "onnx":
+        export_onnx(net, out)
+    elif fmt == "torchscript":
+        export_torchscript(net, out)
+    else:
+        raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+    try:
+        diffs = check(net, out, fmt, x, atol=ATOL if (fmt != "weights" or dtype == "fp32") else float("inf"))
+    except AssertionError:
+        os.unlink(out)  # a model that does not reproduce PyTorch is not kept
+        raise
+    return {"out": out, "bytes": os.path.getsize(out), "ckpt_bytes": os.path.getsize(ckpt), "max_diff": diffs}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="r2n2-export", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ckpt", required=True, help="a training checkpoint (.ckpt) or an exported weights file")
+    ap.add_argument("--format", required=True, choices=FORMATS, help="what to write")
+    ap.add_argument("--out", required=True, help="output file")
+    ap.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="weights precision (--format weights)")
+    ap.add_argument("--check-images", nargs="+", default=None, metavar="IMG",
+                    help="photos to check the export on (default: a seeded random input)")
+    args = ap.parse_args(argv)
+    if args.dtype != "fp32" and args.format != "weights":
+        ap.error("--dtype bf16 applies to --format weights only (ONNX and TorchScript are exported in fp32)")
+    try:
+        info = export(args.ckpt, args.format, args.out, args.dtype, args.check_images)
+    except (CheckpointError, DataError) as e:
+        print(f"r2n2-export: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except AssertionError as e:
+        print(f"r2n2-export: error: {e}; nothing written", file=sys.stderr)
+        sys.exit(1)
+    diffs = ", ".join(f"{v} view(s) {d:.1e}" for v, d in info["max_diff"].items())
+    print(f"[r2n2-export] {args.format} ({args.dtype if args.format == 'weights' else 'fp32'}) -> {Path(args.out)}: "
+          f"{info['bytes'] / 1e6:.1f} MB (checkpoint {info['ckpt_bytes'] / 1e6:.1f} MB); "
+          f"max |logit - PyTorch|: {diffs}")
+
+
+if __name__ == "__main__":
+    main()
