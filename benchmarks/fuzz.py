@@ -252,12 +252,14 @@ def mat_savemat(draw) -> bytes:
         else:
             values[key] = scipy.sparse.eye(4, format="csc")
     buf = io.BytesIO()
-    try:
-        scipy.io.savemat(buf, values, format=draw(st.sampled_from(["5", "4"])),
-                         do_compression=draw(st.booleans()))
-    except Exception:  # v4 cannot hold cells, structs or 3D arrays: write v5 then
-        buf = io.BytesIO()
-        scipy.io.savemat(buf, values)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "field name starting with an underscore is ignored": meant
+        try:
+            scipy.io.savemat(buf, values, format=draw(st.sampled_from(["5", "4"])),
+                             do_compression=draw(st.booleans()))
+        except Exception:  # v4 cannot hold cells, structs or 3D arrays: write v5 then
+            buf = io.BytesIO()
+            scipy.io.savemat(buf, values)
     return buf.getvalue()
 
 
@@ -632,8 +634,10 @@ def main() -> None:
         proc = subprocess.run(cmd, capture_output=True, text=True)
         found = [ln for ln in proc.stdout.splitlines() if ln.startswith("ROW ")]
         if proc.returncode != 0 or not found:  # the process itself died: a crash is an escape too
+            stack = proc.stderr[proc.stderr.find("Fatal Python error"):][:1500] or proc.stderr[-1500:]
             row = {"parser": name, "inputs": 0, "clean": 0, "accepted": 0, "escapes": 1, "max_time_s": 0.0,
-                   "max_rss_mib": 0.0, "kinds": [f"process died ({proc.returncode}): {proc.stderr[-500:]}"]}
+                   "max_rss_mib": 0.0, "kinds": [f"process died ({proc.returncode}); the input is "
+                                                 f"{tempfile.gettempdir()}/fuzz-{name}-*/input{PARSERS[name].suffix}:\n{stack}"]}
         else:
             row = json.loads(found[-1][4:])
         rows.append(row)

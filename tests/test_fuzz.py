@@ -120,8 +120,10 @@ def test_mat_declaring_negative_or_huge_dims_or_unknown_types_is_refused_not_cra
 def test_mat_complex_or_cell_voxels_are_refused(tmp_path):
     path = tmp_path / "complex.mat"
     scipy.io.savemat(path, {"instance": np.ones((4, 4, 4), np.complex64)})
-    with pytest.raises(DataError, match="non-numeric dtype complex64"):
+    with pytest.raises(DataError, match="no 3D array .*'instance': 'complex single \(4, 4, 4\)'"):
         load_voxels(path)
+    with pytest.raises(DataError, match="'instance' in .mat file is a complex single"):
+        load_voxels(path, key="instance")
     path = tmp_path / "cell.mat"
     scipy.io.savemat(path, {"Volume": np.array([np.zeros((2, 2, 2)), "a"], dtype=object)})
     with pytest.raises(DataError, match="'Volume' in .mat file is a cell"):

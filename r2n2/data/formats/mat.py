@@ -1,12 +1,15 @@
-"""MATLAB .mat voxel files (MATLAB v5 through scipy; v7.3/HDF5 is refused with a clear error).
+"""MATLAB .mat voxel files: v5 (MATLAB's default up to v7) and v4; v7.3 (HDF5) is refused with a
+clear error.
 
 Known layouts (REFERENCE.md): 3D ShapeNets key ``instance`` (30^3 int8), DRC key ``Volume`` (32^3),
 ShapeNet-challenge key ``input`` (256^3).
 
-scipy's reader trusts the file: a negative declared dimension or an unknown data-element type
-crashes the process (found by benchmarks/fuzz.py), a huge dimension is allocated. So the variable is
-chosen from the headers (``scipy.io.whosmat``), its shape is checked, and its data elements are
-checked (types, sizes, a compressed one's inflated size) before ``scipy.io.loadmat`` reads it alone.
+Why v5 is read here and not by ``scipy.io.loadmat``: scipy's compiled reader trusts the file, and
+benchmarks/fuzz.py found malformed v5 files that crash the process (SIGSEGV: a negative dimension,
+a data element of type >= 20, and heap damage from inputs that passed both checks) or make it
+allocate a declared size. A voxel grid is one numeric matrix, which takes ~60 lines of numpy to
+read with every size checked before anything is allocated (MAT-File Format, MathWorks, ch. 1).
+v4 files, read by scipy's plain-numpy v4 reader, still go through scipy.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import math
 import os
 import struct
 import zlib
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.io
@@ -24,50 +28,46 @@ from r2n2.data.formats.limits import MAX_VOXELS
 
 # MATLAB v7.3 files are HDF5 containers whose 128-byte text header says so
 _V73_HEADER = b"MATLAB 7.3 MAT-file"
+# MAT-File Format, table 1-1 (data types) and 1-3 (array classes)
+_MI_INT8, _MI_INT32, _MI_UINT32, _MI_MATRIX, _MI_COMPRESSED = 1, 5, 6, 14, 15
+_MI_DTYPES = {1: "i1", 2: "u1", 3: "i2", 4: "u2", 5: "i4", 6: "u4", 7: "f4", 9: "f8", 12: "i8", 13: "u8"}
+_CLASSES = {1: "cell", 2: "struct", 3: "object", 4: "char", 5: "sparse", 6: "double", 7: "single", 8: "int8",
+            9: "uint8", 10: "int16", 11: "uint16", 12: "int32", 13: "uint32", 14: "int64", 15: "uint64",
+            16: "function", 17: "opaque"}
+_NUMERIC = {"double", "single", "int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64", "logical"}
+_LOGICAL, _COMPLEX = 0x200, 0x800
+# a variable's header (flags, dims, name) is inflated first, to size the rest before inflating it
+_HEADER_BYTES = 4096
 
 
 def read_mat(path: str | os.PathLike, key: str | None = None) -> np.ndarray:
-    """Read the voxel array of a .mat file: ``key`` if given, else the file's single 3D array.
+    """Read the voxel array of a .mat file: ``key`` if given, else the file's single 3D numeric array.
 
-    Returns the array as stored (any dtype, any 3D shape); ``load_voxels`` checks and resizes it.
+    Returns the array as stored (any numeric dtype, any 3D shape); ``load_voxels`` checks and resizes it.
     """
     try:
         with open(path, "rb") as f:
-            head = f.read(128)
+            blob = f.read()
     except FileNotFoundError:
         raise DataError(path, "voxel file not found") from None
     except OSError as e:
         raise DataError(path, f"unreadable .mat file ({e.strerror or e})") from None
-    if head.startswith(_V73_HEADER):
-        raise DataError(
-            path,
-            "MATLAB v7.3 (HDF5) .mat files are not supported: re-save it with save(..., '-v7') "
-            "or convert it to .npy",
-        )
-    name, shape = _choose(path, key)
-    _check_v5_tags(path, name, shape)
-    try:
-        mat = scipy.io.loadmat(path, variable_names=[name])
-    except NotImplementedError as e:  # scipy's own v7.3 detection
-        raise DataError(path, f"MATLAB v7.3 (HDF5) .mat files are not supported ({e})") from None
-    except Exception as e:  # scipy raises ValueError/TypeError/OSError on corrupt files
-        raise DataError(path, f"unreadable .mat file ({type(e).__name__}: {e})") from None
-    if name not in mat:
-        raise DataError(path, f"unreadable .mat file (variable {name!r} is listed but cannot be read)")
-    return np.asarray(mat[name])
+    if blob.startswith(_V73_HEADER) or (len(blob) >= 128 and blob[124:126] in (b"\x00\x02", b"\x02\x00")):
+        raise DataError(path, "MATLAB v7.3 (HDF5) .mat files are not supported: re-save it with save(..., '-v7') "
+                              "or convert it to .npy")
+    if len(blob) >= 4 and 0 in blob[:4]:  # scipy's rule: v4 files start with a small integer type code
+        return _read_v4(path, key)
+    order = {b"IM": "<", b"MI": ">"}.get(blob[126:128])
+    if len(blob) < 128 or order is None:
+        raise DataError(path, "unreadable .mat file: not MATLAB v5 (no header) nor v4")
+    variables = {v.name: v for v in _v5_variables(path, blob, order)}
+    var = variables[_choose(path, key, {n: (v.shape, v.cls) for n, v in variables.items()})]
+    return var.read(path)
 
 
-def _choose(path, key: str | None) -> tuple[str, tuple[int, ...]]:
-    """The variable to read, from the file's headers only (``scipy.io.whosmat``): ``key``, or the
-    single 3D numeric array. Declared shapes are checked here, before anything is allocated: scipy
-    trusts them (a negative dimension crashes it, a huge one allocates it)."""
-    try:
-        listing = scipy.io.whosmat(path)
-    except NotImplementedError as e:
-        raise DataError(path, f"MATLAB v7.3 (HDF5) .mat files are not supported ({e})") from None
-    except Exception as e:  # noqa: BLE001 - scipy raises many types on corrupt headers
-        raise DataError(path, f"unreadable .mat file ({type(e).__name__}: {e})") from None
-    arrays = {name: (tuple(shape), cls) for name, shape, cls in listing if not name.startswith("__")}
+def _choose(path, key: str | None, arrays: dict[str, tuple[tuple[int, ...], str]]) -> str:
+    """The variable to read: ``key``, or the single 3D numeric array; its declared shape checked."""
+    arrays = {k: v for k, v in arrays.items() if not k.startswith("__")}
     if key is not None:
         if key not in arrays:
             raise DataError(path, f"no key {key!r} in .mat file; it holds {sorted(arrays)}")
@@ -83,83 +83,108 @@ def _choose(path, key: str | None) -> tuple[str, tuple[int, ...]]:
     if cls not in _NUMERIC:
         raise DataError(path, f"{name!r} in .mat file is a {cls} {shape}, not a numeric array")
     if any(d < 0 for d in shape) or math.prod(shape) > MAX_VOXELS:
-        raise DataError(path, f"{name!r} in .mat file declares shape {shape}: corrupt, or more than "
-                              f"{MAX_VOXELS} voxels")
-    return name, shape
+        raise DataError(path, f"{name!r} in .mat file declares shape {shape}: corrupt, or more than {MAX_VOXELS} voxels")
+    return name
 
 
-# MATLAB classes that hold numbers (whosmat's names); cells, structs, chars, objects and sparse do not
-_NUMERIC = {"double", "single", "int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64", "logical"}
-
-
-# MATLAB v5 data types (the MAT-file format, table 1-1); scipy indexes a 20-entry table with the type
-# of each data element it reads, so any other value crashes the process (SIGSEGV)
-_MI_TYPES = {1, 2, 3, 4, 5, 6, 7, 9, 12, 13, 16, 17, 18}
-_MI_MATRIX, _MI_COMPRESSED = 14, 15
-
-
-def _check_v5_tags(path, name: str, shape: tuple[int, ...]) -> None:
-    """Check the data elements of variable ``name`` of a MATLAB v5 file before scipy reads them: each
-    of a known type and inside its matrix; a compressed one inflating to no more than its ``shape``
-    needs (a zlib bomb is refused, not inflated). v4 files (read by numpy code in scipy) pass as is."""
-    with open(path, "rb") as f:
-        head = f.read(128)
-        order = {b"IM": "<", b"MI": ">"}.get(head[126:128])
-        if order is None or head[124:126] not in (b"\x00\x01", b"\x01\x00"):
-            return  # not v5: scipy's v4 reader is plain numpy
-        budget = 8 * 2 * math.prod(shape) + 4096  # complex double at most, plus the sub-elements' headers
-        while tag := f.read(8):
-            if len(tag) < 8:
-                return  # trailing bytes: scipy stops reading there
-            mtype, nbytes = struct.unpack(order + "II", tag)
-            if mtype == _MI_COMPRESSED:
-                matrix = _inflate(path, f.read(nbytes), budget)
-            elif mtype == _MI_MATRIX:
-                matrix = tag + f.read(min(nbytes, budget))
-                f.seek(nbytes - min(nbytes, budget) + (-nbytes % 8), 1)
-            else:
-                return  # scipy refuses anything but matrices with a clear error
-            if _matrix_name(matrix, order) == name:
-                _check_elements(path, matrix, order)
-
-
-def _inflate(path, data: bytes, budget: int) -> bytes:
-    inflater = zlib.decompressobj()
+def _read_v4(path, key: str | None) -> np.ndarray:
     try:
-        out = inflater.decompress(data, budget + 1)
-    except zlib.error as e:
-        raise DataError(path, f"unreadable .mat file (corrupt compressed variable: {e})") from None
-    if len(out) > budget:
-        raise DataError(path, "corrupt .mat file: a compressed variable inflates to more than its shape needs")
-    return out
+        listing = scipy.io.whosmat(path)
+        name = _choose(path, key, {n: (tuple(s), c) for n, s, c in listing})
+        return np.asarray(scipy.io.loadmat(path, variable_names=[name])[name])
+    except DataError:
+        raise
+    except Exception as e:  # noqa: BLE001 - scipy raises ValueError/TypeError/KeyError... on corrupt files
+        raise DataError(path, f"unreadable .mat file ({type(e).__name__}: {e})") from None
 
 
-def _element(matrix: bytes, at: int, order: str) -> tuple[int, int, int, int]:
-    """(type, start of its data, end of its data, start of the next element) of the data element
-    at ``at``; the small format packs type and size in 4 bytes and the data in the other 4."""
-    mtype, nbytes = struct.unpack_from(order + "II", matrix, at)
+@dataclass
+class _Variable:
+    """A v5 matrix: ``data`` is its content after the 8-byte miMATRIX tag (inflated if compressed)."""
+
+    name: str
+    shape: tuple[int, ...]
+    cls: str
+    flags: int
+    data: bytes
+    at: int  # offset of the real part in ``data``
+    order: str
+
+    def read(self, path) -> np.ndarray:
+        mtype, start, end, _ = _element(path, self.data, self.at, self.order)
+        if mtype not in _MI_DTYPES:
+            raise DataError(path, f"corrupt .mat file: {self.name!r} holds data of unknown type {mtype}")
+        dtype = np.dtype(_MI_DTYPES[mtype]).newbyteorder(self.order)
+        count = math.prod(self.shape)
+        if (end - start) != count * dtype.itemsize:
+            raise DataError(path, f"corrupt .mat file: {self.name!r} holds {end - start} bytes of "
+                                  f"{dtype.name}, its shape {self.shape} needs {count * dtype.itemsize}")
+        values = np.frombuffer(self.data, dtype, count, start).reshape(self.shape, order="F")
+        return values.astype(bool) if self.flags & _LOGICAL else values.astype(dtype.newbyteorder("="))
+
+
+def _element(path, data: bytes, at: int, order: str) -> tuple[int, int, int, int]:
+    """(type, start of its data, end of its data, start of the next element) of the data element at
+    ``at``; the small format packs type and size in 4 bytes and the data in the other 4."""
+    if at + 8 > len(data):
+        raise DataError(path, "corrupt .mat file: a data element is cut off")
+    mtype, nbytes = struct.unpack_from(order + "II", data, at)
     if mtype >> 16:
-        return mtype & 0xFFFF, at + 4, at + 4 + (mtype >> 16), at + 8
-    return mtype, at + 8, at + 8 + nbytes, at + 8 + nbytes + (-nbytes % 8)
+        mtype, start, end, nxt = mtype & 0xFFFF, at + 4, at + 4 + (mtype >> 16), at + 8
+    else:
+        start, end, nxt = at + 8, at + 8 + nbytes, at + 8 + nbytes + (-nbytes % 8)
+    if end > len(data):
+        raise DataError(path, f"corrupt .mat file: a data element of {end - start} bytes runs past its variable")
+    return mtype, start, end, nxt
 
 
-def _matrix_name(matrix: bytes, order: str) -> str | None:
-    """The variable name of a miMATRIX element (flags, dims, name are its first three sub-elements)."""
-    try:
-        at = _element(matrix, _element(matrix, 8, order)[3], order)[3]
-        _, start, end, _ = _element(matrix, at, order)
-        return matrix[start:end].decode("latin-1")
-    except struct.error:
+def _v5_variables(path, blob: bytes, order: str):
+    """Every matrix of a v5 file, headers parsed; a compressed one inflated to what its shape needs."""
+    at = 128
+    while at + 8 <= len(blob):
+        mtype, nbytes = struct.unpack_from(order + "II", blob, at)
+        body = blob[at + 8:at + 8 + nbytes]
+        at += 8 + nbytes + (0 if mtype == _MI_COMPRESSED else -nbytes % 8)
+        if mtype == _MI_COMPRESSED:
+            inflater = zlib.decompressobj()
+            try:
+                head = inflater.decompress(body, _HEADER_BYTES)
+                if len(head) < 8:
+                    raise DataError(path, "corrupt .mat file: a compressed variable is empty")
+                mtype, nbytes = struct.unpack_from(order + "II", head)
+                var = _header(path, head[8:], order, mtype)
+                if var is not None and var.cls in _NUMERIC and 0 <= math.prod(var.shape) <= MAX_VOXELS \
+                        and min(var.shape, default=0) >= 0:
+                    room = nbytes - len(head) + 8
+                    if room > 16 * math.prod(var.shape) + _HEADER_BYTES:  # complex double at most
+                        raise DataError(path, f"corrupt .mat file: {var.name!r} declares {nbytes} bytes for shape {var.shape}")
+                    rest = inflater.decompress(inflater.unconsumed_tail, max(room, 0) + 1)
+                    var.data = (head + rest)[8:8 + nbytes]
+            except zlib.error as e:
+                raise DataError(path, f"corrupt .mat file: a compressed variable does not inflate ({e})") from None
+        else:
+            var = _header(path, body, order, mtype)
+        if var is not None:
+            yield var
+
+
+def _header(path, body: bytes, order: str, mtype: int) -> _Variable | None:
+    """Parse a miMATRIX's flags, dims and name (None for other top-level elements, which MATLAB ignores)."""
+    if mtype != _MI_MATRIX:
         return None
-
-
-def _check_elements(path, matrix: bytes, order: str) -> None:
-    at, end = 8, min(len(matrix), 8 + struct.unpack_from(order + "I", matrix, 4)[0])
-    while at < end:
-        if end - at < 8:
-            raise DataError(path, "corrupt .mat file: a data element's tag is cut off")
-        mtype, _, data_end, at = _element(matrix, at, order)
-        if mtype not in _MI_TYPES:
-            raise DataError(path, f"corrupt .mat file: data element of unknown type {mtype}")
-        if data_end > end:
-            raise DataError(path, f"corrupt .mat file: a data element runs {data_end - end} bytes past its variable")
+    ftype, fstart, fend, at = _element(path, body, 0, order)
+    if ftype != _MI_UINT32 or fend - fstart < 4:
+        raise DataError(path, f"corrupt .mat file: array flags of type {ftype}, expected miUINT32")
+    flags = struct.unpack_from(order + "I", body, fstart)[0]
+    dtype_, dstart, dend, at = _element(path, body, at, order)
+    if dtype_ != _MI_INT32 or (dend - dstart) % 4:
+        raise DataError(path, f"corrupt .mat file: dimensions of type {dtype_}, expected miINT32")
+    shape = tuple(int(d) for d in np.frombuffer(body, order + "i4", (dend - dstart) // 4, dstart))
+    ntype, nstart, nend, at = _element(path, body, at, order)
+    if ntype != _MI_INT8:
+        raise DataError(path, f"corrupt .mat file: array name of type {ntype}, expected miINT8")
+    name = body[nstart:nend].decode("latin-1")
+    cls = "logical" if flags & _LOGICAL else _CLASSES.get(flags & 0xFF, f"class {flags & 0xFF}")
+    if flags & _COMPLEX and cls in _NUMERIC:
+        cls = f"complex {cls}"  # not an occupancy grid
+    return _Variable(name, shape, cls, flags, body, at, order)
