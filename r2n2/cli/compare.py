@@ -129,10 +129,11 @@ def test_iou(module, data_cfg: dict, views: list[int], precision: str) -> tuple[
     from r2n2.training import mean_shape_baseline
 
     out, dm = {}, None
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     for v in views:
         dm = hydra.utils.instantiate({**data_cfg, "eval_views": v, "num_workers": 0, "persistent_workers": False})
         dm.setup()
-        probs, gts, _ = E.predict(module.net, dm.test_dataloader(), torch.device("cpu"), _autocast_dtype(precision))
+        probs, gts, _ = E.predict(module.net, dm.test_dataloader(), device, _autocast_dtype(precision))
         out[str(v)] = float(E.voxel_iou_thresholds(probs.float(), gts, torch.tensor([0.3])).mean())
     # the baseline sees no image, so the view count does not change it
     return out, mean_shape_baseline(dm)["baseline/global_mean_shape_test_iou"]
