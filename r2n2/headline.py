@@ -7,8 +7,9 @@ image, e.g. all 32,768 voxels occupied whatever the photo).
 
 - ``test/pred_pairwise_iou``: mean IoU@0.3 between the thresholded predictions of different test
   samples (the first ``MAX_PAIRWISE`` samples; two empty grids count as identical, IoU 1). Ground-truth
-  shapes of different objects overlap far less (0.2-0.4 on the synthetic set); a model that predicts
-  one grid for every image scores 1.
+  shapes of different objects overlap far less (default synthetic set, 416 objects: 0.125 over all
+  pairs, 0.46 within a category, 0.86 within its most uniform category); a model that predicts one
+  grid for every image scores 1.
 - ``test/pred_voxel_std``: the per-voxel standard deviation of the predicted probabilities across
   test samples, averaged over the 32^3 voxels: 0 when every image gets the same probabilities.
 - ``test/pred_occupied_fraction``: the share of voxels predicted occupied (1.0 = the full cube).
@@ -23,7 +24,7 @@ from r2n2.metrics import THRESHOLD
 
 MAX_PAIRWISE = 256  # samples kept for the pairwise IoU (a 256 x 256 matrix of 32^3 grids: ~8 MB of bits)
 # "nearly the same grid for every image": the thresholded predictions of different photos overlap
-# this much or more on average (different ground-truth objects overlap far less: docs/reliability.md).
+# this much or more on average (different ground-truth objects overlap far less: see above).
 # (The per-voxel std is reported but not used: it is small for any set of small objects, since most
 # of the cube is empty in every prediction.)
 SAME_GRID_IOU = 0.9
