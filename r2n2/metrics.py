@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import numpy as np
 import torch
 from torchmetrics import Metric
 
@@ -168,52 +167,4 @@ class VoxelIoU(Metric):
             out[self.key(t, "class_mean")] = class_mean[j]
         return out
 
-
-# Pix2Vox++ (after what3d): F-score at a distance of 1% of the (unit) grid side
-FSCORE_DISTANCE = 0.01
-FSCORE_POINTS = 8192
-
-
-def surface_points(grid: np.ndarray, n: int = FSCORE_POINTS, seed: int = 0) -> np.ndarray:
-    """``n`` points drawn uniformly (by area) on the surface of ``grid: (R, R, R) bool``.
-
-    As Pix2Vox++: pad by one empty voxel, marching cubes, vertices divided by R + 1 so the grid spans
-    the unit cube. (We extract the 0.5 level set with scikit-image; Pix2Vox++'s PyMCubes call used
-    level 0 on the binary grid, which shifts both surfaces half a voxel outward.)
-    Returns ``(n, 3) float`` in [0, 1], or ``(0, 3)`` for an empty grid.
-    """
-    from skimage.measure import marching_cubes
-
-    grid = np.asarray(grid, dtype=bool)
-    if not grid.any():
-        return np.zeros((0, 3))
-    padded = np.pad(grid, 1).astype(np.float32)
-    verts, faces, _, _ = marching_cubes(padded, level=0.5)
-    verts = verts / (padded.shape[0] - 1)
-    tri = verts[faces]  # (F, 3, 3)
-    area = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
-    rng = np.random.default_rng(seed)
-    pick = rng.choice(len(tri), size=n, p=area / area.sum())
-    u, v = rng.random((2, n))
-    flip = u + v > 1  # fold points of the parallelogram back into the triangle
-    u[flip], v[flip] = 1 - u[flip], 1 - v[flip]
-    t = tri[pick]
-    return t[:, 0] + u[:, None] * (t[:, 1] - t[:, 0]) + v[:, None] * (t[:, 2] - t[:, 0])
-
-
-def fscore_points(pred: np.ndarray, gt: np.ndarray, distance: float = FSCORE_DISTANCE) -> float:
-    """F-score of two point sets: precision = share of predicted points within ``distance`` of the
-    ground truth, recall = the reverse; F = 2PR / (P + R). Both empty -> 1, one empty -> 0."""
-    from scipy.spatial import cKDTree
-
-    if len(pred) == 0 or len(gt) == 0:
-        return float(len(pred) == len(gt))
-    precision = float((cKDTree(gt).query(pred)[0] < distance).mean())
-    recall = float((cKDTree(pred).query(gt)[0] < distance).mean())
-    return 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
-
-
-def voxel_fscore(pred: np.ndarray, gt: np.ndarray, distance: float = FSCORE_DISTANCE, n: int = FSCORE_POINTS,
-                 seed: int = 0) -> float:
-    """F-score@``distance`` of two ``(R, R, R) bool`` grids (Pix2Vox++'s F-score@1% by default)."""
-    return fscore_points(surface_points(pred, n, seed), surface_points(gt, n, seed + 1), distance)
+# F-score@1% (Pix2Vox++): r2n2.fscore

@@ -138,7 +138,10 @@ def log_final_hparams(loggers: list, cfg: DictConfig, metrics: dict) -> None:
 
 
 def mean_shape_baseline(datamodule) -> dict:
-    """Test IoU@0.3 of the training set's mean shape, thresholded (global and per category)."""
+    """Test IoU@0.3 of the training set's mean shape, thresholded (global and per category), and of
+    the recognition baselines (clustering, retrieval, oracle nearest neighbour: r2n2/recognition.py)."""
+    from r2n2.recognition import baseline_metrics
+
     if not datamodule.datasets:
         datamodule.setup()
     train, test = datamodule.datasets.get("train"), datamodule.datasets.get("test")
@@ -148,6 +151,7 @@ def mean_shape_baseline(datamodule) -> dict:
     return {
         "baseline/global_mean_shape_test_iou": float(baseline_iou(overall, test).mean()),
         "baseline/category_mean_shape_test_iou": float(baseline_iou(per_category, test).mean()),
+        **baseline_metrics(train, test),
     }
 
 

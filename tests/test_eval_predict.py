@@ -15,7 +15,7 @@ import torch
 from helpers.reference import naive_binvox
 
 from r2n2 import evaluation as E
-from r2n2.metrics import fscore_points, surface_points, voxel_fscore
+from r2n2.fscore import fscore_points, surface_points, voxel_fscore
 
 BIN = Path(sys.executable).parent
 
@@ -51,7 +51,10 @@ def test_eval_writes_tables_json_and_figures(evaluated):
     assert set(one["iou@0.3"]["per_category"]) == {"airplane", "chair", "table"}
     cats = one["iou@0.3"]["per_category"]
     assert one["iou@0.3"]["mean_of_category_means"] == pytest.approx(np.mean(list(cats.values())))
-    assert set(result["baselines"]) == {"global mean shape", "category mean shape"}
+    assert set(result["baselines"]) == {"global mean shape", "category mean shape", "clustering", "retrieval",
+                                        "oracle nearest neighbour"}
+    base = {k: v["iou@0.3"]["mean_over_samples"] for k, v in result["baselines"].items()}
+    assert base["oracle nearest neighbour"] >= base["retrieval"]  # the oracle bounds any retrieval
 
 
 def test_eval_agrees_with_the_training_run_test_metric(trained, evaluated):

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 def _datamodule(data_cfg: dict, eval_views: int, cfg: DictConfig):
     data_cfg = {**data_cfg, "eval_views": eval_views, "eval_batch_size": cfg.batch_size,
-                "num_workers": cfg.num_workers, "persistent_workers": False}
+                "num_workers": 0, "persistent_workers": False}
     dm = hydra.utils.instantiate(data_cfg, _recursive_=True)
     dm.prepare_data()
     dm.setup()
@@ -36,6 +36,19 @@ def _datamodule(data_cfg: dict, eval_views: int, cfg: DictConfig):
 
 def evaluate(cfg: DictConfig) -> dict:
     from r2n2 import evaluation as E
+    from r2n2 import scoring as S
+    from r2n2.fscore import FScorer
+
+    scorer = FScorer(cfg.fscore.workers, cfg.fscore.points, cfg.fscore.distance)  # first: its processes fork
+    try:
+        return _evaluate(cfg, scorer)
+    finally:
+        scorer.close()
+
+
+def _evaluate(cfg: DictConfig, scorer) -> dict:
+    from r2n2 import evaluation as E
+    from r2n2 import scoring as S
 
     module, ckpt = load_module(cfg.ckpt)
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") else ckpt["hyper_parameters"].get("data")
@@ -44,90 +57,122 @@ def evaluate(cfg: DictConfig) -> dict:
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if cfg.device == "auto" else cfg.device))
     dtype = torch.bfloat16 if str(cfg.precision) in ("bf16", "bf16-mixed") else None
-    thresholds, t = tuple(float(x) for x in cfg.thresholds), float(cfg.threshold)
+    proto = cfg.protocol
+    if proto.samples not in ("all", "first_views") or proto.choose_threshold not in ("val", "test", "none"):
+        raise ValueError(f"protocol={proto.name}: samples must be all|first_views and choose_threshold "
+                         f"val|test|none, got {proto.samples!r} and {proto.choose_threshold!r}")
+    thresholds, t = tuple(float(x) for x in proto.thresholds), float(proto.threshold)
+    if t not in thresholds:
+        raise ValueError(f"protocol={proto.name}: threshold {t} is not one of thresholds {list(thresholds)}")
     out_dir = Path(cfg.paths.output_dir)
 
     dm1 = _datamodule(data_cfg, 1, cfg)
     if cfg.split not in dm1.datasets or "train" not in dm1.datasets:
         raise DataError(None, f"the data has no {cfg.split} or train split (splits: {sorted(dm1.datasets)})")
-    split = dm1.datasets[cfg.split]
-    gts = E.sample_voxels(split)
-    gt_points = _object_points(split, cfg)
-
-    result = {"checkpoint": str(cfg.ckpt), "split": cfg.split, "num_samples": len(split), "threshold": t,
-              "thresholds": list(thresholds), "model": {}, "baselines": {}}
-    selection = None
-    if "val" in dm1.datasets and cfg.split != "val":
-        probs_val, gts_val, _ = E.predict(module.net, dm1.val_dataloader(), device, dtype)
-        tv, iou_v = E.select_threshold(probs_val, gts_val)
-        selection = {"threshold": tv, "val_iou": iou_v, "grid": list(E.SELECTION_GRID)}
-
     most = dm1.min_views(cfg.split)  # views of the object with the fewest in this split
     views = sorted({int(v) for v in cfg.views if 1 <= int(v) <= most})
-    first = None
-    for v in views:
-        dm = dm1 if v == 1 else _datamodule(data_cfg, v, cfg)
-        loader = dm.test_dataloader() if cfg.split == "test" else dm.val_dataloader() if cfg.split == "val" else \
-            dm._loader(cfg.split, train=False)
-        probs, gts_v, cats = E.predict(module.net, loader, device, dtype)
-        s = E.score(probs, gts_v, cats, thresholds, t, gt_points, cfg.fscore.distance, cfg.fscore.points)
-        result["model"][str(v)] = s.summary()
-        if v == 1:
-            first = (probs, cats, s)
-            if selection is not None:
-                sel = E.score(probs, gts_v, cats, (selection["threshold"],), selection["threshold"], gt_points,
-                              cfg.fscore.distance, cfg.fscore.points).summary()
-                key = f"iou@{selection['threshold']:g}"
-                selection.update(test_iou=sel[key]["mean_over_samples"],
-                                 test_iou_class_mean=sel[key]["mean_of_category_means"],
-                                 test_fscore=sel["fscore@1%"]["mean_over_samples"])
-        log.info("%d view(s): IoU@%g %.4f", v, t, result["model"][str(v)][f"iou@{t:g}"]["mean_over_samples"])
+    if not views:
+        raise ValueError(f"views={list(cfg.views)}: the {cfg.split} split has objects with only {most} view(s)")
+    # one dataset with every view of its objects serves all view counts (and the first-views protocols)
+    held = max(views[-1], 2 if proto.samples == "first_views" and most >= 2 else 1)
+    split = (dm1 if held == 1 else _datamodule(data_cfg, held, cfg)).datasets[cfg.split]
+    samples = (S.all_samples if proto.samples == "all" else S.first_views)(split, views[-1])
+    cats = samples.category
 
-    for name, probs in E.baselines(dm1.datasets["train"], split).items():
-        cats = np.array([split.objects[o]["category"] for o in split.samples[:, 0]])
-        result["baselines"][name] = E.score(probs, gts, cats, thresholds, t, gt_points, cfg.fscore.distance,
-                                            cfg.fscore.points).summary()
+    result = {"checkpoint": str(cfg.ckpt), "protocol": OmegaConf.to_container(proto), "split": cfg.split,
+              "num_samples": len(samples), "threshold": t, "thresholds": list(thresholds), "model": {},
+              "baselines": {}}
+    selection = None
+    if proto.choose_threshold == "val" and "val" in dm1.datasets and cfg.split != "val":
+        val = S.score_network(module.net, S.all_samples(dm1.datasets["val"], 1), [1], E.SELECTION_GRID, {},
+                              None, device, dtype, cfg.batch_size, cfg.progress, "val (threshold)")[1]
+        mean = val.iou.mean(0)
+        best = int(np.argmax(mean))
+        selection = {"chosen_on": "val", "threshold": float(E.SELECTION_GRID[best]), "val_iou": float(mean[best]),
+                     "grid": [float(g) for g in E.SELECTION_GRID]}
+    scored = tuple(sorted(set(thresholds) | {float(g) for g in E.SELECTION_GRID}))
+    fscore_at = {v: (t,) for v in views}
+    if selection is not None:
+        fscore_at[1] = tuple(sorted({t, selection["threshold"]}))
+    res = S.score_network(module.net, samples, views, scored, fscore_at, scorer, device, dtype, cfg.batch_size,
+                          cfg.progress, f"{cfg.split} ({len(samples)} samples x {len(views)} view counts)")
+    for v in views:
+        r = res[v]
+        scores = E.Scores(cats, thresholds, np.stack([r.iou_at(x) for x in thresholds], 1), r.fscore[t], t)
+        result["model"][str(v)] = scores.summary()
+        log.info("%d view(s): IoU@%g %.4f", v, t, result["model"][str(v)][f"iou@{t:g}"]["mean_over_samples"])
+    if selection is not None:
+        ts = selection["threshold"]
+        sel = E.Scores(cats, (ts,), res[1].iou_at(ts)[:, None], res[1].fscore[ts], ts).summary()
+        selection.update(test_iou=sel[f"iou@{ts:g}"]["mean_over_samples"],
+                         test_iou_class_mean=sel[f"iou@{ts:g}"]["mean_of_category_means"],
+                         test_fscore=sel["fscore@1%"]["mean_over_samples"])
+    elif proto.choose_threshold == "test":
+        selection = {"chosen_on": "test", "per_views": {}}
+        for v in views:
+            means = {x: result["model"][str(v)][f"iou@{x:g}"]["mean_over_samples"] for x in thresholds}
+            tb = max(means, key=means.get)
+            selection["per_views"][str(v)] = {"threshold": tb, "test_iou": means[tb]}
     result["threshold_selection"] = selection
+
+    for name, (table, index) in _baseline_predictions(dm1.datasets["train"], samples, cfg).items():
+        r = S.score_indexed(table, index, samples, thresholds, (t,), scorer)
+        result["baselines"][name] = E.Scores(cats, thresholds, r.iou, r.fscore[t], t).summary()
 
     report = E.markdown_report(result)
     with atomic_write(out_dir / "eval.json", "w") as f:
         json.dump(result, f, indent=2)
     with atomic_write(out_dir / "eval.md", "w") as f:
         f.write(report)
-    if cfg.figures and first is not None:
-        _figures(out_dir, module, split, gts, first, thresholds, cfg)
+    if cfg.figures:
+        _figures(out_dir, module, samples, res[1], scored, t, device, dtype, cfg)
     print(report)
     print(f"[r2n2-eval] wrote {out_dir / 'eval.json'}, {out_dir / 'eval.md'}")
     return result
 
 
-def _object_points(split, cfg: DictConfig) -> list[np.ndarray]:
-    """Ground-truth surface points per sample, computed once per object."""
+def _baseline_predictions(train, samples, cfg: DictConfig) -> dict:
+    """{name: (table (P, R, R, R), index (N,))}: the predictors that see no image, then (with
+    ``recognition=true``) the recognition baselines of ``r2n2.recognition``."""
+    from r2n2.baselines import mean_shape_for, mean_shapes
+
+    overall, per_category = mean_shapes(train)
+    names, index = np.unique(samples.category, return_inverse=True)
+    out = {"global mean shape": (overall[None], np.zeros(len(samples), np.int64)),
+           "category mean shape": (mean_shape_for(per_category, list(names)), index.reshape(-1))}
+    if cfg.recognition:
+        from r2n2 import recognition
+
+        fitted = recognition.fit(train)
+        out.update(recognition.predict(fitted, samples.dataset, samples.slots[:, 0], samples.obj))
+    return out
+
+
+def _figures(out_dir: Path, module, samples, first, scored, t: float, device, dtype, cfg) -> None:
+    """iou_vs_threshold.png (1 view, the 0.05 grid), worst.png and best.png (1 view at ``t``) and the
+    same samples in reconstructions.html."""
+    from r2n2 import viewer, viz
     from r2n2.baselines import object_voxels
-    from r2n2.metrics import surface_points
-
-    per_object = [surface_points(g, cfg.fscore.points, seed=1) for g in object_voxels(split).numpy() > 0.5]
-    return [per_object[o] for o in split.samples[:, 0]]
-
-
-def _figures(out_dir: Path, module, split, gts, first, thresholds, cfg) -> None:
-    from r2n2 import viz
-    from r2n2.data.datamodule import collate
     from r2n2.data.transforms import to_images
-    from r2n2.metrics import voxel_iou_thresholds
+    from r2n2.evaluation import SELECTION_GRID
+    from r2n2.scoring import ViewCounts
 
-    probs, cats, s = first
-    grid = np.round(np.arange(0.05, 0.951, 0.05), 2)
-    curves = voxel_iou_thresholds(probs.float(), gts, torch.tensor(grid)).numpy()
-    viz.save(viz.iou_threshold_figure(grid, curves, cats), out_dir / "iou_vs_threshold.png")
-    order = np.argsort(s.iou[:, list(s.thresholds).index(float(cfg.threshold))])
+    cats = samples.category
+    curves = np.stack([first.iou_at(g) for g in SELECTION_GRID], 1)
+    viz.save(viz.iou_threshold_figure(np.array(SELECTION_GRID), curves, cats), out_dir / "iou_vs_threshold.png")
+    order = np.argsort(first.iou_at(t), kind="stable")
     k = min(int(cfg.figure_samples), len(order))
+    grids = object_voxels(samples.dataset)
+    rows = []  # also as reconstructions.html: rotatable 3D voxels (r2n2/viewer.py)
     for name, idx in (("worst", order[:k]), ("best", order[::-1][:k].copy())):
-        batch = collate([split[int(i)] for i in idx])
-        titles = [f"{c} ({cats[i]})" for c, i in zip([name] * k, idx)]
-        images = to_images(batch["rgba"][:, :1])[:, 0]
-        fig = viz.reconstruction_figure(images, batch["voxels"], probs[idx].float(), cfg.threshold, titles)
-        viz.save(fig, out_dir / f"{name}.png")
+        images = to_images(samples.rgba(idx, 1).to(device))
+        probs = ViewCounts(module.net.eval().to(device), [1], dtype)(images)[1].cpu()
+        titles = [f"{name} ({cats[i]})" for i in idx]
+        gts = grids[torch.from_numpy(samples.obj[idx])]
+        viz.save(viz.reconstruction_figure(images[:, 0].cpu(), gts, probs, t, titles), out_dir / f"{name}.png")
+        rows += viewer.samples(titles, samples.rgba(idx, 1), gts, probs, t)
+    viewer.write_page(out_dir / "reconstructions.html", rows, "r2n2-eval: worst and best reconstructions",
+                      f"One input view per sample, IoU at p >= {t:g}.")
 
 
 # conf/ sits at the project root (an editable install); an absolute path works however we are called

@@ -1,0 +1,157 @@
+"""The fast evaluation path gives today's figures: F-score (pool, cached ground truth, bounded
+queries) against the plain definition on real grids; one forward for all view counts against a
+forward per view count; float32 thresholds; the mean-shape baseline by hand."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from r2n2 import scoring as S
+from r2n2.fscore import FScorer, fscore_points, score_packed, surface_points
+from r2n2.metrics import voxel_iou_thresholds
+
+
+def _real_grids(shared_data) -> dict[str, np.ndarray]:
+    from r2n2.data.formats import load_voxels
+
+    b = shared_data / "binvox"
+    bench = load_voxels(b / "piaomz_Pix2Vox_Keras__bench_modelt_transposed021.binvox")
+    return {"bench gt": bench, "bench prediction": load_voxels(b / "piaomz_Pix2Vox_Keras__bench_predict001.binvox"),
+            "chair": load_voxels(shared_data / "r2n2-sample/ShapeNetVox32/03001627/pix2voxkeras_chair/model.binvox"),
+            "shapenet model": load_voxels(b / "lraxue_3D-R2N2__model.binvox"),
+            "bench shifted": np.roll(bench, 1, axis=0), "empty": np.zeros_like(bench)}
+
+
+def _reference(pred: np.ndarray, gt: np.ndarray, n: int) -> float:
+    """r2n2-eval's F-score before the fast path: fresh surfaces and balanced trees per sample."""
+    return fscore_points(surface_points(pred, n, seed=0), surface_points(gt, n, seed=1))
+
+
+def test_fast_fscore_equals_the_definition_on_real_grids(shared_data):
+    grids = _real_grids(shared_data)
+    names = list(grids)
+    pairs = [(p, g) for p in names for g in ("bench gt", "chair", "empty")]  # 18 pairs, repeated gts
+    gt_keys = [g for _, g in pairs]
+    preds = np.stack([grids[p] for p, _ in pairs])
+    gts = np.stack([grids[g] for _, g in pairs])
+    expected = np.array([_reference(grids[p], grids[g], 2048) for p, g in pairs])
+    with FScorer(workers=1, n=2048) as pool:  # a real worker process
+        fast = pool.submit(gt_keys, gts, preds).result()
+    assert np.array_equal(fast, expected)  # equal, not close: the same points and decisions
+    assert 0 < expected[names.index("bench prediction") * 3] < expected[names.index("bench gt") * 3]
+    inline = score_packed(gt_keys, np.packbits(gts.reshape(len(gts), -1), 1), np.packbits(preds.reshape(len(preds), -1), 1),
+                          gts.shape[1:], 2048)
+    assert np.array_equal(inline, expected)
+
+
+def _tiny_split(trained, views: int):
+    import hydra
+
+    from r2n2.checkpoint import load_module
+
+    run_dir, _ = trained
+    module, ckpt = load_module(run_dir / "checkpoints" / "best.ckpt")
+    dm = hydra.utils.instantiate({**ckpt["hyper_parameters"]["data"], "eval_views": views, "num_workers": 0})
+    dm.prepare_data()
+    dm.setup()
+    return module.net.eval(), dm.datasets["test"]
+
+
+def test_one_forward_for_all_view_counts_equals_a_forward_per_view_count(trained):
+    """The streaming scorer (shared encoder, pooled F-score) against the way r2n2-eval scored before:
+    a dataset opened at each view count, a plain forward per view count, IoU and F-score per sample."""
+    net, split = _tiny_split(trained, 3)
+    samples = S.all_samples(split, 3)
+    thresholds = (0.2, 0.3, 0.4, 0.5)
+    with FScorer(workers=1, n=1024) as pool:
+        fast = S.score_network(net, samples, [1, 2, 3], thresholds, {v: (0.3,) for v in (1, 2, 3)}, pool,
+                               torch.device("cpu"), None, batch_size=4, progress=False)
+    from r2n2.data.dataset import PackedDataset
+    from r2n2.data.transforms import to_images
+
+    for v in (1, 2, 3):
+        ds = PackedDataset(split.folder, v, split.categories, seed=split.seed)  # today's per-view-count dataset
+        items = [ds[i] for i in range(len(ds))]
+        images = to_images(torch.from_numpy(np.stack([it["rgba"] for it in items])))
+        gts = torch.from_numpy(np.stack([it["voxels"] for it in items])).bool()
+        with torch.no_grad():
+            probs = torch.sigmoid(net(images).float())
+        iou = voxel_iou_thresholds(probs, gts, torch.tensor(thresholds)).numpy()
+        np.testing.assert_allclose(fast[v].iou, iou, atol=1e-6)
+        fs = [_reference(p, g, 1024) for p, g in zip((probs >= 0.3).numpy(), gts.numpy())]
+        np.testing.assert_allclose(fast[v].fscore[0.3], fs, atol=1e-12)
+    assert S.ViewCounts(net, [1, 3], None).shared  # the seed model runs the shared-encoder path
+
+
+class _Constant(torch.nn.Module):
+    """Predicts p everywhere, whatever the image (a network of another shape: no encoder)."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.logit = float(np.log(p / (1 - p)))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.full((images.shape[0], 32, 32, 32), self.logit, device=images.device)
+
+
+def test_probabilities_just_below_the_threshold_stay_empty(trained):
+    """p = 0.29995 is not occupied at t = 0.3. Before the fix, r2n2-eval stored float16
+    probabilities, which round 0.29995 to 0.30005, so the grid counted as full (IoU = occupancy)."""
+    assert float(torch.tensor(0.29995).half()) >= 0.3  # the defect this guards against
+    _, split = _tiny_split(trained, 1)
+    samples = S.all_samples(split, 1)
+    res = S.score_network(_Constant(0.29995), samples, [1], (0.29, 0.3), {}, None, torch.device("cpu"), None,
+                          progress=False)[1]
+    assert (res.iou_at(0.3) == 0).all()  # an empty prediction of a non-empty object
+    assert (res.iou_at(0.29) > 0).all()
+    from r2n2.data.datamodule import collate
+    from r2n2.evaluation import predict
+
+    loader = [collate([split[i] for i in range(len(split))])]
+    probs, _, _ = predict(_Constant(0.29995), loader, torch.device("cpu"))
+    assert probs.dtype == torch.float32 and not (probs >= 0.3).any()
+
+
+# --- the mean-shape baseline, by hand --------------------------------------------------------------
+
+
+def _write_split(folder, grids: list[np.ndarray], categories: list[str], samples: list[tuple[int, int]]):
+    """A packed split as r2n2.data.cache writes it: index.json, images.u8 (2 x 2 RGBA), voxels.u8."""
+    folder.mkdir(parents=True)
+    r = grids[0].shape[0]
+    objects = [{"id": f"o{i}", "category": c, "first": i, "count": 1} for i, c in enumerate(categories)]
+    (folder / "index.json").write_text(json.dumps({"image_size": 2, "resolution": r, "num_images": len(grids),
+                                                   "objects": objects, "samples": samples}))
+    (folder / "images.u8").write_bytes(np.zeros((len(grids), 2, 2, 4), np.uint8).tobytes())
+    (folder / "voxels.u8").write_bytes(np.stack([np.packbits(g.reshape(-1)) for g in grids]).tobytes())
+
+
+def test_mean_shape_baseline_by_hand_and_blind_to_test_voxels(tmp_path):
+    """Two training objects of one category, A seen once and B three times (4 samples); one test
+    object. Mean = (1 A + 3 B) / 4; the test object's voxels change its IoU, never the prediction."""
+    from r2n2.baselines import baseline_iou, mean_shapes
+    from r2n2.data.dataset import PackedDataset
+
+    a = np.zeros((8, 8, 8), bool)
+    a[:4] = True  # 256 voxels
+    b = np.zeros((8, 8, 8), bool)
+    b[:2] = True  # 128 voxels, inside a
+    _write_split(tmp_path / "train", [a, b], ["chair", "chair"], [[0, 0], [1, 0], [1, 0], [1, 0]])
+    train = PackedDataset(tmp_path / "train", 1, ["chair"])
+    overall, per_category = mean_shapes(train)
+    expected = np.zeros((8, 8, 8), np.float32)
+    expected[:2], expected[2:4] = 1.0, 0.25  # x < 2: in A and B; 2 <= x < 4: in A only (1 of 4 samples)
+    assert np.array_equal(overall.numpy(), expected) and np.array_equal(per_category["chair"].numpy(), expected)
+
+    ious = []
+    for k, test_grid in enumerate((a, b, np.ones((8, 8, 8), bool))):
+        _write_split(tmp_path / f"test{k}", [test_grid], ["chair"], [[0, 0]])
+        test = PackedDataset(tmp_path / f"test{k}", 1, ["chair"])
+        assert torch.equal(mean_shapes(train)[0], overall)  # the test split plays no part in it
+        ious.append([float(baseline_iou(overall, test, t)[0]) for t in (0.2, 0.3)])
+    # at t = 0.2 the prediction is A (p = 0.25 >= 0.2); at t = 0.3 it is B
+    assert ious == [[1.0, 0.5], [0.5, 1.0], [0.5, 0.25]]
