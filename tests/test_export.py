@@ -94,12 +94,13 @@ def test_exported_model_matches_pytorch_on_real_images_for_1_to_5_views(fmt, ckp
     assert np.abs(run(real_views[1:]) - reference[5][1:]).max() <= 1e-4  # and so is the batch
 
 
-def test_export_of_a_bad_file_is_one_clear_line(shared_data, tmp_path):
+def test_export_of_a_bad_file_is_one_clear_line(shared_data, tmp_path, capsys):
     not_ckpt = tmp_path / "photo.ckpt"
     not_ckpt.write_bytes((shared_data / "photos" / "0.png").read_bytes())
-    proc = subprocess.run([str(BIN / "r2n2-export"), "--ckpt", str(not_ckpt), "--format", "onnx",
-                           "--out", str(tmp_path / "m.onnx")], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    (line,) = [ln for ln in proc.stderr.splitlines() if "error:" in ln]
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--ckpt", str(not_ckpt), "--format", "onnx", "--out", str(tmp_path / "m.onnx")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "Traceback" not in err
+    (line,) = [ln for ln in err.splitlines() if "error:" in ln]
     assert str(not_ckpt) in line and "not a readable PyTorch checkpoint" in line
     assert not (tmp_path / "m.onnx").exists()
