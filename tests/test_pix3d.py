@@ -19,6 +19,7 @@ from r2n2.data.errors import DataError
 from r2n2.data.formats import load_voxels, read_rgba
 from r2n2.data.sources import ErrorPolicy, Pix3DSource
 from r2n2.data.sources.pix3d import square_box
+from test_viewer import CHROMIUM, _check_draws, _page_data
 
 BIN = Path(sys.executable).parent
 SAMPLE = "r2n2-sample"
@@ -220,3 +221,8 @@ def test_eval_of_a_trained_checkpoint_on_pix3d(trained, pix3d, tmp_path):
     assert result["num_samples"] == 2 and sorted(result["model"]) == ["1"]  # 1 photo per test object
     per_category = result["model"]["1"]["iou@0.3"]["per_category"]
     assert sorted(per_category) == ["bench", "chair"] and all(0 <= v <= 1 for v in per_category.values())
+    # the worst and the best sample as rotatable voxels, with ground truth and IoU
+    rows = _page_data((out / "reconstructions.html").read_text())
+    assert len(rows) == 2 and all(r["gt"] is not None and 0 <= r["iou"] <= 1 for r in rows)
+    if CHROMIUM:
+        _check_draws(out / "reconstructions.html", tmp_path, [x for r in rows for x in (True, r["occupied"] > 0)])
