@@ -238,15 +238,33 @@ def _recover_swap(root: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _move_into_place(tmp: Path, root: Path) -> None:
-    """Rename the finished ``tmp`` folder to ``root`` (replacing an empty or, by request, old one)."""
-    old = None
-    if root.exists():
-        if any(root.iterdir()):
-            old = root.parent / f".{root.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
-            os.rename(root, old)
-        else:
-            root.rmdir()
-    os.rename(tmp, root)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+def _move_into_place(tmp: Path, root: Path, attempts: int = 3) -> None:
+    """Rename the finished ``tmp`` folder to ``root`` (replacing an empty or, by request, old one).
+
+    Another process may swap its own set in at the same time: if ``root`` then already holds a set
+    with the same synth.json, ``tmp`` is dropped; if it holds another, the swap is tried again.
+    """
+    for attempt in range(attempts):
+        old = None
+        if root.exists():
+            if any(root.iterdir()):
+                old = root.parent / f".{root.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
+                os.rename(root, old)
+            else:
+                root.rmdir()
+        try:
+            os.rename(tmp, root)
+        except OSError:
+            if old is not None and not root.exists():
+                os.rename(old, root)  # not swapped: the old set goes back
+            elif old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+            if made_with(root) is not None and made_with(root) == made_with(tmp):
+                shutil.rmtree(tmp, ignore_errors=True)
+                return
+            if attempt == attempts - 1:
+                raise
+            continue
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return
