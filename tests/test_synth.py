@@ -308,7 +308,7 @@ def test_generation_is_atomic_and_idempotent(tmp_path, monkeypatch):
     stamp = (root / "synth.json").stat().st_mtime_ns
     assert generate_dataset(target, objects_per_category=1, views=1, categories=["lamp"], workers=1) == root
     assert (root / "synth.json").stat().st_mtime_ns == stamp  # same parameters: reused, not rebuilt
-    with pytest.raises(FileExistsError):
+    with pytest.raises(FileExistsError, match="made with another views; pass overwrite=True"):
         generate_dataset(target, objects_per_category=1, views=2, categories=["lamp"], workers=1)
     generate_dataset(target, objects_per_category=1, views=2, categories=["lamp"], workers=1, overwrite=True)
     assert json.loads((root / "synth.json").read_text())["views"] == 2

@@ -191,6 +191,11 @@ def generate_dataset(root: str | os.PathLike, objects_per_category: int = DEFAUL
     if made_with(root) == params:
         return root
     if root.exists() and any(root.iterdir()) and not overwrite:
+        before = made_with(root)
+        if before is not None:
+            changed = sorted(k for k in params if before.get(k) != params[k])
+            raise FileExistsError(f"{root} holds a synthetic dataset made with another {', '.join(changed)}; "
+                                  "pass overwrite=True (r2n2-synth --overwrite) to regenerate it")
         raise FileExistsError(f"{root} exists and is not this synthetic dataset; pass overwrite=True to replace it")
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
