@@ -123,6 +123,9 @@ def train_in_child_run(metrics_file: str) -> dict:
     (DDP then starts its ranks as in any single run) and return the metrics it wrote."""
     from hydra.core.hydra_config import HydraConfig
 
+    if not TRAIN_SCRIPT.is_file():
+        raise FileNotFoundError(f"{TRAIN_SCRIPT}: a DDP job inside a multirun runs train.py again, and it is not "
+                                "there (r2n2 installed without its repository); sweep with one device per job")
     hc = HydraConfig.get()
     job_dir = Path(hc.runtime.output_dir)
     # the sweep already saved this job's .hydra/ (its overrides feed the sweep summary)
