@@ -62,8 +62,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         raise CheckpointError(f"{path}: holds Python objects other than tensors and plain containers, so it was "
                               "not written by this project (written by another program; not loaded, for safety)") from None
     except Exception as e:  # torch's zip reader and rebuilders raise RuntimeError and others on damaged data
-        raise CheckpointError(f"{path}: truncated or damaged PyTorch checkpoint ({type(e).__name__}: "
-                              f"{_first_sentence(e)})") from None
+        detail = f"{type(e).__name__}: {_first_sentence(e)}" if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: truncated or damaged PyTorch checkpoint ({detail})") from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or not isinstance(ckpt.get("hyper_parameters"), dict):
         raise CheckpointError(f"{path}: not a Lightning training checkpoint (no state_dict / hyper_parameters)")
     net = ckpt["hyper_parameters"].get("net")
