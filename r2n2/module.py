@@ -13,11 +13,11 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.accelerators import CUDAAccelerator
 from torchmetrics import MeanMetric
 
 from r2n2.callbacks import NonFiniteLoss
+from r2n2.losses import voxel_loss
 from r2n2.metrics import THRESHOLD, VoxelIoU, voxel_iou_thresholds
 from r2n2.models import count_parameters
 
@@ -61,6 +61,9 @@ class ReconstructionModule(L.LightningModule):
     compile: run the network through ``torch.compile`` (in place: checkpoint keys do not change).
     channels_last: channels-last memory format for the 2D convolutions: True, False, or "auto" (on a
         CUDA GPU only, where cuDNN's channels-last kernels are the fast ones).
+    loss: kwargs of ``r2n2.losses.voxel_loss``, e.g. ``{"soft_iou_weight": 1.0}``; None = plain BCE.
+    A scheduler config with ``total_steps: auto`` (conf/scheduler/onecycle.yaml) gets the run's
+    optimiser steps (Lightning's ``estimated_stepping_batches``).
 
     The training step makes no host-device synchronisation: the step loss reaches the progress bar
     only on the CPU (on a GPU it is logged every ``log_every_n_steps`` and per epoch), the training IoU
@@ -70,7 +73,7 @@ class ReconstructionModule(L.LightningModule):
 
     def __init__(self, net: dict, optimizer: dict, scheduler: dict | None = None, viz_every_n_epochs: int = 1,
                  viz_samples: int = 4, data: dict | None = None, compile: bool = False,
-                 channels_last: bool | str = "auto"):
+                 channels_last: bool | str = "auto", loss: dict | None = None):
         super().__init__()
         self.save_hyperparameters()
         self.net = build_network(net)
@@ -109,7 +112,7 @@ class ReconstructionModule(L.LightningModule):
 
     def _step(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self(batch["images"])
-        loss = F.binary_cross_entropy_with_logits(logits.float(), batch["voxels"].float())
+        loss = voxel_loss(logits, batch["voxels"], **(self.hparams.loss or {}))
         return loss, torch.sigmoid(logits.detach().float())
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -206,5 +209,7 @@ class ReconstructionModule(L.LightningModule):
         interval = cfg.pop("interval", "epoch")
         if interval not in ("epoch", "step"):
             raise ValueError(f"scheduler.interval must be 'epoch' or 'step', got {interval!r}")
+        if cfg.get("total_steps") == "auto":
+            cfg["total_steps"] = int(self.trainer.estimated_stepping_batches)
         scheduler = hydra.utils.instantiate(cfg)(optimizer=optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
