@@ -106,6 +106,9 @@ def restore_config(cfg: DictConfig) -> tuple[DictConfig, str]:
                 f"({saved_file}), which a resume keeps; a resume may change only {', '.join(RESUMABLE[1:])}. "
                 "To train with other settings, start a new run (ckpt_path=<checkpoint> starts from its weights)")
     with open_dict(saved):
+        for key in cfg:  # top-level settings added to the project since the run started (e.g. extras)
+            if key not in saved:
+                saved[key] = cfg[key]
         saved.resume = None
         saved.paths.output_dir = str(run)
     if os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("RANK", "0") == "0":

@@ -15,5 +15,7 @@ class CrashAtEpoch(L.Callback):
         self.epoch = epoch
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
-        if trainer.current_epoch == self.epoch:
+        # only in the run started fresh: resume= restores the run's config, this callback included,
+        # and the resumed run must go on
+        if trainer.current_epoch == self.epoch and trainer.ckpt_path is None:
             os.kill(os.getpid(), signal.SIGKILL)
