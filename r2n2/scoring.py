@@ -138,7 +138,9 @@ class ViewCounts:
             self.shared = False
             return
         worst = max(float((fast[k] - self._forward(images[:, :k])).abs().max()) for k in self.views)
-        self.shared = worst < 1e-3  # bf16: the same arithmetic in another batch layout
+        # the same arithmetic in another batch layout: float32 agrees to rounding; bf16 (8-bit mantissa)
+        # moves probabilities by ~1e-3 (measured 1.5e-3), as any change of batch size does in bf16
+        self.shared = worst < (1e-4 if self.dtype is None else 1e-2)
         if not self.shared:
             log.info("view counts run separately: the shared encoder differs by %.2g", worst)
 
