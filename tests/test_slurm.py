@@ -32,8 +32,9 @@ pytestmark = pytest.mark.slurm
 TEMPLATE = ROOT / "conf" / "slurm" / "train.sbatch"
 PACKAGES = ["slurm-wlm", "munge"]
 DAEMONS = ("munged", "slurmctld", "slurmd")
-# the 2-task job of tests (a) and (c): 3 epochs, fp32 (equality with one process to 1e-5)
-EPOCHS = 3
+# the 2-task job of tests (a) and (c): 4 epochs (room for two requeues however slow the machine is),
+# fp32 (equality with one process to 1e-5)
+EPOCHS = 4
 DDP_CPU = ["trainer.accelerator=cpu", "trainer.precision=32", "trainer.sync_batchnorm=false"]
 
 
@@ -284,12 +285,14 @@ def test_requeued_job_resumes_in_its_folder_and_ends_like_the_uninterrupted_one(
 
     # 1. after the first epoch's checkpoint: the time-limit signal, to every task of the job step
     slurm.wait_for(last.is_file, "the first last.ckpt")
-    first_save = last.stat().st_mtime_ns
     slurm._run(["scancel", "--signal=USR1", str(job)])
     slurm.wait_for(lambda: requeued(1), "the job to requeue itself")
     slurm.release(job)
-    # 2. once the restarted job has saved a later epoch: requeue by hand
-    slurm.wait_for(lambda: last.stat().st_mtime_ns != first_save, "a checkpoint of the restarted job")
+    # 2. once the restarted job has saved an epoch of its own: requeue by hand (the first run may have
+    # saved another epoch before SLURM stopped it, so the clock starts when the restart runs)
+    slurm.wait_for(lambda: slurm.job(job).get("JobState") == "RUNNING", "the restarted job to run")
+    restart_save = last.stat().st_mtime_ns
+    slurm.wait_for(lambda: last.stat().st_mtime_ns != restart_save, "a checkpoint of the restarted job")
     slurm._run(["scontrol", "requeue", str(job)])
     slurm.wait_for(lambda: requeued(2), "the requeue by scontrol")
     slurm.release(job)
