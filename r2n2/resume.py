@@ -121,12 +121,27 @@ def restore_config(cfg: DictConfig) -> tuple[DictConfig, str]:
     return saved, str(ckpt)
 
 
+def check_not_finished(ckpt: Path, cfg: DictConfig, epoch: int, step: int) -> None:
+    """``ResumeError`` if a checkpoint at (``epoch``, ``step``) leaves nothing to train under ``cfg.trainer``:
+    Lightning would skip fitting and the run's metrics.json would be rewritten without its train/val figures."""
+    max_epochs, max_steps = cfg.trainer.get("max_epochs"), cfg.trainer.get("max_steps")
+    done_epochs = max_epochs is not None and max_epochs != -1 and epoch + 1 >= max_epochs
+    done_steps = max_steps is not None and max_steps > 0 and step >= max_steps
+    if done_epochs or done_steps:
+        raise ResumeError(f"{ckpt}: the run has finished (epoch {epoch + 1} of trainer.max_epochs={max_epochs}, step "
+                          f"{step} of trainer.max_steps={max_steps}); pass a larger trainer.max_epochs or "
+                          "trainer.max_steps to train longer, or evaluate it with r2n2-eval")
+
+
 def check_checkpoint_matches(ckpt: Path, cfg: DictConfig) -> None:
-    """``ResumeError`` if the checkpoint was trained on other data or with another network than ``cfg``."""
+    """``ResumeError`` if the checkpoint was trained on other data or with another network than ``cfg``,
+    or has nothing left to train."""
     try:
-        hp = load_checkpoint(ckpt)["hyper_parameters"]
+        loaded = load_checkpoint(ckpt)
     except CheckpointError as e:
         raise ResumeError(str(e)) from None
+    check_not_finished(ckpt, cfg, int(loaded.get("epoch", 0)), int(loaded.get("global_step", 0)))
+    hp = loaded["hyper_parameters"]
     mine = {"model": OmegaConf.to_container(cfg.model, resolve=True),
             "data": OmegaConf.to_container(cfg.data, resolve=True)}
     theirs = {"model": hp.get("net"), "data": hp.get("data")}

@@ -85,3 +85,9 @@ def test_resume_restores_the_runs_config_and_refuses_to_change_its_data(tmp_path
     assert b["epochs"] == 2 and b["baseline/global_mean_shape_test_iou"] == a["baseline/global_mean_shape_test_iou"]
     assert "synthetic" not in proc.stdout + proc.stderr
     assert "max_epochs: 2" in (run / ".hydra" / "config.yaml").read_text()  # a later plain resume= goes as far
+    # the run has now reached its max_epochs: a plain resume= would train nothing and rewrite
+    # metrics.json without the train/val figures, so it is refused and the results stay
+    done = (run / "metrics.json").read_bytes()
+    proc = run_train([f"resume={run}"], tmp_path / "finished", check=False)
+    assert proc.returncode == 2 and "the run has finished" in proc.stderr.strip().splitlines()[-1], proc.stderr[-2000:]
+    assert (run / "metrics.json").read_bytes() == done
