@@ -131,6 +131,10 @@ class ReconstructionModule(L.LightningModule):
         self._train_iou_sum, self._train_iou_count = 0.0, 0
 
     def configure_callbacks(self) -> list[L.Callback]:
+        # once per trainer: trainer.test() after fit() asks again, and a second one would be logged
+        # as overriding the first
+        if any(isinstance(c, NonFiniteLoss) for c in self.trainer.callbacks):
+            return []
         return [NonFiniteLoss()]
 
     def _eval_update(self, stage: str, batch: dict) -> None:
