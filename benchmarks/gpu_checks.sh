@@ -42,7 +42,8 @@ step() {
 }
 
 if [ "${GPU_CHECKS_TINY:-0}" = 1 ]; then  # a CPU rehearsal: tiny data, few steps, short budgets
-  DATA=(data.source.objects_per_category=4 data.source.views=3 "data.source.categories=[chair,table,airplane]")
+  # 5 views per object: r2n2-compare draws 1..5 views per batch
+  DATA=(data.source.objects_per_category=4 data.source.views=5 "data.source.categories=[chair,table,airplane]")
   BATCHES=(2 4); BENCH=(--warmup 1 --steps 2); MINUTES=0.1; PAPER_SPLITS="{train:12,val:6,test:6}"
   EVAL=(views=[1,2] fscore.points=256 recognition=false)
 else
