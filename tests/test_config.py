@@ -27,7 +27,9 @@ def test_every_group_has_options():
 
 @pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_option_composes_and_targets_exist(group, option):
-    cfg = _compose([f"{group}={option}"] + (["data.source.path=x.csv"] if option == "manifest" else []))
+    # protocol is a group of r2n2-eval's config (conf/eval.yaml), the rest of train.py's
+    extra = (["data.source.path=x.csv"] if option == "manifest" else []) + (["ckpt=x.ckpt"] if group == "protocol" else [])
+    cfg = _compose([f"{group}={option}"] + extra, name="eval" if group == "protocol" else "config")
     node = cfg[group] if group in cfg else cfg  # @package _global_ options (experiment, debug) have no node
     container = OmegaConf.to_container(node, resolve=False) if node is not None else {}
     targets = []
