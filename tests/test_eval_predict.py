@@ -217,6 +217,7 @@ def _assert_clean_error(proc: subprocess.CompletedProcess, *words: str) -> None:
         assert w in lines[0], (w, lines[0])
 
 
+@pytest.mark.slow
 def test_bad_checkpoints_give_one_clear_line(trained, shared_data, tmp_path):
     for expected, path in _bad_checkpoints(trained, shared_data, tmp_path).items():
         word = {"truncated": "truncated", "not a checkpoint": "not a readable PyTorch checkpoint",

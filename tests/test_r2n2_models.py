@@ -58,7 +58,9 @@ def test_configs_build_the_named_classes():
     kinds = {name: type(build(name)) for name in MODELS}
     assert kinds == {"seed_gru": SeedModel, "seed_lstm": SeedModel, "r2n2_gru": R2N2, "r2n2_res_gru": R2N2,
                      "r2n2_lstm": R2N2}
-    assert isinstance(build("seed_lstm").recurrent.rnn, nn.LSTM) and isinstance(build("seed_gru").recurrent.rnn, nn.GRU)
+    # the seed models run their recurrence as an explicit cell loop over nn.LSTM / nn.GRU parameters
+    assert build("seed_lstm").recurrent.cell == "lstm" and build("seed_gru").recurrent.cell == "gru"
+    assert "weight_hh_l0" in dict(build("seed_lstm").recurrent.rnn.named_parameters())
     assert isinstance(build("r2n2_gru").recurrent, Conv3dGRU) and isinstance(build("r2n2_res_gru").recurrent, Conv3dGRU)
     assert isinstance(build("r2n2_lstm").recurrent, Conv3dLSTM)
 

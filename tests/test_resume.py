@@ -66,7 +66,6 @@ def _check_resume_is_exact(data_dir: Path, tmp_path: Path, extra: list[str]) -> 
         torch.testing.assert_close(got_state[k], want_state[k], rtol=0, atol=0, msg=k)
 
 
-@pytest.mark.slow
 def test_resume_is_exact_with_the_default_data_settings(data_dir, tmp_path):
     """2 persistent worker processes (the default): the resumed epoch gets its own order, not epoch 0's."""
     _check_resume_is_exact(data_dir, tmp_path, [])
