@@ -117,8 +117,9 @@ def train(cfg: DictConfig) -> dict:
     log.info("metrics written to %s", out_dir / METRICS_FILE)
     for warning in warnings:
         log.warning("degenerate model: %s", warning)
-    if headline(metrics):  # the run's last line: the model against both mean shapes
-        log.info(headline(metrics))
+    line = headline(metrics)
+    if line:  # the run's last line: the model against both mean shapes
+        log.info(line)
     return metrics
 
 
