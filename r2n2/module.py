@@ -8,6 +8,7 @@ category. Everything in ``hparams`` is a plain container, so checkpoints load wi
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import hydra
@@ -20,6 +21,8 @@ from r2n2.callbacks import NonFiniteLoss
 from r2n2.losses import voxel_loss
 from r2n2.metrics import THRESHOLD, VoxelIoU, voxel_iou_thresholds
 from r2n2.models import count_parameters
+
+log = logging.getLogger(__name__)
 
 # Pix2Vox reports IoU at these thresholds; the seed report at 0.3
 THRESHOLDS = (0.2, 0.3, 0.4, 0.5)
@@ -62,8 +65,10 @@ class ReconstructionModule(L.LightningModule):
     channels_last: channels-last memory format for the 2D convolutions: True, False, or "auto" (on a
         CUDA GPU only, where cuDNN's channels-last kernels are the fast ones).
     loss: kwargs of ``r2n2.losses.voxel_loss``, e.g. ``{"soft_iou_weight": 1.0}``; None = plain BCE.
-    A scheduler config with ``total_steps: auto`` (conf/scheduler/onecycle.yaml) gets the run's
-    optimiser steps (Lightning's ``estimated_stepping_batches``).
+    A scheduler config with ``total_steps: auto`` (conf/scheduler/onecycle.yaml, cosine.yaml) gets the
+    run's optimiser steps (Lightning's ``estimated_stepping_batches``); a run resumed with more epochs
+    or steps (``resume=<run> trainer.max_epochs=N``) has its schedule re-spread over the new length from
+    the step it had reached (``_fit_schedule_to_run``).
 
     The training step makes no host-device synchronisation: the step loss reaches the progress bar
     only on the CPU (on a GPU it is logged every ``log_every_n_steps`` and per epoch), the training IoU
@@ -214,6 +219,49 @@ class ReconstructionModule(L.LightningModule):
         if interval not in ("epoch", "step"):
             raise ValueError(f"scheduler.interval must be 'epoch' or 'step', got {interval!r}")
         if cfg.get("total_steps") == "auto":
-            cfg["total_steps"] = int(self.trainer.estimated_stepping_batches)
+            cfg["total_steps"] = self._run_steps()
         scheduler = hydra.utils.instantiate(cfg)(optimizer=optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
+
+    def _run_steps(self) -> int:
+        """The run's optimiser steps, for a schedule spread over the whole run (``total_steps: auto``).
+
+        Lightning estimates them from the training loader, which it builds (and starts iterating) here,
+        in configure_optimizers: before a resumed run's checkpoint is restored, so the loader would draw
+        the batches of epoch 0 instead of the epoch being resumed (R2N2DataModule._next_epoch). A loader
+        built for the estimate is dropped, and Lightning builds it again after the restore."""
+        fit_loop = self.trainer.fit_loop
+        built_here = self.trainer.train_dataloader is None
+        steps = self.trainer.estimated_stepping_batches
+        if built_here:
+            fit_loop._combined_loader = None  # Lightning's setup_data() rebuilds it when the fit loop runs
+        if steps == float("inf"):
+            raise ValueError(f"scheduler={self.hparams.scheduler.get('_target_', '?').rsplit('.', 1)[-1]} with "
+                             "total_steps: auto spreads over the run's optimiser steps, but trainer.max_epochs=-1 and "
+                             "trainer.max_steps=-1 leave them unbounded: set one of them (a time budget, "
+                             "trainer.max_time, stops a run but does not size it), or use scheduler=multistep|none")
+        return int(steps)
+
+    def on_train_start(self) -> None:
+        self._fit_schedule_to_run()
+
+    def _fit_schedule_to_run(self) -> None:
+        """Re-spread a ``total_steps: auto`` schedule restored from a checkpoint over this run's length.
+
+        The scheduler state in a checkpoint holds the length of the run that wrote it; resumed with a
+        larger trainer.max_epochs / max_steps, OneCycleLR would stop with "Tried to step N times" at the
+        old end. The schedule is rebuilt for the new length at the step it had reached (its learning
+        rate moves to the new curve's value there)."""
+        cfg = dict(self.hparams.scheduler or {})
+        interval = cfg.pop("interval", "epoch")
+        if cfg.get("total_steps") != "auto" or not self.trainer.lr_scheduler_configs:
+            return
+        config = self.trainer.lr_scheduler_configs[0]
+        total, old = self._run_steps(), config.scheduler
+        if getattr(old, "total_steps", total) == total:
+            return
+        cfg["total_steps"] = total
+        # last_epoch = steps taken - 1: the constructor's own first step() lands on the step reached
+        config.scheduler = hydra.utils.instantiate(cfg)(optimizer=old.optimizer, last_epoch=old.last_epoch - 1)
+        log.info("scheduler: re-spread over %d optimiser steps (was %d), at step %d; interval %s",
+                 total, old.total_steps, old.last_epoch, interval)

@@ -23,7 +23,7 @@ from conftest import HELPERS, ROOT, run_train, tiny
 
 EPOCHS = 2
 # metrics.json keys that measure time, not results
-TIMING = ("fit_seconds", "wall_seconds", "train_samples_per_second")
+TIMING = ("fit_seconds", "wall_seconds", "train_samples_per_second", "train_samples_per_second_by_epoch")
 
 
 def _args(data_dir: Path, extra: list[str]) -> list[str]:
@@ -74,3 +74,31 @@ def test_resume_is_exact_with_the_default_data_settings(data_dir, tmp_path):
 @pytest.mark.slow
 def test_resume_is_exact_with_augmentation_and_random_view_counts(data_dir, tmp_path):
     _check_resume_is_exact(data_dir, tmp_path, ["data.augment=true", "data.views_per_sample=[1,3]"])
+
+
+def test_resume_with_more_epochs_respreads_the_default_cosine_schedule(data_dir, tmp_path):
+    """The default schedule (scheduler=cosine) spans the run's optimiser steps. A finished 1-epoch run
+    resumed with trainer.max_epochs=2 used to stop at the old last step ("Tried to step N times"): its
+    checkpoint held the 1-epoch length. Now it trains epoch 2 on a schedule spread over 2 epochs and
+    ends at the learning rate a 2-epoch run ends at."""
+    import hydra
+    from omegaconf import OmegaConf
+
+    run = tmp_path / "run"
+    args = tiny(data_dir, epochs=1) + ["logger=none", "test=false", "module.viz_every_n_epochs=0"]
+    run_train(args, run)
+    first = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["lr_schedulers"][0]
+    steps = first["last_epoch"]
+    assert first["total_steps"] == steps  # one epoch's steps, all taken
+    run_train([f"resume={run}", "trainer.max_epochs=2"])
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    sched = ckpt["lr_schedulers"][0]
+    assert ckpt["epoch"] == 1 and sched["total_steps"] == 2 * steps and sched["last_epoch"] == 2 * steps
+    cfg = OmegaConf.to_container(OmegaConf.load(run / ".hydra" / "config.yaml"), resolve=True)["scheduler"]
+    assert cfg.pop("total_steps") == "auto" and cfg.pop("interval") == "step"  # the default is step-spread
+    opt = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=cfg["max_lr"])
+    ref = hydra.utils.instantiate(cfg)(optimizer=opt, total_steps=2 * steps)
+    for _ in range(2 * steps):
+        opt.step()
+        ref.step()
+    assert ckpt["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(opt.param_groups[0]["lr"], rel=1e-6)
