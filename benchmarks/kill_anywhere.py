@@ -33,7 +33,7 @@ from pathlib import Path
 import lightning as L
 
 ROOT = Path(__file__).resolve().parents[1]
-TIMING_KEYS = ("fit_seconds", "wall_seconds", "train_samples_per_second")  # differ between any two runs
+TIMING_KEYS = ("fit_seconds", "wall_seconds", "train_samples_per_second", "train_samples_per_second_by_epoch")  # differ between any two runs
 PHASE_FILE = "phase"
 
 

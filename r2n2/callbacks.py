@@ -3,6 +3,7 @@ on a non-finite loss."""
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from collections import deque
@@ -10,6 +11,8 @@ from collections import deque
 import lightning as L
 import numpy as np
 import torch
+
+log = logging.getLogger(__name__)
 
 
 class EpochSeed(L.Callback):
@@ -34,20 +37,34 @@ class EpochSeed(L.Callback):
 
 class TrainThroughput(L.Callback):
     """Training samples per second, counting the time from one training batch's end to the next
-    (data loading included, validation excluded), summed over processes."""
+    (data loading included, validation excluded), summed over processes: over the whole run and per
+    epoch (logged at each epoch's end, so a slower epoch shows; issue 9: none should be slower than
+    the first)."""
 
     def __init__(self):
         self.samples, self.seconds, self._last = 0, 0.0, None
+        self.by_epoch: list[float] = []  # samples/s of each training epoch this process ran
+        self._epoch_samples, self._epoch_seconds = 0, 0.0
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._last = time.perf_counter()
+        self._epoch_samples, self._epoch_seconds = 0, 0.0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         now = time.perf_counter()
         if self._last is not None:
+            n = len(batch["voxels"]) * trainer.world_size
             self.seconds += now - self._last
-            self.samples += len(batch["voxels"]) * trainer.world_size
+            self.samples += n
+            self._epoch_seconds += now - self._last
+            self._epoch_samples += n
         self._last = now
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if self._epoch_seconds:
+            self.by_epoch.append(self._epoch_samples / self._epoch_seconds)
+            if trainer.is_global_zero:
+                log.info("epoch %d: %.1f training samples/s", trainer.current_epoch, self.by_epoch[-1])
 
     @property
     def samples_per_second(self) -> float:

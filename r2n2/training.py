@@ -105,6 +105,7 @@ def train(cfg: DictConfig) -> dict:
         "fit_seconds": round(fit_seconds, 2),
         "wall_seconds": round(time.perf_counter() - start, 2),
         "train_samples_per_second": round(throughput.samples_per_second, 2),
+        "train_samples_per_second_by_epoch": [round(v, 2) for v in throughput.by_epoch],
     })
     if trainer.global_rank != 0:
         return metrics

@@ -22,6 +22,10 @@ def test_run_writes_checkpoints_and_metrics(trained):
                 "wall_seconds", "train_samples_per_second", "baseline/global_mean_shape_test_iou"):
         assert key in m, key
     assert 0 <= m["test/iou"] <= 1 and m["train_samples_per_second"] > 0 and m["epochs"] == 2
+    # one throughput figure per epoch, each logged to train.log (a slower second epoch shows)
+    assert len(m["train_samples_per_second_by_epoch"]) == 2 and min(m["train_samples_per_second_by_epoch"]) > 0
+    log = (run_dir / "train.log").read_text()
+    assert "epoch 0: " in log and "epoch 1: " in log and "training samples/s" in log
     # the parameter count printed at start is the model's
     from r2n2.models import SeedModel, count_parameters
     from omegaconf import OmegaConf
@@ -148,7 +152,7 @@ def test_scheduler_milestones_count_epochs_or_steps(interval, data_dir, tmp_path
     with initialize_config_dir(str(CONF), version_base="1.3"):
         cfg = compose("config", [*tiny(data_dir, epochs=1), "logger=none", "callbacks.model_checkpoint=null",
                                  "callbacks.last_checkpoint=null", "trainer.limit_val_batches=0",
-                                 "trainer.num_sanity_val_steps=0", "optimizer.lr=0.01", "scheduler.milestones=[2]",
+                                 "trainer.num_sanity_val_steps=0", "optimizer.lr=0.01", "scheduler=multistep", "scheduler.milestones=[2]",
                                  "scheduler.gamma=0.1", f"scheduler.interval={interval}",
                                  f"paths.output_dir={tmp_path}"])
     datamodule, module, trainer, _ = build(cfg)
