@@ -12,10 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
-
-from r2n2.data.transforms import to_images
-from r2n2.metrics import voxel_iou_thresholds
 
 # a fine grid for choosing the threshold on val (Pix2Vox scans 0.2..0.5; DRC picks t on val)
 SELECTION_GRID = tuple(np.round(np.arange(0.05, 0.951, 0.05), 2))
@@ -48,30 +44,6 @@ def _summarise(values: np.ndarray, category: np.ndarray) -> dict:
     per = {c: float(values[category == c].mean()) for c in cats}
     return {"mean_over_samples": float(values.mean()), "mean_of_category_means": float(np.mean(list(per.values()))),
             "per_category": per}
-
-
-@torch.no_grad()
-def predict(net: torch.nn.Module, loader, device: torch.device, autocast_dtype: torch.dtype | None = None):
-    """Run ``net`` over ``loader``. Returns probabilities (N, R, R, R) float32 on the CPU (float32, not
-    float16: p = 0.29995 rounds to 0.30005 in float16 and would count as occupied at t = 0.3), the
-    ground truth (N, R, R, R) bool, and the category names (N,)."""
-    net.eval().to(device)
-    probs, gts, cats = [], [], []
-    for batch in loader:
-        images = to_images(batch["rgba"].to(device, non_blocking=True))
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            logits = net(images)
-        probs.append(torch.sigmoid(logits.float()).cpu())
-        gts.append(batch["voxels"].bool())
-        cats += list(batch["category"])
-    return torch.cat(probs), torch.cat(gts), np.array(cats)
-
-
-def select_threshold(probs: torch.Tensor, gts: torch.Tensor, grid=SELECTION_GRID) -> tuple[float, float]:
-    """The threshold in ``grid`` with the best mean IoU over samples (use on val only). -> (t, IoU)."""
-    iou = voxel_iou_thresholds(probs.float(), gts, torch.tensor(list(grid))).mean(0).numpy()
-    best = int(np.argmax(iou))
-    return float(grid[best]), float(iou[best])
 
 
 PROTOCOL_TEXT = {

@@ -108,12 +108,6 @@ def test_probabilities_just_below_the_threshold_stay_empty(trained):
                           progress=False)[1]
     assert (res.iou_at(0.3) == 0).all()  # an empty prediction of a non-empty object
     assert (res.iou_at(0.29) > 0).all()
-    from r2n2.data.datamodule import collate
-    from r2n2.evaluation import predict
-
-    loader = [collate([split[i] for i in range(len(split))])]
-    probs, _, _ = predict(_Constant(0.29995), loader, torch.device("cpu"))
-    assert probs.dtype == torch.float32 and not (probs >= 0.3).any()
 
 
 # --- the mean-shape baseline, by hand --------------------------------------------------------------

@@ -94,16 +94,6 @@ def test_summary_means_by_hand():
     assert out["per_category"] == pytest.approx({"a": 0.2, "b": 0.9})
 
 
-def test_select_threshold_is_the_argmax_on_the_given_split():
-    gts = torch.zeros(2, 4, 4, 4, dtype=torch.bool)
-    gts[:, :2] = True
-    probs = torch.full((2, 4, 4, 4), 0.1)
-    probs[:, :2] = 0.62  # every threshold up to 0.6 is perfect; 0.65 and up predict nothing
-    probs[:, 2] = 0.33  # a false-positive layer up to 0.3
-    t, iou = E.select_threshold(probs, gts)
-    assert iou == pytest.approx(1.0) and 0.35 <= t <= 0.6
-
-
 # --- F-score ------------------------------------------------------------------------------------------
 
 
