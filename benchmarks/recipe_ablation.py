@@ -1,15 +1,15 @@
 """Recipe ablation: which training switch lifts the default model above the per-category mean shape?
 
-Every variant is ``python train.py`` with the current defaults plus ONE switch (same data, seed and
-number of training samples), so each row differs from the first by what its name says. The script
+Every variant is ``python train.py`` with the current defaults plus its switches (same data, seed and
+number of training samples): the single ones differ from the defaults by ONE switch, and the ladder
+rows (``a+b+c``) each add one switch to the row named before them. The script
 reads each run's metrics.json and prints a Markdown table (also written to ``--out``):
 
     python benchmarks/recipe_ablation.py                              # all variants
     python benchmarks/recipe_ablation.py --only default upconv --train-batches 214
-    python benchmarks/recipe_ablation.py --views-curve outputs/recipe/views_1_5/checkpoints/best.ckpt
 
-``--views-curve CKPT`` instead evaluates one checkpoint on the whole test split with 1..5 views per
-sample (issue 12, item 4) and prints test IoU@0.3 per view count.
+Test IoU at 1..5 views of one checkpoint (issue 12, item 4) is r2n2-eval's job:
+``r2n2-eval ckpt=<run>/checkpoints/best.ckpt`` (eval.md: one row per view count).
 Runs that already have a metrics.json in ``--runs`` are read, not retrained (``--rerun`` to redo).
 """
 
@@ -20,13 +20,12 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing it
 
-# one switch each, against the defaults (conf/); keys are the --only names
+# keys are the --only names; single switches against the defaults (conf/), then the ladder
 VARIANTS = {
     "default": [],
     "upconv": ["model.decoder.name=upconv"],
@@ -38,6 +37,9 @@ VARIANTS = {
     "augment": ["data.augment=true"],
     "batch32": ["data.batch_size=32"],
     "hidden256": ["model.hidden_size=256"],
+    # the ladder: each row adds ONE switch to the row before it (docs/ablation.md section 5)
+    "upconv+cosine": ["model.decoder.name=upconv", "scheduler=cosine"],
+    "upconv+cosine+soft_iou": ["model.decoder.name=upconv", "scheduler=cosine", "module.loss.soft_iou_weight=1.0"],
 }
 
 
@@ -89,41 +91,6 @@ def table(rows: list[tuple[str, dict]], epochs: int, train_batches: int | None, 
     return "\n".join(lines)
 
 
-def views_curve(ckpt: str, max_views: int, precision: str, test_samples: int | None) -> str:
-    """Test IoU@0.3 of one checkpoint with 1..max_views views per test sample: on the whole test split,
-    or on ``test_samples`` of it spread evenly over the split (so over every category)."""
-    import hydra
-    import torch
-
-    from r2n2.data.transforms import to_images
-    from r2n2.metrics import THRESHOLD, VoxelIoU
-    from r2n2.module import ReconstructionModule
-
-    module = ReconstructionModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True).eval()
-    dtype = torch.bfloat16 if precision == "bf16" else None
-    rows = []
-    for views in range(1, max_views + 1):
-        dm = hydra.utils.instantiate({**module.hparams.data, "eval_views": views, "num_workers": 2}, _recursive_=True)
-        dm.prepare_data()
-        dm.setup()
-        test = dm.datasets["test"]
-        if test_samples and test_samples < len(test):
-            step = len(test) / test_samples
-            dm.datasets["test"] = torch.utils.data.Subset(test, [int(i * step) for i in range(test_samples)])
-        iou = VoxelIoU(THRESHOLD)
-        start = time.perf_counter()
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype is not None):
-            for batch in dm.test_dataloader():
-                logits = module(to_images(batch["rgba"]))  # rgba (B, V, S, S, 4) uint8 -> (B, 32, 32, 32)
-                iou.update(torch.sigmoid(logits.float()), batch["voxels"].float())
-        value = float(iou.compute()[VoxelIoU.key(THRESHOLD)])
-        rows.append((views, value, len(dm.datasets["test"]), time.perf_counter() - start))
-        print(f"  {views} view(s): test IoU@0.3 {value:.3f}", flush=True)
-    lines = ["| views per test sample | test IoU@0.3 | test samples | seconds |", "|---|---|---|---|"]
-    lines += [f"| {v} | {iou:.3f} | {n:,} | {s:.0f} |" for v, iou, n, s in rows]
-    return "\n".join(lines)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", nargs="*", choices=list(VARIANTS), help="variants to run (default: all)")
@@ -134,27 +101,19 @@ def main() -> None:
     ap.add_argument("--runs", default="outputs/recipe", help="folder for the runs")
     ap.add_argument("--rerun", action="store_true", help="retrain variants that already have metrics.json")
     ap.add_argument("--out", default=None, help="also write the table to this Markdown file")
-    ap.add_argument("--views-curve", metavar="CKPT", help="evaluate CKPT with 1..--max-views views instead")
-    ap.add_argument("--max-views", type=int, default=5)
-    ap.add_argument("--precision", choices=["bf16", "32"], default="bf16")
-    ap.add_argument("--test-samples", type=int, default=None,
-                    help="--views-curve: N test samples spread evenly over the split (default: all)")
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     args = ap.parse_args()
-    if args.views_curve:
-        text = views_curve(args.views_curve, args.max_views, args.precision, args.test_samples)
-    else:
-        runs = Path(args.runs)
-        runs.mkdir(parents=True, exist_ok=True)
-        common = [f"trainer.max_epochs={args.epochs}", "logger=none", "module.viz_every_n_epochs=0",
-                  "trainer.enable_progress_bar=false", *args.overrides]
-        rows = []
-        for name in args.only or list(VARIANTS):
-            m = run_variant(name, common, runs, args.rerun, args.train_batches)
-            rows.append((name, m))
-            print(f"  {name}: test IoU {m['test/iou']:.3f} (category mean shape "
-                  f"{m['baseline/category_mean_shape_test_iou']:.3f})", flush=True)
-        text = table(rows, args.epochs, args.train_batches, args.overrides)
+    runs = Path(args.runs)
+    runs.mkdir(parents=True, exist_ok=True)
+    common = [f"trainer.max_epochs={args.epochs}", "logger=none", "module.viz_every_n_epochs=0",
+              "trainer.enable_progress_bar=false", *args.overrides]
+    rows = []
+    for name in args.only or list(VARIANTS):
+        m = run_variant(name, common, runs, args.rerun, args.train_batches)
+        rows.append((name, m))
+        print(f"  {name}: test IoU {m['test/iou']:.3f} (category mean shape "
+              f"{m['baseline/category_mean_shape_test_iou']:.3f})", flush=True)
+    text = table(rows, args.epochs, args.train_batches, args.overrides)
     print("\n" + text)
     if args.out:
         Path(args.out).write_text(text + "\n")

@@ -54,6 +54,11 @@ def test_default_config_resolves(tmp_path):
     OmegaConf.resolve(cfg)
     assert cfg.model._target_ == "r2n2.models.SeedModel"
     assert cfg.data.source._target_.endswith("SyntheticSource")
+    # the recipe that beats the per-category mean shape (docs/ablation.md section 5)
+    assert (cfg.model.encoder.norm, cfg.model.decoder.name) == ("batch", "upconv")
+    assert (cfg.scheduler._target_.rsplit(".", 1)[-1], cfg.scheduler.total_steps, cfg.scheduler.pct_start) == \
+        ("OneCycleLR", "auto", 0.05)
+    assert cfg.module.loss.soft_iou_weight == 1.0
 
 
 @pytest.mark.parametrize("data", ["synthetic", "shapenet"])
@@ -66,6 +71,7 @@ def test_paper_experiment_is_the_report_recipe(tmp_path, data):
     assert (cfg.data.batch_size, cfg.trainer.max_epochs, cfg.data.augment) == (8, 50, False)
     assert (cfg.optimizer._target_, cfg.optimizer.lr, cfg.optimizer.weight_decay) == ("torch.optim.Adam", 1e-3, 1e-4)
     assert (cfg.scheduler._target_.rsplit(".", 1)[-1], cfg.scheduler.gamma) == ("MultiStepLR", 0.5)
+    assert cfg.module.loss.soft_iou_weight == 0.0  # plain BCE
     assert cfg.data.source._target_.endswith("ShapeNetSource" if data == "shapenet" else "SyntheticSource")
 
 
