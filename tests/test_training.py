@@ -160,3 +160,19 @@ def test_scheduler_milestones_count_epochs_or_steps(interval, data_dir, tmp_path
     assert trainer.global_step >= 2
     lr = trainer.optimizers[0].param_groups[0]["lr"]
     assert lr == pytest.approx(0.001 if interval == "step" else 0.01)
+
+
+def test_run_spread_schedule_needs_a_bounded_run(tmp_path):
+    """scheduler=cosine (the default) spreads over the run's optimiser steps: an unbounded run
+    (trainer.max_epochs=-1 with trainer.max_steps=-1) gets an error naming those keys, not int(inf)."""
+    from hydra import compose, initialize_config_dir
+
+    from r2n2.training import build
+
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("config", ["trainer.max_epochs=-1", "trainer.max_steps=-1", "logger=none",
+                                 f"paths.output_dir={tmp_path}"])
+    _, module, trainer, _ = build(cfg)
+    module.trainer = trainer
+    with pytest.raises(ValueError, match=r"trainer\.max_epochs=-1 and trainer\.max_steps=-1"):
+        module.configure_optimizers()
