@@ -60,7 +60,7 @@ def test_a_non_finite_loss_stops_the_run_naming_step_and_samples(data_dir, tmp_p
     from r2n2.data.samplers import EpochBatchSampler, EpochShuffleSampler
 
     run_dir = tmp_path / "nan"
-    args = tiny(data_dir, epochs=3) + ["scheduler.milestones=[1]", "scheduler.gamma=1e30", "logger=none",
+    args = tiny(data_dir, epochs=3) + ["scheduler=multistep", "scheduler.milestones=[1]", "scheduler.gamma=1e30", "logger=none",
                                        "test=false", "module.viz_every_n_epochs=0"]
     proc = run_train(args, run_dir, check=False)
     found = re.search(r"training loss is not finite at step (\d+) \(batch of (\d+): ([^)]*)\)", proc.stderr + proc.stdout)

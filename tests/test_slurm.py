@@ -34,7 +34,9 @@ PACKAGES = ["slurm-wlm", "munge"]
 DAEMONS = ("munged", "slurmctld", "slurmd")
 # the 2-task job of tests (a) and (c): 4 epochs (room for two requeues however slow the machine is),
 # fp32 (equality with one process to 1e-5)
-EPOCHS = 4
+# enough epochs that the hand-made requeue lands while the restarted job still trains (with 4, a fast
+# default model could finish before it landed, and the last restart had nothing left to train)
+EPOCHS = 6
 DDP_CPU = ["trainer.accelerator=cpu", "trainer.precision=32", "trainer.sync_batchnorm=false"]
 
 

@@ -146,7 +146,11 @@ def pack(folder: Path, plan: Plan, image_size: int, resolution: int, voxel_key: 
         del img
         os.truncate(tmp / "images.u8", written * image_size * image_size * 4)
         vox = np.stack(voxels) if voxels else np.zeros((0, vox_bytes), np.uint8)
-        vox.tofile(tmp / "voxels.u8")
+        try:  # a plain write: numpy's tofile reports a full disk without errno ("8192 requested and 4096 written")
+            with open(tmp / "voxels.u8", "wb") as f:
+                f.write(vox.tobytes())
+        except OSError as e:
+            raise OSError(e.errno, e.strerror, str(folder)) from None
         samples = [slots[s] for s in plan.samples if s in slots]
         if not samples:
             raise DataError(None, f"no usable samples for cache {folder.name}: every planned sample failed to load")
