@@ -1,12 +1,13 @@
 """Recipe ablation: which training switch lifts the default model above the per-category mean shape?
 
 Every variant is ``python train.py`` with the current defaults plus its switches (same data, seed and
-number of training samples): the single ones differ from the defaults by ONE switch, and the ladder
-rows (``a+b+c``) each add one switch to the row named before them. The script
+number of training samples): the single ones differ from the defaults by ONE switch; the ladder
+(``ladder0_old_defaults``, ``ladder1_upconv``, ``ladder2_cosine``, then ``default``) starts from the
+defaults before docs/ablation.md section 5 and adds one switch per row. The script
 reads each run's metrics.json and prints a Markdown table (also written to ``--out``):
 
     python benchmarks/recipe_ablation.py                              # all variants
-    python benchmarks/recipe_ablation.py --only default upconv --train-batches 214
+    python benchmarks/recipe_ablation.py --epochs 2 --only ladder0_old_defaults ladder1_upconv ladder2_cosine default
 
 Test IoU at 1..5 views of one checkpoint (issue 12, item 4) is r2n2-eval's job:
 ``r2n2-eval ckpt=<run>/checkpoints/best.ckpt`` (eval.md: one row per view count).
@@ -25,21 +26,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing it
 
-# keys are the --only names; single switches against the defaults (conf/), then the ladder
+# the defaults before docs/ablation.md section 5 (the report's decoder, schedule and loss)
+OLD_DEFAULTS = ["model.decoder.name=linear_conv3d", "scheduler=multistep", "module.loss.soft_iou_weight=0.0"]
+# keys are the --only names; single switches against today's defaults (conf/), then the ladder of
+# section 5 from the old defaults up to today's: each ladder row adds ONE switch to the row before
 VARIANTS = {
     "default": [],
-    "upconv": ["model.decoder.name=upconv"],
     "onecycle": ["scheduler=onecycle"],
-    "cosine": ["scheduler=cosine"],
-    "soft_iou": ["module.loss.soft_iou_weight=1.0"],
     "dropout0": ["model.dropout=0"],
     "views_1_5": ["data.views_per_sample=[1,5]"],
     "augment": ["data.augment=true"],
     "batch32": ["data.batch_size=32"],
     "hidden256": ["model.hidden_size=256"],
-    # the ladder: each row adds ONE switch to the row before it (docs/ablation.md section 5)
-    "upconv+cosine": ["model.decoder.name=upconv", "scheduler=cosine"],
-    "upconv+cosine+soft_iou": ["model.decoder.name=upconv", "scheduler=cosine", "module.loss.soft_iou_weight=1.0"],
+    "ladder0_old_defaults": OLD_DEFAULTS,
+    "ladder1_upconv": OLD_DEFAULTS[1:],  # + model.decoder.name=upconv
+    "ladder2_cosine": OLD_DEFAULTS[2:],  # + scheduler=cosine; + the soft-IoU term is "default"
 }
 
 
