@@ -1,34 +1,46 @@
 #!/usr/bin/env bash
-# Every GPU check of issue 9 in one run of about 8 minutes on one H100/H200 (16 CPU cores), output in
-# $OUT/gpu_checks.txt (and bench.json / compare.* / eval.* beside it):
+# Every GPU check of issues 9 and 12 in one run on one H100/H200 (16 CPU cores), output in
+# $OUT/gpu_checks.txt (and bench_*/bench.json, eval/, compare*/ beside it). Steps, in priority order:
 #
-#   1. r2n2-bench at batch 8 and 256: bare loop vs Trainer.fit vs DataLoader, ratio b/a, with the
-#      defaults (channels_last on the GPU, cudnn.benchmark on), with channels_last off, with compile
-#   2. the training loop under torch.cuda.set_sync_debug_mode("error") (tests/test_gpu_path.py)
-#   3. the quickstart (python train.py, 1 epoch) on the GPU, then r2n2-eval of its checkpoint (1..5
-#      views, F-score): the eval time
-#   4. experiment=paper for 1 epoch of its 20,000 samples at batch 8 with validation: samples/s and the
-#      projected time of its 50 epochs
-#   5. r2n2-compare --speed-only at batch 8 and 256, and r2n2-compare of seed_gru and r2n2_res_gru for
-#      GPU_CHECKS_MINUTES each (default 1.5)
+#   bench    r2n2-bench at batch 8 and 256 with the defaults (channels_last auto = on, cudnn.benchmark
+#            on): bare loop vs Trainer.fit vs DataLoader, ratio b/a (first: it also generates the data)
+#   sync     the training loop under torch.cuda.set_sync_debug_mode("error") (tests/test_gpu_path.py)
+#   budget   issue 12's 2-minute budget: python train.py at batch 64, trainer.max_time=2 min (test IoU
+#            against both mean shapes and the recognition baselines, from its metrics.json)
+#   eval     r2n2-eval of that checkpoint: the whole test split at 1..5 views with F-score (the time)
+#   paper    experiment=paper for 1 epoch of its 20,000 samples at batch 8 with validation: the
+#            projected time of its 50 epochs
+#   compile  r2n2-bench with torch.compile (mode default) at 256 and 8, and CUDA graphs
+#            (module.compile=reduce-overhead) at 8
+#   speed    r2n2-compare --speed-only at batch 8 and 256 (seed_gru vs r2n2_res_gru)
+#   compare  r2n2-compare of seed_gru and r2n2_res_gru for GPU_CHECKS_MINUTES each (default 1)
+#   nchw     r2n2-bench at 8 and 256 with channels_last off
 #
-# Run from the repository root:   bash benchmarks/gpu_checks.sh
+#   bash benchmarks/gpu_checks.sh [STEP ...]      (no step: all of them, in the order above)
+#
+# GPU_CHECKS_DEADLINE=S skips a step that would not end S seconds after the script started (each step
+# has a rough cost estimate), so a device run that has a fixed time still returns the most important
+# figures. Data and runs go to GPU_CHECKS_WORK (default outputs/gpu_work: kept between calls on a
+# machine that stays warm, so a second call reuses the generated data).
 # The GPU machine has torch and lightning but not hydra-core/omegaconf/antlr4: unpack them (and pytest)
 # beside the checkout first, here, and carry the ignored folder .gpu_pkgs along:
 #   pip install --no-deps --target .gpu_pkgs hydra-core==1.3.2 omegaconf==2.3.0 antlr4-python3-runtime==4.9.3 \
 #       pytest iniconfig pluggy
-# No ../shared there: the synthetic data set is generated on the machine (data goes to $WORK).
+# No ../shared there: the synthetic data set is generated on the machine.
 # GPU_CHECKS_TINY=1 shrinks every step so that the whole script runs end to end on a CPU (a rehearsal).
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-outputs/gpu_checks}"
 mkdir -p "$OUT"
 REPORT="$OUT/gpu_checks.txt"
-WORK="${GPU_CHECKS_WORK:-$(mktemp -d)}"
+WORK="${GPU_CHECKS_WORK:-outputs/gpu_work}"
+mkdir -p "$WORK"
+WORK="$(cd "$WORK" && pwd)"
 export PYTHONPATH="$PWD:$PWD/.gpu_pkgs${PYTHONPATH:+:$PYTHONPATH}"
 export R2N2_DATA_DIR="$WORK/data"
 PY="${PYTHON:-python}"
-: > "$REPORT"
+DEADLINE="${GPU_CHECKS_DEADLINE:-100000}"
+STEPS=("$@"); [ ${#STEPS[@]} = 0 ] && STEPS=(bench sync budget eval paper compile speed compare nchw)
 
 say() { echo "$*" | tee -a "$REPORT"; }
 # step NAME COMMAND...: run it, its output into the report, its wall time and exit status after it
@@ -36,23 +48,47 @@ step() {
   local name="$1"; shift
   say ""; say "=== $name"; say "\$ $*"
   local start=$SECONDS
-  "$@" 2>&1 | tail -n 60 | tee -a "$REPORT"
+  "$@" 2>&1 | grep -v "it/s\]" | tail -n 80 | tee -a "$REPORT"
   local rc=${PIPESTATUS[0]}
   say "--- $name: exit $rc, $((SECONDS - start)) s"
+}
+# fits ESTIMATE_S: whether a step of about that many seconds ends before the deadline (else says so)
+fits() {
+  if [ $((SECONDS + $1)) -le "$DEADLINE" ]; then return 0; fi
+  say ""; say "=== skipped (about $1 s left to the deadline of $DEADLINE s is not enough): $2"; return 1
+}
+summary() {  # one line per bench row of bench.json files
+  for f in "$@"; do
+    [ -f "$f" ] || continue
+    "$PY" - "$f" <<'EOF' | tee -a "$REPORT"
+import json, sys
+d = json.load(open(sys.argv[1]))
+for r in d["rows"]:
+    print(f"{sys.argv[1].split('/')[-2]:>16} batch {r['batch']:>4}: bare {r['bare_loop']:>9,.0f}  fit {r['trainer_fit']:>9,.0f}"
+          f"  loader {r['dataloader']:>9,.0f} samples/s  b/a {r['ratio']:.2f}  (compile {r['compile']}, "
+          f"channels_last {r['channels_last']}, {r['precision']}, {d['machine']})")
+EOF
+  done
 }
 
 if [ "${GPU_CHECKS_TINY:-0}" = 1 ]; then  # a CPU rehearsal: tiny data, few steps, short budgets
   # 5 views per object: r2n2-compare draws 1..5 views per batch
   DATA=(data.source.objects_per_category=4 data.source.views=5 "data.source.categories=[chair,table,airplane]")
-  BATCHES=(2 4); BENCH=(--warmup 1 --steps 2); MINUTES=0.1; PAPER_SPLITS="{train:12,val:6,test:6}"
-  EVAL=(views=[1,2] fscore.points=256 recognition=false)
+  BATCHES=(2 4); SMALL=2; LARGE=4; BENCH=(--warmup 1 --steps 2); MINUTES=0.1; PAPER_SPLITS="{train:12,val:6,test:6}"
+  BUDGET=(trainer.max_time=00:00:00:20 trainer.max_epochs=2 data.batch_size=4)
+  EVAL=(views=[1,2] fscore.points=256)
 else
-  DATA=(); BATCHES=(8 256); BENCH=(--warmup 5 --steps 20); MINUTES="${GPU_CHECKS_MINUTES:-1.5}"
-  PAPER_SPLITS="{train:20000,val:4000,test:1000}"; EVAL=()
+  DATA=(); BATCHES=(8 256); SMALL=8; LARGE=256; BENCH=(--warmup 10 --steps 30); MINUTES="${GPU_CHECKS_MINUTES:-1}"
+  PAPER_SPLITS="{train:20000,val:4000,test:1000}"
+  # issue 12's budget: 2 minutes on one GPU, batch 64; the cosine schedule spans max_epochs, so 40
+  # epochs is a guess at what 2 minutes hold (the run says how many it did)
+  BUDGET=(trainer.max_time=00:00:02:00 trainer.max_epochs=40 data.batch_size=64)
+  EVAL=()
 fi
 COMMON=(paths.data_dir="$R2N2_DATA_DIR" "${DATA[@]}")
+BUDGET_RUN="$WORK/budget"
 
-say "gpu_checks $(date -u +%FT%TZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+say "gpu_checks $(date -u +%FT%TZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'), steps: ${STEPS[*]}"
 step "environment" "$PY" -c "
 import torch, lightning, hydra, omegaconf
 print('torch', torch.__version__, '| lightning', lightning.__version__, '| hydra', hydra.__version__)
@@ -62,54 +98,58 @@ from r2n2.machine import describe_machine; print('machine:', describe_machine())
 from r2n2.accelerator import choose; print('auto choice:', choose())"
 command -v nvidia-smi >/dev/null && step "nvidia-smi" nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 
-# 1. bench (generates and caches the default synthetic data on first use)
-step "bench: defaults (channels_last auto = on a GPU, cudnn.benchmark on)" \
-  "$PY" -m r2n2.cli.bench --batch-sizes "${BATCHES[@]}" "${BENCH[@]}" --out "$OUT/bench_default" "${COMMON[@]}"
-step "bench: channels_last off" \
-  "$PY" -m r2n2.cli.bench --batch-sizes "${BATCHES[@]}" "${BENCH[@]}" --out "$OUT/bench_nchw" "${COMMON[@]}" \
-  module.channels_last=false
-step "bench: torch.compile" \
-  "$PY" -m r2n2.cli.bench --batch-sizes "${BATCHES[@]}" "${BENCH[@]}" --out "$OUT/bench_compile" "${COMMON[@]}" \
-  module.compile=true
-
-# 2. no host-device sync per training step (skips itself without CUDA)
-step "sync debug mode (tests/test_gpu_path.py)" \
-  "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu_path.py -k "sync or chose" -rs
-
-# 3. the quickstart on the GPU (1 epoch) and r2n2-eval of its best checkpoint
-RUN="$WORK/quickstart"
-step "quickstart, 1 epoch" "$PY" train.py "${COMMON[@]}" trainer.max_epochs=1 logger=none \
-  trainer.enable_progress_bar=false hydra.run.dir="$RUN"
-[ -f "$RUN/metrics.json" ] && say "quickstart metrics: $(tr -d '\n ' < "$RUN/metrics.json")"
-step "r2n2-eval of the quickstart checkpoint (1..5 views, F-score)" "$PY" -m r2n2.cli.eval \
-  ckpt="$RUN/checkpoints/best.ckpt" "${EVAL[@]}" progress=false hydra.run.dir="$OUT/eval"
-
-# 4. experiment=paper: one epoch of its 20,000 samples at batch 8, validation included
-PAPER="$WORK/paper"
-step "experiment=paper, 1 epoch" "$PY" train.py experiment=paper "${COMMON[@]}" "data.splits=$PAPER_SPLITS" \
-  trainer.max_epochs=1 logger=none test=false trainer.enable_progress_bar=false hydra.run.dir="$PAPER"
-[ -f "$PAPER/metrics.json" ] && "$PY" - "$PAPER/metrics.json" <<'EOF' | tee -a "$REPORT"
+for s in "${STEPS[@]}"; do
+  case "$s" in
+  bench)  # generates and caches the default synthetic data on first use
+    fits 90 "$s" && step "bench: defaults (channels_last auto = on a GPU, cudnn.benchmark on)" \
+      "$PY" -m r2n2.cli.bench --batch-sizes "${BATCHES[@]}" "${BENCH[@]}" --out "$OUT/bench_default" "${COMMON[@]}" ;;
+  sync)  # no host-device sync per training step (skips itself without CUDA)
+    fits 60 "$s" && step "sync debug mode (tests/test_gpu_path.py)" \
+      "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu_path.py -k "sync or chose" -rs ;;
+  budget)
+    fits 170 "$s" && { rm -rf "$BUDGET_RUN"; step "2-minute budget: train.py ${BUDGET[*]}" "$PY" train.py "${COMMON[@]}" \
+      "${BUDGET[@]}" logger=none trainer.enable_progress_bar=false hydra.run.dir="$BUDGET_RUN"; }
+    [ -f "$BUDGET_RUN/metrics.json" ] && "$PY" - "$BUDGET_RUN/metrics.json" <<'EOF' | tee -a "$REPORT"
+import json, sys
+m = json.load(open(sys.argv[1]))
+print("budget metrics.json:", json.dumps({k: v for k, v in m.items() if k.count("/") < 2}))
+print("  per category (test):", {k.rsplit("/", 1)[-1]: round(v, 3) for k, v in m.items() if k.startswith("test/iou@0.3/")})
+print("  training samples/s by epoch:", m.get("train_samples_per_second_by_epoch"))
+EOF
+    ;;
+  eval)
+    [ -f "$BUDGET_RUN/checkpoints/best.ckpt" ] && fits 150 "$s" && step "r2n2-eval of the budget run (1..5 views, F-score)" \
+      "$PY" -m r2n2.cli.eval ckpt="$BUDGET_RUN/checkpoints/best.ckpt" "${EVAL[@]}" progress=false hydra.run.dir="$OUT/eval" ;;
+  paper)
+    fits 80 "$s" && { rm -rf "$WORK/paper"; step "experiment=paper, 1 epoch" "$PY" train.py experiment=paper "${COMMON[@]}" \
+      "data.splits=$PAPER_SPLITS" trainer.max_epochs=1 logger=none test=false trainer.enable_progress_bar=false \
+      hydra.run.dir="$WORK/paper"; }
+    [ -f "$WORK/paper/metrics.json" ] && "$PY" - "$WORK/paper/metrics.json" <<'EOF' | tee -a "$REPORT"
 import json, sys
 m = json.load(open(sys.argv[1]))
 fit = m["fit_seconds"]
 print(f"experiment=paper: 1 epoch (train + validation) in {fit:.1f} s, {m['train_samples_per_second']:.0f} "
       f"training samples/s; 50 epochs would take about {50 * fit / 60:.1f} min (target <= 15)")
 EOF
-
-# 5. the report's question on the GPU: speed at 8 and 256, and accuracy after equal training time
-step "r2n2-compare --speed-only" "$PY" -m r2n2.cli.compare --speed-only --models seed_gru r2n2_res_gru \
-  --speed-batches "${BATCHES[@]}" --out "$OUT/compare_speed" "${COMMON[@]}"
-step "r2n2-compare, $MINUTES min per model" "$PY" -m r2n2.cli.compare --models seed_gru r2n2_res_gru \
-  --minutes "$MINUTES" --out "$OUT/compare" "${COMMON[@]}"
+    ;;
+  compile)
+    fits 100 "$s" && step "bench: torch.compile (mode default)" "$PY" -m r2n2.cli.bench --batch-sizes "$LARGE" "$SMALL" \
+      "${BENCH[@]}" --out "$OUT/bench_compile" "${COMMON[@]}" module.compile=true
+    fits 90 "$s" && step "bench: CUDA graphs (module.compile=reduce-overhead)" "$PY" -m r2n2.cli.bench \
+      --batch-sizes "$SMALL" "${BENCH[@]}" --out "$OUT/bench_cudagraphs" "${COMMON[@]}" module.compile=reduce-overhead ;;
+  speed)
+    fits 70 "$s" && step "r2n2-compare --speed-only" "$PY" -m r2n2.cli.compare --speed-only \
+      --models seed_gru r2n2_res_gru --speed-batches "${BATCHES[@]}" --out "$OUT/compare_speed" "${COMMON[@]}" ;;
+  compare)
+    fits "$(awk "BEGIN {print int(2 * $MINUTES * 60 + 60)}")" "$s" && step "r2n2-compare, $MINUTES min per model" \
+      "$PY" -m r2n2.cli.compare --models seed_gru r2n2_res_gru --minutes "$MINUTES" --out "$OUT/compare" "${COMMON[@]}" ;;
+  nchw)
+    fits 60 "$s" && step "bench: channels_last off" "$PY" -m r2n2.cli.bench --batch-sizes "${BATCHES[@]}" "${BENCH[@]}" \
+      --out "$OUT/bench_nchw" "${COMMON[@]}" module.channels_last=false ;;
+  *) say "unknown step $s (bench sync budget eval paper compile speed compare nchw)"; exit 2 ;;
+  esac
+done
 
 say ""; say "=== summary"
-for f in "$OUT"/bench_*/bench.json; do
-  "$PY" - "$f" <<'EOF' | tee -a "$REPORT"
-import json, sys
-d = json.load(open(sys.argv[1]))
-for r in d["rows"]:
-    print(f"{sys.argv[1].split('/')[-2]:>14} batch {r['batch']:>4}: bare {r['bare_loop']:>9,.0f}  fit {r['trainer_fit']:>9,.0f}"
-          f"  loader {r['dataloader']:>9,.0f} samples/s  b/a {r['ratio']:.2f}  ({r['precision']}, {d['machine']})")
-EOF
-done
+summary "$OUT"/bench_*/bench.json
 say "done in $SECONDS s"

@@ -45,6 +45,24 @@ def use_channels_last(net: torch.nn.Module, setting: bool | str, on_cuda: bool) 
     return True
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
+
+
+def compile_network(net: torch.nn.Module, setting: bool | str) -> bool:
+    """Run ``net`` through ``torch.compile`` in place (state_dict keys stay those of the plain network).
+
+    setting: False (eager), True (mode "default"), or a torch.compile mode: "reduce-overhead" adds CUDA
+    graphs (one launch per captured graph: what pays at small batches), "max-autotune" also searches
+    kernels. Returns whether it compiled."""
+    if setting is False or setting is None:
+        return False
+    mode = "default" if setting is True else str(setting)
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"module.compile={setting!r}: expected false, true or one of {', '.join(COMPILE_MODES)}")
+    net.compile(mode=mode)
+    return True
+
+
 def build_network(net: dict) -> torch.nn.Module:
     """Instantiate a network from a plain config dict with ``_target_`` (conf/model/*.yaml)."""
     return hydra.utils.instantiate(net, _convert_="all")
@@ -61,7 +79,8 @@ class ReconstructionModule(L.LightningModule):
         TensorBoard and as ``<run>/reconstructions/epoch_NNN.png``.
     data: the data config it was trained with (kept in the checkpoint so ``r2n2-eval`` can rebuild
         the same splits; not used here).
-    compile: run the network through ``torch.compile`` (in place: checkpoint keys do not change).
+    compile: False, True or a ``torch.compile`` mode ("reduce-overhead" = with CUDA graphs): see
+        ``compile_network`` (in place: checkpoint keys do not change).
     channels_last: channels-last memory format for the 2D convolutions: True, False, or "auto" (on a
         CUDA GPU only, where cuDNN's channels-last kernels are the fast ones).
     loss: kwargs of ``r2n2.losses.voxel_loss``, e.g. ``{"soft_iou_weight": 1.0}``; None = plain BCE.
@@ -77,7 +96,7 @@ class ReconstructionModule(L.LightningModule):
     """
 
     def __init__(self, net: dict, optimizer: dict, scheduler: dict | None = None, viz_every_n_epochs: int = 1,
-                 viz_samples: int = 4, data: dict | None = None, compile: bool = False,
+                 viz_samples: int = 4, data: dict | None = None, compile: bool | str = False,
                  channels_last: bool | str = "auto", loss: dict | None = None):
         super().__init__()
         self.save_hyperparameters()
@@ -101,9 +120,8 @@ class ReconstructionModule(L.LightningModule):
         depend on the device the trainer chose."""
         # moving to the GPU afterwards keeps the memory format
         use_channels_last(self.net, self.hparams.channels_last, isinstance(self.trainer.accelerator, CUDAAccelerator))
-        if self.hparams.compile and not getattr(self, "_compiled", False):
-            self.net.compile()  # in place: state_dict keys stay those of the plain network
-            self._compiled = True
+        if not getattr(self, "_compiled", False):
+            self._compiled = compile_network(self.net, self.hparams.compile)
         dm = getattr(self.trainer, "datamodule", None)
         cats = list(getattr(dm, "categories", []) or [])
         if cats and cats != self.categories:

@@ -270,3 +270,17 @@ def test_recurrent_returns_last_hidden_state():
     x = torch.randn(2, 3, 5)
     torch.testing.assert_close(agg(x[:, :2]), _torch_rnn(agg)(x)[0][:, 1])
     assert not torch.allclose(agg(x), agg(x[:, :2]))
+
+
+def test_compile_setting_takes_a_torch_compile_mode_and_names_a_wrong_one():
+    """module.compile: false leaves the network eager; true and a mode ("reduce-overhead" = CUDA graphs)
+    compile it in place, keeping its state_dict keys; anything else is an error naming the value."""
+    from r2n2.module import compile_network
+
+    net = RecurrentAggregator(5, hidden_size=4, cell="gru")
+    keys = list(net.state_dict())
+    assert compile_network(net, False) is False and net._compiled_call_impl is None
+    assert compile_network(net, "reduce-overhead") is True and net._compiled_call_impl is not None
+    assert list(net.state_dict()) == keys
+    with pytest.raises(ValueError, match=r"module.compile='fast'.*reduce-overhead"):
+        compile_network(RecurrentAggregator(5, hidden_size=4, cell="gru"), "fast")

@@ -66,18 +66,18 @@ class _StepClock:
 
 
 def bare_loop(cfg, batch: dict, device: torch.device, precision: str, warmup: int, steps: int) -> float:
-    """(a): samples/s of forward + BCE + backward + clip + Adam on one batch already on ``device``."""
+    """(a): samples/s of forward + the run's loss + backward + clip + Adam on one batch already on ``device``."""
     import hydra
-    import torch.nn.functional as F
 
     from r2n2.data.transforms import to_images
-    from r2n2.module import build_network, use_channels_last
+    from r2n2.losses import voxel_loss
+    from r2n2.module import build_network, compile_network, use_channels_last
 
     net = build_network(_plain(cfg.model)).to(device).train()
     module_cfg = _plain(cfg.get("module"))
     use_channels_last(net, module_cfg.get("channels_last", "auto"), device.type == "cuda")
-    if module_cfg.get("compile", False):
-        net.compile()
+    compile_network(net, module_cfg.get("compile", False))
+    loss_kwargs = module_cfg.get("loss") or {}  # the run's loss (BCE + soft IoU by default)
     optimizer = hydra.utils.instantiate(_plain(cfg.optimizer))(params=net.parameters())
     images = to_images(batch["rgba"].to(device))
     target = batch["voxels"].to(device).float()
@@ -88,7 +88,7 @@ def bare_loop(cfg, batch: dict, device: torch.device, precision: str, warmup: in
     def step():
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             logits = net(images)
-        loss = F.binary_cross_entropy_with_logits(logits.float(), target)
+        loss = voxel_loss(logits, target, **loss_kwargs)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if clip:
@@ -165,7 +165,7 @@ def measure(overrides: list[str], batch_size: int, warmup: int, steps: int, out:
     module = _plain(cfg.get("module"))
     return {"model": cfg.model._target_.rsplit(".", 1)[-1], "batch": batch_size, "device": describe_machine(),
             "accelerator": accelerator, "precision": precision, "views": str(cfg.data.views_per_sample),
-            "compile": bool(module.get("compile", False)), "channels_last": module.get("channels_last", "auto"),
+            "compile": module.get("compile", False), "channels_last": module.get("channels_last", "auto"),
             "num_workers": cfg.data.num_workers, "warmup_steps": warmup, "timed_steps": steps,
             "bare_loop": rate_a, "trainer_fit": rate_b, "dataloader": rate_c, "ratio": rate_b / rate_a,
             "overrides": overrides}
