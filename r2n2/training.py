@@ -109,7 +109,8 @@ def train(cfg: DictConfig) -> dict:
     })
     if trainer.global_rank != 0:
         return metrics
-    metrics.update(mean_shape_baseline(datamodule))
+    if "test/iou" in metrics:  # the baselines score the test split: only beside a tested model (test=true)
+        metrics.update(mean_shape_baseline(datamodule))
     warnings = degeneracy_warnings(metrics)
     metrics["degenerate"] = bool(warnings)
     with atomic_write(out_dir / METRICS_FILE, "w") as f:

@@ -108,8 +108,11 @@ def test_sweep_runs_each_job_in_its_folder_and_writes_a_summary(data_dir, tmp_pa
     for job, lr in zip(jobs, ("optimizer.lr=0.001", "optimizer.lr=0.0003")):  # Hydra normalises the values
         assert f"{job.name},{lr}," in csv_text and f"| {job.name} | {lr} |" in md
     for p in jobs:
-        val = json.loads((p / "metrics.json").read_text())["val/iou"]
-        assert f"{val:.4f}" in md
+        metrics = json.loads((p / "metrics.json").read_text())
+        assert f"{metrics['val/iou']:.4f}" in md
+        # test=false: nothing is scored on the test split, the baselines included (they cost minutes on a
+        # large training set)
+        assert not any(k.startswith(("test/", "baseline/")) for k in metrics), sorted(metrics)
 
 
 def test_ddp_two_cpu_processes_log_the_iou_one_process_computes(data_dir, tmp_path):
