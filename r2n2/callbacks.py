@@ -39,15 +39,17 @@ class TrainThroughput(L.Callback):
     """Training samples per second, counting the time from one training batch's end to the next
     (data loading included, validation excluded), summed over processes: over the whole run and per
     epoch (logged at each epoch's end, so a slower epoch shows; issue 9: none should be slower than
-    the first)."""
+    the first). Also each epoch's wall time from its start to its end, validation included
+    (``epoch_seconds``: what a run of N epochs costs)."""
 
     def __init__(self):
         self.samples, self.seconds, self._last = 0, 0.0, None
         self.by_epoch: list[float] = []  # samples/s of each training epoch this process ran
-        self._epoch_samples, self._epoch_seconds = 0, 0.0
+        self.epoch_seconds: list[float] = []  # wall seconds of each epoch, validation included
+        self._epoch_samples, self._epoch_seconds, self._epoch_start = 0, 0.0, 0.0
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self._last = time.perf_counter()
+        self._last = self._epoch_start = time.perf_counter()
         self._epoch_samples, self._epoch_seconds = 0, 0.0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -63,8 +65,10 @@ class TrainThroughput(L.Callback):
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if self._epoch_seconds:
             self.by_epoch.append(self._epoch_samples / self._epoch_seconds)
+            self.epoch_seconds.append(time.perf_counter() - self._epoch_start)
             if trainer.is_global_zero:
-                log.info("epoch %d: %.1f training samples/s", trainer.current_epoch, self.by_epoch[-1])
+                log.info("epoch %d: %.1f training samples/s, %.1f s in all (validation included)",
+                         trainer.current_epoch, self.by_epoch[-1], self.epoch_seconds[-1])
 
     @property
     def samples_per_second(self) -> float:

@@ -106,6 +106,7 @@ def train(cfg: DictConfig) -> dict:
         "wall_seconds": round(time.perf_counter() - start, 2),
         "train_samples_per_second": round(throughput.samples_per_second, 2),
         "train_samples_per_second_by_epoch": [round(v, 2) for v in throughput.by_epoch],
+        "epoch_seconds_by_epoch": [round(v, 2) for v in throughput.epoch_seconds],
     })
     if trainer.global_rank != 0:
         return metrics

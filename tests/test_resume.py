@@ -23,7 +23,8 @@ from conftest import HELPERS, ROOT, run_train, tiny
 
 EPOCHS = 2
 # metrics.json keys that measure time, not results
-TIMING = ("fit_seconds", "wall_seconds", "train_samples_per_second", "train_samples_per_second_by_epoch")
+TIMING = ("fit_seconds", "wall_seconds", "train_samples_per_second", "train_samples_per_second_by_epoch",
+          "epoch_seconds_by_epoch")
 
 
 def _args(data_dir: Path, extra: list[str]) -> list[str]:

@@ -24,8 +24,9 @@ def test_run_writes_checkpoints_and_metrics(trained):
     assert 0 <= m["test/iou"] <= 1 and m["train_samples_per_second"] > 0 and m["epochs"] == 2
     # one throughput figure per epoch, each logged to train.log (a slower second epoch shows)
     assert len(m["train_samples_per_second_by_epoch"]) == 2 and min(m["train_samples_per_second_by_epoch"]) > 0
+    assert len(m["epoch_seconds_by_epoch"]) == 2 and min(m["epoch_seconds_by_epoch"]) > 0
     log = (run_dir / "train.log").read_text()
-    assert "epoch 0: " in log and "epoch 1: " in log and "training samples/s" in log
+    assert "epoch 0: " in log and "epoch 1: " in log and "training samples/s" in log and "s in all" in log
     # the parameter count printed at start is the model's
     from r2n2.models import SeedModel, count_parameters
     from omegaconf import OmegaConf
