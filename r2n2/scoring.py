@@ -131,16 +131,24 @@ class ViewCounts:
         """Use the shared encoder only if it gives the plain forward's probabilities on ``images``."""
         if not self.shared:
             return
+        # in float32 (TF32 off): the check asks whether the network's structure allows sharing, and
+        # bf16's rounding in another batch layout (8-bit mantissa) would answer for the precision
+        # instead: a well-trained, sharp model moved probabilities by 0.01 that way and lost the fast path
+        dtype, self.dtype = self.dtype, None
+        matmul_tf32 = torch.backends.cuda.matmul.allow_tf32
         try:
-            fast = self._shared(images)
+            torch.backends.cuda.matmul.allow_tf32 = False
+            with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, allow_tf32=False):
+                fast = self._shared(images)
+                worst = max(float((fast[k] - self._forward(images[:, :k])).abs().max()) for k in self.views)
         except Exception as e:  # a network of another shape: run it whole, once per view count
             log.info("view counts run separately (%s: %s)", type(e).__name__, e)
             self.shared = False
             return
-        worst = max(float((fast[k] - self._forward(images[:, :k])).abs().max()) for k in self.views)
-        # the same arithmetic in another batch layout: float32 agrees to rounding; bf16 (8-bit mantissa)
-        # moves probabilities by ~1e-3 (measured 1.5e-3), as any change of batch size does in bf16
-        self.shared = worst < (1e-4 if self.dtype is None else 1e-2)
+        finally:
+            self.dtype = dtype
+            torch.backends.cuda.matmul.allow_tf32 = matmul_tf32
+        self.shared = worst < 1e-4  # float32 rounding moves probabilities by ~1e-6
         if not self.shared:
             log.info("view counts run separately: the shared encoder differs by %.2g", worst)
 

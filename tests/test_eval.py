@@ -12,6 +12,7 @@ import torch
 
 from r2n2 import scoring as S
 from r2n2.fscore import FScorer, fscore_points, score_packed, surface_points
+from r2n2.data.transforms import to_images
 from r2n2.metrics import voxel_iou_thresholds
 
 
@@ -71,7 +72,6 @@ def test_one_forward_for_all_view_counts_equals_a_forward_per_view_count(trained
         fast = S.score_network(net, samples, [1, 2, 3], thresholds, {v: (0.3,) for v in (1, 2, 3)}, pool,
                                torch.device("cpu"), None, batch_size=4, progress=False)
     from r2n2.data.dataset import PackedDataset
-    from r2n2.data.transforms import to_images
 
     for v in (1, 2, 3):
         ds = PackedDataset(split.folder, v, split.categories, seed=split.seed)  # today's per-view-count dataset
@@ -149,3 +149,29 @@ def test_mean_shape_baseline_by_hand_and_blind_to_test_voxels(tmp_path):
         ious.append([float(baseline_iou(overall, test, t)[0]) for t in (0.2, 0.3)])
     # at t = 0.2 the prediction is A (p = 0.25 >= 0.2); at t = 0.3 it is B
     assert ious == [[1.0, 0.5], [0.5, 1.0], [0.5, 0.25]]
+
+
+def test_the_shared_encoder_check_tests_structure_not_bf16_rounding(trained):
+    """A sharp model (here: the trained net with its last layer centred and made steeper; longer training
+    sharpens a model too) turns bf16's rounding into probability differences above 0.01 between the
+    two batch layouts (a 4-epoch CPU checkpoint: 0.01, and r2n2-eval fell back to 14 minutes); the
+    check runs in float32, so such a model keeps the one-forward path. A network whose encoder does
+    depend on the batch (BatchNorm on batch statistics) still runs each view count separately."""
+    net, split = _tiny_split(trained, 3)
+    last = [m for m in net.modules() if isinstance(m, (torch.nn.Conv3d, torch.nn.ConvTranspose3d))][-1]
+    images = to_images(S.all_samples(split, 3).rgba(np.arange(4), 3))
+    bf16 = S.ViewCounts(net, [1, 3], torch.bfloat16)
+    with torch.no_grad():  # logits centred on 0 and 1e4 times steeper: many voxels on the edge
+        last.bias.sub_(net(images).median())
+        last.weight.mul_(1e4)
+        last.bias.mul_(1e4)
+    shared, plain = bf16._shared(images), {k: bf16._forward(images[:, :k]) for k in (1, 3)}
+    assert max(float((shared[k] - plain[k]).abs().max()) for k in (1, 3)) > 1e-2  # bf16 rounding shows
+    bf16.check(images)
+    assert bf16.shared and bf16.dtype is torch.bfloat16
+    for m in net.modules():  # batch statistics: the encoder's output depends on what else is in the batch
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.train()
+    batch_dependent = S.ViewCounts(net, [1, 3], torch.bfloat16)
+    batch_dependent.check(images)
+    assert not batch_dependent.shared
