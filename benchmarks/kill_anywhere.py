@@ -32,8 +32,9 @@ from pathlib import Path
 
 import lightning as L
 
+from r2n2.training import TIMING_KEYS  # differ between any two runs
+
 ROOT = Path(__file__).resolve().parents[1]
-TIMING_KEYS = ("fit_seconds", "wall_seconds", "train_samples_per_second", "train_samples_per_second_by_epoch")  # differ between any two runs
 PHASE_FILE = "phase"
 
 

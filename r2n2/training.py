@@ -28,6 +28,9 @@ from r2n2.resume import restore_config
 log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.json"
+# metrics.json keys that measure the machine, not the run: they differ between any two runs of one config
+TIMING_KEYS = ("fit_seconds", "wall_seconds", "train_samples_per_second", "train_samples_per_second_by_epoch",
+               "epoch_seconds_by_epoch")
 MONITOR = "val/iou_best"  # what train.py returns to sweepers: the best val IoU@0.3
 
 

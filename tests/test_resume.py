@@ -21,10 +21,9 @@ import pytest
 import torch
 from conftest import HELPERS, ROOT, run_train, tiny
 
+from r2n2.training import TIMING_KEYS
+
 EPOCHS = 2
-# metrics.json keys that measure time, not results
-TIMING = ("fit_seconds", "wall_seconds", "train_samples_per_second", "train_samples_per_second_by_epoch",
-          "epoch_seconds_by_epoch")
 
 
 def _args(data_dir: Path, extra: list[str]) -> list[str]:
@@ -51,7 +50,7 @@ def _killed_after_first_checkpoint(args: list[str], run_dir: Path) -> int:
 def _results(run_dir: Path) -> tuple[dict, dict]:
     metrics = json.loads((run_dir / "metrics.json").read_text())
     state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
-    return {k: v for k, v in metrics.items() if k not in TIMING}, state
+    return {k: v for k, v in metrics.items() if k not in TIMING_KEYS}, state
 
 
 def _check_resume_is_exact(data_dir: Path, tmp_path: Path, extra: list[str]) -> None:
