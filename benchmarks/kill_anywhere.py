@@ -3,9 +3,10 @@ it ends identical (final weights and metrics) to an uninterrupted run.
 
     python benchmarks/kill_anywhere.py [--seed 0] [--out /tmp/kill-anywhere]
 
-The 10 moments are drawn (seeded) from: the synthetic set being generated (after a random number of
+The 11 moments are drawn (seeded) from: the synthetic set being generated (after a random number of
 its files), the cache being packed, a random training batch of epoch 0 or 1, a random validation
-batch, and the k-th checkpoint write (the hidden temporary file of ``best.ckpt``/``last.ckpt`` exists).
+batch, the k-th checkpoint write (the hidden temporary file of ``best.ckpt``/``last.ckpt`` exists),
+and a batch of the final test (after the last checkpoint).
 The harness watches the run from outside (its files and a one-line phase file that ``PhaseBeacon``,
 a callback added to every run, rewrites at each batch) and SIGKILLs the train.py process the moment
 it sees the phase. Then: ``resume=<run>`` if the run has a ``checkpoints/last.ckpt``, else the same
@@ -39,8 +40,8 @@ PHASE_FILE = "phase"
 
 
 class PhaseBeacon(L.Callback):
-    """Rewrites ``<run>/phase`` with ``train <epoch> <batch>`` / ``val <epoch> <batch>`` as each batch
-    starts (sanity-check validation is ``sanity``), so a watcher knows where the run is."""
+    """Rewrites ``<run>/phase`` with ``train <epoch> <batch>`` / ``val <epoch> <batch>`` / ``test 0 <batch>``
+    as each batch starts (sanity-check validation is ``sanity``), so a watcher knows where the run is."""
 
     def _say(self, trainer, text: str) -> None:
         if trainer.global_rank == 0:
@@ -52,6 +53,9 @@ class PhaseBeacon(L.Callback):
 
     def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
         self._say(trainer, "sanity" if trainer.sanity_checking else f"val {trainer.current_epoch} {batch_idx}")
+
+    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        self._say(trainer, f"test 0 {batch_idx}")
 
 
 def overrides(data_dir: Path, epochs: int = 2, loader: tuple[str, ...] = ()) -> list[str]:
@@ -82,8 +86,8 @@ def run(args: list[str], hydra_dir: Path, log: Path) -> int:
 
 @dataclass
 class Moment:
-    """Where to kill: ``kind`` in synth / pack / train / val / ckpt and a number (file count, epoch and
-    batch, or which checkpoint write)."""
+    """Where to kill: ``kind`` in synth / pack / train / val / ckpt / test and a number (file count, epoch
+    and batch, which checkpoint write, or the test batch)."""
 
     kind: str
     epoch: int = 0
@@ -94,7 +98,8 @@ class Moment:
                 "pack": "cache being packed",
                 "train": f"training, epoch {self.epoch}, batch {self.index}",
                 "val": f"validation, epoch {self.epoch}, batch {self.index}",
-                "ckpt": f"checkpoint write #{self.index}"}[self.kind]
+                "ckpt": f"checkpoint write #{self.index}",
+                "test": f"final test, batch {self.index}"}[self.kind]
 
     def hit(self, run_dir: Path, data_dir: Path, seen: set) -> bool:
         if self.kind == "synth":
@@ -165,14 +170,15 @@ def trial(moment: Moment, args: list[str], run_dir: Path, data_dir: Path, refere
 
 
 def moments(seed: int) -> list[Moment]:
-    """10 moments, one to three per phase, the file/batch numbers drawn from ``seed`` (epochs have 4
-    training and 3 validation batches; checkpoint writes 1-2 are epoch 0's best and last, 3 is epoch 1's first)."""
+    """11 moments, one to three per phase, the file/batch numbers drawn from ``seed`` (epochs have 4
+    training and 3 validation batches, the test 3; checkpoint writes 1-2 are epoch 0's best and last, 3
+    is epoch 1's first)."""
     rng = random.Random(seed)
     return [Moment("synth", index=rng.randint(1, 30)), Moment("pack"),
             Moment("train", 0, rng.randint(0, 2)), Moment("train", 1, rng.randint(0, 2)),
             Moment("val", 0, rng.randint(0, 1)), Moment("val", 1, rng.randint(0, 1)),
             Moment("ckpt", index=1), Moment("ckpt", index=2), Moment("ckpt", index=3),
-            Moment("train", 0, rng.randint(2, 3))]
+            Moment("train", 0, rng.randint(2, 3)), Moment("test", 0, rng.randint(0, 2))]
 
 
 def main() -> None:

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from r2n2.atomic import atomic_write
 from r2n2.checkpoint import CheckpointError, load_checkpoint
+from r2n2.fit_record import RECORD, read_record
 
 # Keys (and everything under them) that a resume may change: how long to train, what to log and
 # show, and data-loading knobs that do not change which samples or numbers the model sees.
@@ -121,16 +122,29 @@ def restore_config(cfg: DictConfig) -> tuple[DictConfig, str]:
     return saved, str(ckpt)
 
 
-def check_not_finished(ckpt: Path, cfg: DictConfig, epoch: int, step: int) -> None:
-    """``ResumeError`` if a checkpoint at (``epoch``, ``step``) leaves nothing to train under ``cfg.trainer``:
-    Lightning would skip fitting and the run's metrics.json would be rewritten without its train/val figures."""
+def finished(cfg: DictConfig, epoch: int, step: int) -> bool:
+    """True if a checkpoint at (``epoch``, ``step``) leaves nothing to train under ``cfg.trainer``."""
     max_epochs, max_steps = cfg.trainer.get("max_epochs"), cfg.trainer.get("max_steps")
     done_epochs = max_epochs is not None and max_epochs != -1 and epoch + 1 >= max_epochs
     done_steps = max_steps is not None and max_steps > 0 and step >= max_steps
-    if done_epochs or done_steps:
-        raise ResumeError(f"{ckpt}: the run has finished (epoch {epoch + 1} of trainer.max_epochs={max_epochs}, step "
-                          f"{step} of trainer.max_steps={max_steps}); pass a larger trainer.max_epochs or "
-                          "trainer.max_steps to train longer, or evaluate it with r2n2-eval")
+    return done_epochs or done_steps
+
+
+def check_not_finished(ckpt: Path, cfg: DictConfig, epoch: int, step: int) -> None:
+    """``ResumeError`` if a checkpoint at (``epoch``, ``step``) leaves nothing to train under ``cfg.trainer``
+    and nothing to test: the run wrote its metrics.json, or it has no fit record (``r2n2.fit_record``)
+    to write one from. A run stopped after fitting but before metrics.json (killed while testing) goes on."""
+    if not finished(cfg, epoch, step):
+        return
+    metrics = Path(cfg.paths.output_dir) / "metrics.json"  # r2n2.training.METRICS_FILE
+    if not metrics.is_file() and read_record(ckpt) is not None:
+        return
+    max_epochs, max_steps = cfg.trainer.get("max_epochs"), cfg.trainer.get("max_steps")
+    why = "the run has finished" if metrics.is_file() else \
+        f"training had finished and {ckpt.parent / RECORD} (its train/val figures) is missing"
+    raise ResumeError(f"{ckpt}: {why} (epoch {epoch + 1} of trainer.max_epochs={max_epochs}, step "
+                      f"{step} of trainer.max_steps={max_steps}); pass a larger trainer.max_epochs or "
+                      "trainer.max_steps to train longer, or evaluate it with r2n2-eval")
 
 
 def check_checkpoint_matches(ckpt: Path, cfg: DictConfig) -> None:

@@ -18,12 +18,13 @@ from r2n2.atomic import atomic_write
 from r2n2.baselines import baseline_iou, mean_shapes
 from r2n2.callbacks import TrainThroughput
 from r2n2.extras import prepare_run
+from r2n2.fit_record import RECORD, checkpoint_progress, read_record, write_record
 from r2n2.checkpoint import load_checkpoint
 from r2n2.checkpoint_io import AtomicCheckpointIO
 from r2n2.cluster import needs_own_run, requeued_checkpoint, train_in_child_run
 from r2n2.headline import PredictionSpread, degeneracy_warnings, headline
 from r2n2.module import ReconstructionModule
-from r2n2.resume import restore_config
+from r2n2.resume import ResumeError, finished, restore_config
 
 log = logging.getLogger(__name__)
 
@@ -87,30 +88,19 @@ def train(cfg: DictConfig) -> dict:
     log.info("model %s: %s parameters", cfg.model._target_.rsplit(".", 1)[-1], f"{module.num_parameters:,}")
 
     start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-    fit_seconds = time.perf_counter() - start
-    metrics = {k: v for k, v in _scalars(trainer.callback_metrics).items() if k.startswith(("train/", "val/"))}
-    ckpt = trainer.checkpoint_callback
-    if ckpt is not None and ckpt.best_model_score is not None:
-        metrics["val/iou_best"] = float(ckpt.best_model_score)
+    record = fit_record_to_continue(cfg, ckpt_path)
+    if record is None:
+        metrics, best = fit(trainer, module, datamodule, throughput, ckpt_path)
+    else:  # stopped after fitting (killed or requeued while testing): the fit's own figures
+        log.info("%s: training had finished; testing the best checkpoint, with the fit's figures from %s",
+                 ckpt_path, Path(ckpt_path).parent / RECORD)
+        metrics, best = record["metrics"], record["best"] or ckpt_path  # no best callback: the fit's last weights
 
     if cfg.get("test", True) and trainer.limit_test_batches != 0:
-        # the best-by-val-IoU checkpoint's own path: "best" would leave Lightning to pick among the
-        # two ModelCheckpoint callbacks (best and last) and warn that it took the first
-        best = ckpt.best_model_path if ckpt is not None and ckpt.best_model_path else None
         tested = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
         metrics.update(_scalars(tested[0]) if tested else {})
         metrics.update(next(c for c in trainer.callbacks if isinstance(c, PredictionSpread)).compute())
-
-    metrics.update({
-        "parameters": module.num_parameters,
-        "epochs": trainer.current_epoch,
-        "fit_seconds": round(fit_seconds, 2),
-        "wall_seconds": round(time.perf_counter() - start, 2),
-        "train_samples_per_second": round(throughput.samples_per_second, 2),
-        "train_samples_per_second_by_epoch": [round(v, 2) for v in throughput.by_epoch],
-        "epoch_seconds_by_epoch": [round(v, 2) for v in throughput.epoch_seconds],
-    })
+    metrics["wall_seconds"] = round(time.perf_counter() - start, 2)
     if trainer.global_rank != 0:
         return metrics
     if "test/iou" in metrics:  # the baselines score the test split: only beside a tested model (test=true)
@@ -127,6 +117,49 @@ def train(cfg: DictConfig) -> dict:
     if line:  # the run's last line: the model against both mean shapes
         log.info(line)
     return metrics
+
+
+def fit_record_to_continue(cfg: DictConfig, ckpt_path: str | None) -> dict | None:
+    """The fit record (``r2n2.fit_record``) of ``ckpt_path`` when that checkpoint ended its fit and
+    leaves nothing to train under ``cfg``; None when there is training to do. ``ResumeError`` when
+    nothing is left to train and no record says what the fit measured."""
+    if not ckpt_path:
+        return None
+    epoch, step = checkpoint_progress(ckpt_path)
+    if not finished(cfg, epoch, step):
+        return None
+    record = read_record(ckpt_path)
+    if record is None:  # Lightning would skip fit and metrics.json would lack the train/val figures
+        raise ResumeError(f"{ckpt_path}: training had finished (epoch {epoch + 1}, step {step}) and "
+                          f"{Path(ckpt_path).parent / RECORD} (its train/val figures) is missing; pass a larger "
+                          "trainer.max_epochs or trainer.max_steps to train longer, or evaluate it with r2n2-eval")
+    return record
+
+
+def fit(trainer: L.Trainer, module, datamodule, throughput: TrainThroughput,
+        ckpt_path: str | None) -> tuple[dict, str | None]:
+    """Fit; returns (the fit's train/val metrics and timings, the best checkpoint by val IoU or None),
+    also written to the fit record by global rank 0."""
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    metrics = {k: v for k, v in _scalars(trainer.callback_metrics).items() if k.startswith(("train/", "val/"))}
+    # the best-by-val-IoU checkpoint's own path: "best" would leave Lightning to pick among the
+    # two ModelCheckpoint callbacks (best and last) and warn that it took the first
+    ckpt = trainer.checkpoint_callback
+    best = ckpt.best_model_path if ckpt is not None and ckpt.best_model_path else None
+    if ckpt is not None and ckpt.best_model_score is not None:
+        metrics["val/iou_best"] = float(ckpt.best_model_score)
+    metrics.update({
+        "parameters": module.num_parameters,
+        "epochs": trainer.current_epoch,
+        "fit_seconds": round(time.perf_counter() - start, 2),
+        "train_samples_per_second": round(throughput.samples_per_second, 2),
+        "train_samples_per_second_by_epoch": [round(v, 2) for v in throughput.by_epoch],
+        "epoch_seconds_by_epoch": [round(v, 2) for v in throughput.epoch_seconds],
+    })
+    if trainer.global_rank == 0 and ckpt is not None:
+        write_record(ckpt.dirpath, metrics, best, trainer.global_step)
+    return metrics, best
 
 
 def log_final_hparams(loggers: list, cfg: DictConfig, metrics: dict) -> None:

@@ -158,11 +158,12 @@ def test_train_on_a_full_disk_says_so_leaves_nothing_torn_and_continues_with_spa
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("moment", [kill_anywhere.Moment("ckpt", index=2), kill_anywhere.Moment("train", 1, 0)],
-                         ids=str)
+@pytest.mark.parametrize("moment", [kill_anywhere.Moment("ckpt", index=2), kill_anywhere.Moment("train", 1, 0),
+                                    kill_anywhere.Moment("test", 0, 1)], ids=str)
 def test_killed_run_continues_to_the_uninterrupted_result(moment, data_dir, trained, tmp_path):
     """The CI subset of benchmarks/kill_anywhere.py (which kills at 10 moments, default loader
-    settings): mid checkpoint write (epoch 0's last.ckpt) and mid epoch 1, on the `trained` run's config."""
+    settings): mid checkpoint write (epoch 0's last.ckpt), mid epoch 1, and in the final test (after the
+    last checkpoint: the continued run only tests), on the `trained` run's config."""
     straight, _ = trained
     args = tiny(data_dir) + ["+callbacks.beacon._target_=kill_anywhere.PhaseBeacon"]
     row = kill_anywhere.trial(moment, args, tmp_path / "run", data_dir, kill_anywhere.final_state(straight))

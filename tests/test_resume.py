@@ -102,3 +102,31 @@ def test_resume_with_more_epochs_respreads_the_default_cosine_schedule(data_dir,
         opt.step()
         ref.step()
     assert ckpt["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(opt.param_groups[0]["lr"], rel=1e-6)
+
+
+def test_run_stopped_while_testing_ends_with_the_uninterrupted_metrics(trained, tmp_path):
+    """A run stopped after its last checkpoint but before metrics.json (killed or requeued during the
+    final test; tests/test_faults.py kills one there for real) has nothing left to train. resume=
+    tests its best checkpoint, with the default loader settings, and writes the uninterrupted run's
+    metrics.json: the train/val figures come from checkpoints/fit.json. Without that record it is
+    refused, naming the file, and nothing in the run changes."""
+    import shutil
+
+    straight, _ = trained
+    run = tmp_path / "run"
+    shutil.copytree(straight, run)
+    (run / "metrics.json").unlink()
+    weights = (run / "checkpoints" / "last.ckpt").read_bytes()
+    proc = run_train([f"resume={run}", "data.num_workers=2", "data.persistent_workers=true"], tmp_path / "resumed")
+    assert "training had finished; testing the best checkpoint" in proc.stdout + proc.stderr
+    assert _results(run)[0] == _results(straight)[0]
+    assert (run / "checkpoints" / "last.ckpt").read_bytes() == weights  # nothing trained
+
+    (run / "metrics.json").unlink()
+    (run / "checkpoints" / "fit.json").unlink()
+    proc = run_train([f"resume={run}"], tmp_path / "refused", check=False)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert last.startswith(f"train.py: error: {run / 'checkpoints' / 'last.ckpt'}: training had finished") \
+        and str(run / "checkpoints" / "fit.json") in last, last
+    assert not (run / "metrics.json").exists() and (run / "checkpoints" / "last.ckpt").read_bytes() == weights
