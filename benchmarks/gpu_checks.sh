@@ -15,6 +15,10 @@
 #   speed    r2n2-compare --speed-only at batch 8 and 256 (seed_gru vs r2n2_res_gru)
 #   compare  r2n2-compare of seed_gru and r2n2_res_gru for GPU_CHECKS_MINUTES each (default 1)
 #   nchw     r2n2-bench at 8 and 256 with channels_last off
+#   levers   the 2-minute budget again, once per lever against the over-fitting it showed (issue 12,
+#            item 3): 4x the synthetic objects, augmentation, both; GPU_CHECKS_LEVERS="a b;c" runs
+#            other override sets (";" between runs). Each run's line: test IoU and its own baselines
+#            (more objects changes the test split, so each run has its own mean shapes)
 #
 #   bash benchmarks/gpu_checks.sh [STEP ...]      (no step: all of them, in the order above)
 #
@@ -77,6 +81,7 @@ if [ "${GPU_CHECKS_TINY:-0}" = 1 ]; then  # a CPU rehearsal: tiny data, few step
   BATCHES=(2 4); SMALL=2; LARGE=4; BENCH=(--warmup 1 --steps 2); MINUTES=0.1; PAPER_SPLITS="{train:12,val:6,test:6}"
   BUDGET=(trainer.max_time=00:00:00:20 trainer.max_epochs=2 data.batch_size=4)
   EVAL=(views=[1,2] fscore.points=256)
+  MORE_OBJECTS=data.source.objects_per_category=8
 else
   DATA=(); BATCHES=(8 256); SMALL=8; LARGE=256; BENCH=(--warmup 10 --steps 30); MINUTES="${GPU_CHECKS_MINUTES:-1}"
   PAPER_SPLITS="{train:20000,val:4000,test:1000}"
@@ -84,6 +89,7 @@ else
   # epochs is a guess at what 2 minutes hold (the run says how many it did)
   BUDGET=(trainer.max_time=00:00:02:00 trainer.max_epochs=40 data.batch_size=64)
   EVAL=()
+  MORE_OBJECTS=data.source.objects_per_category=128  # 4x the default 32 per category
 fi
 COMMON=(paths.data_dir="$R2N2_DATA_DIR" "${DATA[@]}")
 BUDGET_RUN="$WORK/budget"
@@ -147,7 +153,24 @@ EOF
   nchw)
     fits 60 "$s" && step "bench: channels_last off" "$PY" -m r2n2.cli.bench --batch-sizes "${BATCHES[@]}" "${BENCH[@]}" \
       --out "$OUT/bench_nchw" "${COMMON[@]}" module.channels_last=false ;;
-  *) say "unknown step $s (bench sync budget eval paper compile speed compare nchw)"; exit 2 ;;
+  levers)  # each: generating more objects (~1 min on 16 cores), 2 min of training, the test and baselines
+    IFS=';' read -r -a LEVERS <<< "${GPU_CHECKS_LEVERS:-$MORE_OBJECTS;data.augment=true;$MORE_OBJECTS data.augment=true}"
+    for i in "${!LEVERS[@]}"; do
+      read -r -a lever <<< "${LEVERS[$i]}"
+      run="$WORK/lever$i"; rm -rf "$run"
+      fits 300 "$s ${LEVERS[$i]}" && step "2-minute budget + ${LEVERS[$i]}" "$PY" train.py "${COMMON[@]}" "${BUDGET[@]}" \
+        "${lever[@]}" logger=none trainer.enable_progress_bar=false hydra.run.dir="$run"
+      [ -f "$run/metrics.json" ] && "$PY" - "$run/metrics.json" "${LEVERS[$i]}" <<'EOF' | tee -a "$REPORT"
+import json, sys
+m = json.load(open(sys.argv[1]))
+def b(k): return m.get(f"baseline/{k}_test_iou", float("nan"))
+print(f"lever [{sys.argv[2]}]: test IoU@0.3 {m['test/iou']:.3f} | category mean shape {b('category_mean_shape'):.3f} "
+      f"({m['test/iou'] - b('category_mean_shape'):+.3f}; target +0.15) | retrieval {b('retrieval'):.3f} | oracle "
+      f"{b('oracle_nearest_neighbour'):.3f} | {m['epochs']} epochs, train IoU {m.get('train/iou', float('nan')):.3f} vs val "
+      f"{m.get('val/iou', float('nan')):.3f}")
+EOF
+    done ;;
+  *) say "unknown step $s (bench sync budget eval paper compile speed compare nchw levers)"; exit 2 ;;
   esac
 done
 
