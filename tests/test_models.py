@@ -274,7 +274,8 @@ def test_recurrent_returns_last_hidden_state():
 
 def test_compile_setting_takes_a_torch_compile_mode_and_names_a_wrong_one():
     """module.compile: false leaves the network eager; true and a mode ("reduce-overhead" = CUDA graphs)
-    compile it in place, keeping its state_dict keys; anything else is an error naming the value."""
+    compile it in place, keeping its state_dict keys, and the mode reaches the compiler (Inductor's
+    config: CUDA graphs on for reduce-overhead only); anything else is an error naming the value."""
     from r2n2.module import compile_network
 
     net = RecurrentAggregator(5, hidden_size=4, cell="gru")
@@ -282,5 +283,9 @@ def test_compile_setting_takes_a_torch_compile_mode_and_names_a_wrong_one():
     assert compile_network(net, False) is False and net._compiled_call_impl is None
     assert compile_network(net, "reduce-overhead") is True and net._compiled_call_impl is not None
     assert list(net.state_dict()) == keys
+    assert net._compiled_call_impl.get_compiler_config()["triton.cudagraphs"] is True
+    plain = RecurrentAggregator(5, hidden_size=4, cell="gru")
+    assert compile_network(plain, True) is True
+    assert plain._compiled_call_impl.get_compiler_config()["triton.cudagraphs"] is False
     with pytest.raises(ValueError, match=r"module.compile='fast'.*reduce-overhead"):
         compile_network(RecurrentAggregator(5, hidden_size=4, cell="gru"), "fast")
