@@ -1,6 +1,7 @@
 """What every run does before it starts (``r2n2.training.train`` calls :func:`prepare_run`):
 
 * Lightning's log lines printed once (:func:`route_lightning_logs`);
+* freed CPU memory kept for reuse instead of unmapped at every step (``r2n2.malloc``);
 * Lightning's data-loader flattening without torch's deprecated ``LeafSpec()`` (:func:`use_torch_leaf_factory`);
 * the optional extras of ``conf/extras/default.yaml`` (lightning-hydra-template's convention): the
   composed config printed as a tree with rich and saved as ``config_tree.log`` in the run folder,
@@ -16,6 +17,7 @@ from pathlib import Path
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from r2n2.atomic import atomic_write
+from r2n2.malloc import keep_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +30,7 @@ def prepare_run(cfg: DictConfig) -> None:
     """Call once at the start of a run, after ``cfg.paths.output_dir`` is final."""
     route_lightning_logs()
     use_torch_leaf_factory()
+    keep_freed_memory()
     extras = cfg.get("extras") or {}
     if extras.get("ignore_warnings"):
         log.info("ignoring all Python warnings (extras.ignore_warnings=true)")

@@ -27,6 +27,7 @@ import torch
 
 from r2n2.atomic import atomic_write
 from r2n2.machine import describe_machine
+from r2n2.malloc import keep_freed_memory
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -193,6 +194,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default="outputs/bench", help="folder for bench.json")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides of train.py's config (model=..., data=...)")
     args = ap.parse_args(argv)
+    keep_freed_memory()  # as train.py does (r2n2.extras.prepare_run)
     sizes = args.batch_sizes or [int(_compose(args.overrides).data.batch_size)]
     rows = []
     for b in sizes:

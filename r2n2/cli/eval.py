@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from r2n2.atomic import atomic_write
 from r2n2.checkpoint import CheckpointError, load_module
 from r2n2.data.errors import DataError
+from r2n2.malloc import keep_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +182,7 @@ CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")
 def main(cfg: DictConfig) -> None:
+    keep_freed_memory()  # as train.py does (r2n2.extras.prepare_run)
     try:
         evaluate(cfg)
     except (CheckpointError, DataError, FileNotFoundError, ValueError) as e:  # bad input, not a bug: one line
