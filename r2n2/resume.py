@@ -17,7 +17,6 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from r2n2.atomic import atomic_write
 from r2n2.checkpoint import CheckpointError, load_checkpoint
-from r2n2.fit_record import RECORD, read_record
 
 # Keys (and everything under them) that a resume may change: how long to train, what to log and
 # show, and data-loading knobs that do not change which samples or numbers the model sees.
@@ -131,20 +130,14 @@ def finished(cfg: DictConfig, epoch: int, step: int) -> bool:
 
 
 def check_not_finished(ckpt: Path, cfg: DictConfig, epoch: int, step: int) -> None:
-    """``ResumeError`` if a checkpoint at (``epoch``, ``step``) leaves nothing to train under ``cfg.trainer``
-    and nothing to test: the run wrote its metrics.json, or it has no fit record (``r2n2.fit_record``)
-    to write one from. A run stopped after fitting but before metrics.json (killed while testing) goes on."""
-    if not finished(cfg, epoch, step):
-        return
+    """``ResumeError`` if the run wrote its metrics.json and a checkpoint at (``epoch``, ``step``) leaves
+    nothing to train under ``cfg.trainer``. A run stopped after fitting but before metrics.json (killed
+    while testing) goes on: ``r2n2.training`` tests it with the fit's record (``r2n2.fit_record``)."""
     metrics = Path(cfg.paths.output_dir) / "metrics.json"  # r2n2.training.METRICS_FILE
-    if not metrics.is_file() and read_record(ckpt) is not None:
-        return
-    max_epochs, max_steps = cfg.trainer.get("max_epochs"), cfg.trainer.get("max_steps")
-    why = "the run has finished" if metrics.is_file() else \
-        f"training had finished and {ckpt.parent / RECORD} (its train/val figures) is missing"
-    raise ResumeError(f"{ckpt}: {why} (epoch {epoch + 1} of trainer.max_epochs={max_epochs}, step "
-                      f"{step} of trainer.max_steps={max_steps}); pass a larger trainer.max_epochs or "
-                      "trainer.max_steps to train longer, or evaluate it with r2n2-eval")
+    if finished(cfg, epoch, step) and metrics.is_file():
+        raise ResumeError(f"{ckpt}: the run has finished (epoch {epoch + 1} of trainer.max_epochs="
+                          f"{cfg.trainer.get('max_epochs')}, step {step} of trainer.max_steps={cfg.trainer.get('max_steps')}); "
+                          "pass a larger trainer.max_epochs or trainer.max_steps to train longer, or evaluate it with r2n2-eval")
 
 
 def check_checkpoint_matches(ckpt: Path, cfg: DictConfig) -> None:
