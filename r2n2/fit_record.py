@@ -34,9 +34,7 @@ def checkpoint_progress(ckpt: str | Path) -> tuple[int, int]:
 def write_record(ckpt_dir: str | Path, metrics: dict, best: str | None, global_step: int) -> None:
     """metrics: the fit's train/val figures and timings; best: the best checkpoint's path (or None)."""
     record = {"global_step": global_step, "best": Path(best).name if best else None, "metrics": metrics}
-    ckpt_dir = Path(ckpt_dir)
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_write(ckpt_dir / RECORD, "w") as f:
+    with atomic_write(Path(ckpt_dir) / RECORD, "w") as f:
         json.dump(record, f, indent=2, sort_keys=True)
 
 

@@ -135,9 +135,10 @@ def check_not_finished(ckpt: Path, cfg: DictConfig, epoch: int, step: int) -> No
     while testing) goes on: ``r2n2.training`` tests it with the fit's record (``r2n2.fit_record``)."""
     metrics = Path(cfg.paths.output_dir) / "metrics.json"  # r2n2.training.METRICS_FILE
     if finished(cfg, epoch, step) and metrics.is_file():
-        raise ResumeError(f"{ckpt}: the run has finished (epoch {epoch + 1} of trainer.max_epochs="
-                          f"{cfg.trainer.get('max_epochs')}, step {step} of trainer.max_steps={cfg.trainer.get('max_steps')}); "
-                          "pass a larger trainer.max_epochs or trainer.max_steps to train longer, or evaluate it with r2n2-eval")
+        max_epochs, max_steps = cfg.trainer.get("max_epochs"), cfg.trainer.get("max_steps")
+        raise ResumeError(f"{ckpt}: the run has finished (epoch {epoch + 1} of trainer.max_epochs={max_epochs}, "
+                          f"step {step} of trainer.max_steps={max_steps}); pass a larger trainer.max_epochs or "
+                          "trainer.max_steps to train longer, or evaluate it with r2n2-eval")
 
 
 def check_checkpoint_matches(ckpt: Path, cfg: DictConfig) -> None:

@@ -157,7 +157,8 @@ def fit(trainer: L.Trainer, module, datamodule, throughput: TrainThroughput,
         "train_samples_per_second_by_epoch": [round(v, 2) for v in throughput.by_epoch],
         "epoch_seconds_by_epoch": [round(v, 2) for v in throughput.epoch_seconds],
     })
-    if trainer.global_rank == 0 and ckpt is not None:
+    # only beside checkpoints (fast_dev_run saves none, and leaves no folder)
+    if trainer.global_rank == 0 and ckpt is not None and Path(ckpt.dirpath).is_dir():
         write_record(ckpt.dirpath, metrics, best, trainer.global_step)
     return metrics, best
 
