@@ -1,7 +1,8 @@
 """SLURM for real: a one-node cluster (munged, slurmctld, slurmd) started here from a temporary
 config, and real jobs on it: the repository's sbatch template running 2-task DDP training, a
-submitit_slurm sweep, and a job requeued twice (by its own SIGUSR1 handler and by ``scontrol
-requeue``) that must end exactly like the uninterrupted job.
+submitit_slurm sweep, and a job requeued three times (by its own SIGUSR1 handler and by ``scontrol
+requeue`` while it trains, and by ``scontrol requeue`` while it tests) that must end exactly like the
+uninterrupted job.
 
 Marked ``slurm``: deselected in the default run (pyproject addopts); ``.ci/run`` runs them with
 ``python -m pytest -m slurm``. They need root (the daemons) and install slurm-wlm and munge with
