@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # Every GPU check of issues 9 and 12 in one run on one H100/H200 (16 CPU cores), output in
-# $OUT/gpu_checks.txt (and bench_*/bench.json, eval/, compare*/ beside it). Steps, in priority order:
+# $OUT/gpu_checks.txt (and bench_*/bench.json, eval/, compare*/ beside it). Steps, in priority order
+# (issue 12, the open one, first; the first step that needs the synthetic data generates it):
 #
-#   bench    r2n2-bench at batch 8 and 256 with the defaults (channels_last auto = on, cudnn.benchmark
-#            on): bare loop vs Trainer.fit vs DataLoader, ratio b/a (first: it also generates the data)
-#   sync     the training loop under torch.cuda.set_sync_debug_mode("error") (tests/test_gpu_path.py)
 #   budget   issue 12's 2-minute budget: python train.py at batch 64, trainer.max_time=2 min (test IoU
 #            against both mean shapes and the recognition baselines, from its metrics.json)
+#   levers   the 2-minute budget again, once per lever against the over-fitting it showed (issue 12,
+#            item 3): 4x the synthetic objects, augmentation, both; GPU_CHECKS_LEVERS="a b;c" runs
+#            other override sets (";" between runs). Each run's line: test IoU and its own baselines
+#            (more objects changes the test split, so each run has its own mean shapes)
+#   bench    r2n2-bench at batch 8 and 256 with the defaults (channels_last auto = on, cudnn.benchmark
+#            on): bare loop vs Trainer.fit vs DataLoader, ratio b/a
+#   sync     the training loop under torch.cuda.set_sync_debug_mode("error") (tests/test_gpu_path.py)
 #   eval     r2n2-eval of that checkpoint: the whole test split at 1..5 views with F-score (the time)
 #   paper    experiment=paper for 1 epoch of its 20,000 samples at batch 8 with validation: the
 #            projected time of its 50 epochs
@@ -15,10 +20,6 @@
 #   speed    r2n2-compare --speed-only at batch 8 and 256 (seed_gru vs r2n2_res_gru)
 #   compare  r2n2-compare of seed_gru and r2n2_res_gru for GPU_CHECKS_MINUTES each (default 1)
 #   nchw     r2n2-bench at 8 and 256 with channels_last off
-#   levers   the 2-minute budget again, once per lever against the over-fitting it showed (issue 12,
-#            item 3): 4x the synthetic objects, augmentation, both; GPU_CHECKS_LEVERS="a b;c" runs
-#            other override sets (";" between runs). Each run's line: test IoU and its own baselines
-#            (more objects changes the test split, so each run has its own mean shapes)
 #
 #   bash benchmarks/gpu_checks.sh [STEP ...]      (no step: all of them, in the order above)
 #
@@ -44,7 +45,7 @@ export PYTHONPATH="$PWD:$PWD/.gpu_pkgs${PYTHONPATH:+:$PYTHONPATH}"
 export R2N2_DATA_DIR="$WORK/data"
 PY="${PYTHON:-python}"
 DEADLINE="${GPU_CHECKS_DEADLINE:-100000}"
-STEPS=("$@"); [ ${#STEPS[@]} = 0 ] && STEPS=(bench sync budget eval paper compile speed compare nchw)
+STEPS=("$@"); [ ${#STEPS[@]} = 0 ] && STEPS=(budget levers bench sync eval paper compile speed compare nchw)
 
 say() { echo "$*" | tee -a "$REPORT"; }
 # step NAME COMMAND...: run it, its output into the report, its wall time and exit status after it
@@ -170,7 +171,7 @@ print(f"lever [{sys.argv[2]}]: test IoU@0.3 {m['test/iou']:.3f} | category mean 
       f"{m.get('val/iou', float('nan')):.3f}")
 EOF
     done ;;
-  *) say "unknown step $s (bench sync budget eval paper compile speed compare nchw levers)"; exit 2 ;;
+  *) say "unknown step $s (budget levers bench sync eval paper compile speed compare nchw)"; exit 2 ;;
   esac
 done
 
