@@ -38,9 +38,10 @@ def write_record(ckpt_dir: str | Path, metrics: dict, best: str | None, global_s
         json.dump(record, f, indent=2, sort_keys=True)
 
 
-def read_record(ckpt: str | Path) -> dict | None:
-    """The record beside ``ckpt`` if it was written at the end of the fit that wrote ``ckpt`` (same
-    global step), with ``best`` made a path (None where the run kept no best checkpoint); otherwise None."""
+def read_record(ckpt: str | Path, global_step: int) -> dict | None:
+    """The record beside ``ckpt`` (whose ``global_step``, from :func:`checkpoint_progress`, is given) if
+    it was written at the end of the fit that wrote ``ckpt`` (same global step), with ``best`` made a
+    path (None where the run kept no best checkpoint); otherwise None."""
     path = Path(ckpt).parent / RECORD
     if not path.is_file():
         return None
@@ -50,7 +51,7 @@ def read_record(ckpt: str | Path) -> dict | None:
     except (ValueError, KeyError, TypeError) as e:
         log.warning("%s: not a fit record (%s): ignored", path, e)
         return None
-    if step != checkpoint_progress(ckpt)[1]:
+    if step != global_step:
         return None  # a later checkpoint than the record, or a record of another fit
     best = record.get("best")
     record["best"] = str(path.parent / best) if best else None

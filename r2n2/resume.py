@@ -121,6 +121,10 @@ def restore_config(cfg: DictConfig) -> tuple[DictConfig, str]:
     return saved, str(ckpt)
 
 
+# what to do with a run that has nothing left to train
+FINISHED_ADVICE = "pass a larger trainer.max_epochs or trainer.max_steps to train longer, or evaluate it with r2n2-eval"
+
+
 def finished(cfg: DictConfig, epoch: int, step: int) -> bool:
     """True if a checkpoint at (``epoch``, ``step``) leaves nothing to train under ``cfg.trainer``."""
     max_epochs, max_steps = cfg.trainer.get("max_epochs"), cfg.trainer.get("max_steps")
@@ -137,8 +141,7 @@ def check_not_finished(ckpt: Path, cfg: DictConfig, epoch: int, step: int) -> No
     if finished(cfg, epoch, step) and metrics.is_file():
         max_epochs, max_steps = cfg.trainer.get("max_epochs"), cfg.trainer.get("max_steps")
         raise ResumeError(f"{ckpt}: the run has finished (epoch {epoch + 1} of trainer.max_epochs={max_epochs}, "
-                          f"step {step} of trainer.max_steps={max_steps}); pass a larger trainer.max_epochs or "
-                          "trainer.max_steps to train longer, or evaluate it with r2n2-eval")
+                          f"step {step} of trainer.max_steps={max_steps}); {FINISHED_ADVICE}")
 
 
 def check_checkpoint_matches(ckpt: Path, cfg: DictConfig) -> None:

@@ -24,7 +24,7 @@ from r2n2.checkpoint_io import AtomicCheckpointIO
 from r2n2.cluster import needs_own_run, requeued_checkpoint, train_in_child_run
 from r2n2.headline import PredictionSpread, degeneracy_warnings, headline
 from r2n2.module import ReconstructionModule
-from r2n2.resume import ResumeError, finished, restore_config
+from r2n2.resume import FINISHED_ADVICE, ResumeError, finished, restore_config
 
 log = logging.getLogger(__name__)
 
@@ -128,11 +128,10 @@ def fit_record_to_continue(cfg: DictConfig, ckpt_path: str | None) -> dict | Non
     epoch, step = checkpoint_progress(ckpt_path)
     if not finished(cfg, epoch, step):
         return None
-    record = read_record(ckpt_path)
+    record = read_record(ckpt_path, step)
     if record is None:  # Lightning would skip fit and metrics.json would lack the train/val figures
         raise ResumeError(f"{ckpt_path}: training had finished (epoch {epoch + 1}, step {step}) and "
-                          f"{Path(ckpt_path).parent / RECORD} (its train/val figures) is missing; pass a larger "
-                          "trainer.max_epochs or trainer.max_steps to train longer, or evaluate it with r2n2-eval")
+                          f"{Path(ckpt_path).parent / RECORD} (its train/val figures) is missing; {FINISHED_ADVICE}")
     return record
 
 
