@@ -11,6 +11,11 @@ import warnings
 
 from lightning.pytorch.callbacks import ModelSummary, RichModelSummary, RichProgressBar, TQDMProgressBar
 
+# Rich redraws per second. Lightning's default, 100, redraws in a thread that holds the GIL while the
+# training loop waits for it: +0.2..0.7 ms on a ~1 ms step, against +0.1..0.2 ms at 10, which is as
+# smooth to the eye (benchmarks/progress_bar_cost.py, docs/performance.md)
+RICH_REFRESH_PER_SECOND = 10
+
 
 def use_rich(rich: bool | None = None) -> bool:
     """``rich`` if given, else whether stdout is a terminal."""
@@ -22,7 +27,7 @@ def progress_bar(rich: bool | None = None, enabled: bool = True) -> RichProgress
     refuses a progress-bar callback then). ``rich``: true, false or None (= stdout is a terminal)."""
     if not enabled:
         return None
-    return RichProgressBar() if use_rich(rich) else TQDMProgressBar()
+    return RichProgressBar(refresh_rate=RICH_REFRESH_PER_SECOND) if use_rich(rich) else TQDMProgressBar()
 
 
 class _MixedPrecisionSize:

@@ -199,6 +199,69 @@ def test_rich_bar_and_summary_on_a_terminal_tqdm_otherwise(monkeypatch):
             os.close(fd)
 
 
+def test_rich_bar_redraws_at_most_ten_times_a_second_during_a_fit(monkeypatch):
+    """Lightning's default Rich bar redraws up to 100 times a second in a thread that holds the GIL:
+    +0.4..1.0 ms per step of a ~1 ms loop (benchmarks/progress_bar_cost.py). Ours, on a real terminal
+    over a real fit of steps of ~2 ms, redraws at most RICH_REFRESH_PER_SECOND times a second."""
+    import pty
+    import threading
+    import time
+
+    import lightning.pytorch as L
+    import rich.live
+    import torch
+
+    from r2n2.run_callbacks import RICH_REFRESH_PER_SECOND, progress_bar
+
+    class Tiny(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(4, 1)
+
+        def training_step(self, batch, batch_idx):
+            time.sleep(0.002)  # a fast card's step
+            loss = self.layer(batch[0]).pow(2).mean()
+            self.log("train/loss", loss, prog_bar=True)
+            return loss
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=1e-3)
+
+    redraws = []
+    draw = rich.live.Live.refresh
+    monkeypatch.setattr(rich.live.Live, "refresh", lambda self: (redraws.append(time.perf_counter()), draw(self)))
+    leader, follower = pty.openpty()
+    seen = []  # what the terminal received, read as it comes (a full pty buffer would block the bar)
+
+    def read_terminal():
+        try:
+            while chunk := os.read(leader, 1 << 16):
+                seen.append(chunk)
+        except OSError:  # closed
+            pass
+
+    reader = threading.Thread(target=read_terminal, daemon=True)
+    reader.start()
+    try:
+        with os.fdopen(os.dup(follower), "w") as tty:
+            monkeypatch.setattr("sys.stdout", tty)
+            bar = progress_bar()
+            trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_model_summary=False,
+                                callbacks=[bar], accelerator="cpu")
+            data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(700, 4)), batch_size=1)
+            start = time.perf_counter()
+            trainer.fit(Tiny(), data)
+            seconds = time.perf_counter() - start
+    finally:
+        os.close(follower)
+        reader.join(timeout=5)
+        os.close(leader)
+    # it drew on the terminal, over more than a second of steps
+    assert seconds > 1.2 and len(redraws) >= 3 and b"train/loss" in b"".join(seen), (seconds, len(redraws))
+    # the live display's start and stop redraw once each, outside the refresh thread
+    assert len(redraws) <= RICH_REFRESH_PER_SECOND * seconds + 3, (len(redraws), seconds)
+
+
 # --- extras --------------------------------------------------------------------------------------
 
 
