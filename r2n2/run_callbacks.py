@@ -12,8 +12,8 @@ import warnings
 from lightning.pytorch.callbacks import ModelSummary, RichModelSummary, RichProgressBar, TQDMProgressBar
 
 # Rich redraws per second. Lightning's default, 100, redraws in a thread that holds the GIL while the
-# training loop waits for it: +0.2..0.7 ms on a ~1 ms step, against +0.1..0.2 ms at 10, which is as
-# smooth to the eye (benchmarks/progress_bar_cost.py, docs/performance.md)
+# training loop waits for it: +0.19..+0.71 ms on a ~1 ms step, against -0.17..+0.24 ms at 10,
+# which looks as smooth (benchmarks/progress_bar_cost.py, docs/performance.md)
 RICH_REFRESH_PER_SECOND = 10
 
 

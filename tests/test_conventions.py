@@ -201,7 +201,7 @@ def test_rich_bar_and_summary_on_a_terminal_tqdm_otherwise(monkeypatch):
 
 def test_rich_bar_redraws_at_most_ten_times_a_second_during_a_fit(monkeypatch):
     """Lightning's default Rich bar redraws up to 100 times a second in a thread that holds the GIL:
-    +0.4..1.0 ms per step of a ~1 ms loop (benchmarks/progress_bar_cost.py). Ours, on a real terminal
+    +0.19..+0.71 ms per step of a ~1 ms loop (benchmarks/progress_bar_cost.py). Ours, on a real terminal
     over a real fit of steps of ~2 ms, redraws at most RICH_REFRESH_PER_SECOND times a second."""
     import pty
     import threading
