@@ -23,13 +23,9 @@ Runs that already have a metrics.json in ``--runs`` are read, not retrained (``-
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from recipe_ablation import QUIET, train_or_read  # beside this script
 
 SMALL, LARGE = 8, 32  # objects per category: the proxy's set and 4x it (the default synthetic set)
 # the same number of training samples: 8 per category -> 5 train objects x 13 categories x 24 views
@@ -41,20 +37,6 @@ LEVERS = {
     "both": [f"data.source.objects_per_category={LARGE}", "trainer.max_epochs=3", "data.augment=true"],
     "weight_decay": [f"data.source.objects_per_category={SMALL}", "trainer.max_epochs=13", "optimizer.weight_decay=1e-3"],
 }
-
-
-def run(name: str, overrides: list[str], runs: Path, rerun: bool) -> dict:
-    """``python train.py`` with the lever's switches; returns its metrics.json."""
-    run_dir = runs / name
-    metrics = run_dir / "metrics.json"
-    if rerun or not metrics.is_file():
-        cmd = [sys.executable, str(ROOT / "train.py"), "logger=none", "module.viz_every_n_epochs=0",
-               "trainer.enable_progress_bar=false", *LEVERS[name], *overrides, f"hydra.run.dir={run_dir}"]
-        print("+", " ".join(cmd), flush=True)
-        with open(runs / f"{name}.log", "w") as log:
-            subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT,
-                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    return json.loads(metrics.read_text())
 
 
 def table(rows: list[tuple[str, dict]]) -> str:
@@ -83,7 +65,7 @@ def main() -> None:
     runs.mkdir(parents=True, exist_ok=True)
     rows = []
     for name in args.only or list(LEVERS):
-        m = run(name, args.overrides, runs, args.rerun)
+        m = train_or_read(runs / name, [*QUIET, *LEVERS[name], *args.overrides], args.rerun)
         rows.append((name, m))
         print(f"  {name}: test IoU {m['test/iou']:.3f}, category mean shape "
               f"{m['baseline/category_mean_shape_test_iou']:.3f}, train IoU {m['train/iou']:.3f}", flush=True)

@@ -49,19 +49,28 @@ def _steps(train_batches: int | None, batch: int) -> int | None:
     return max(1, train_batches * 16 // batch) if train_batches else None
 
 
-def run_variant(name: str, overrides: list[str], runs: Path, rerun: bool, train_batches: int | None) -> dict:
-    run_dir = runs / name
-    steps = _steps(train_batches, _batch(overrides + VARIANTS[name]))
-    if steps:
-        overrides = [*overrides, f"trainer.limit_train_batches={steps}"]
+# no TensorBoard, figures or progress bar: only metrics.json is read
+QUIET = ["logger=none", "module.viz_every_n_epochs=0", "trainer.enable_progress_bar=false"]
+
+
+def train_or_read(run_dir: Path, overrides: list[str], rerun: bool) -> dict:
+    """``python train.py *overrides`` into ``run_dir`` (its output in ``<run_dir>.log`` beside it),
+    unless ``run_dir`` already holds a metrics.json and ``rerun`` is false; returns that metrics.json."""
     metrics = run_dir / "metrics.json"
     if rerun or not metrics.is_file():
-        cmd = [sys.executable, str(ROOT / "train.py"), *overrides, *VARIANTS[name], f"hydra.run.dir={run_dir}"]
+        cmd = [sys.executable, str(ROOT / "train.py"), *overrides, f"hydra.run.dir={run_dir}"]
         print("+", " ".join(cmd), flush=True)
-        with open(runs / f"{name}.log", "w") as log:
+        with open(run_dir.parent / f"{run_dir.name}.log", "w") as log:
             subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT,
                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
     return json.loads(metrics.read_text())
+
+
+def run_variant(name: str, overrides: list[str], runs: Path, rerun: bool, train_batches: int | None) -> dict:
+    steps = _steps(train_batches, _batch(overrides + VARIANTS[name]))
+    if steps:
+        overrides = [*overrides, f"trainer.limit_train_batches={steps}"]
+    return train_or_read(runs / name, [*overrides, *VARIANTS[name]], rerun)
 
 
 def _batch(overrides: list[str]) -> int:
@@ -106,8 +115,7 @@ def main() -> None:
     args = ap.parse_args()
     runs = Path(args.runs)
     runs.mkdir(parents=True, exist_ok=True)
-    common = [f"trainer.max_epochs={args.epochs}", "logger=none", "module.viz_every_n_epochs=0",
-              "trainer.enable_progress_bar=false", *args.overrides]
+    common = [f"trainer.max_epochs={args.epochs}", *QUIET, *args.overrides]
     rows = []
     for name in args.only or list(VARIANTS):
         m = run_variant(name, common, runs, args.rerun, args.train_batches)
