@@ -11,6 +11,8 @@ as 3 epochs of the default 32 objects per category. Each lever is then one switc
     objects_x4  32 objects per category, 3 epochs: 4x the objects, as many training samples
     both        4x the objects and augmentation
     weight_decay  8 objects per category, 13 epochs, Adam's weight decay 1e-3 instead of the report's 1e-4
+    dropout0    8 objects per category, 13 epochs, no dropout on the 128-wide code (the report's is 0.5)
+    dropout08   8 objects per category, 13 epochs, dropout 0.8 on it
 
 More objects make another split, so every run is scored against its own test split's baselines
 (per-category mean shape, retrieval). Prints a Markdown table (also written to ``--out``):
@@ -36,6 +38,8 @@ LEVERS = {
     "objects_x4": [f"data.source.objects_per_category={LARGE}", "trainer.max_epochs=3"],
     "both": [f"data.source.objects_per_category={LARGE}", "trainer.max_epochs=3", "data.augment=true"],
     "weight_decay": [f"data.source.objects_per_category={SMALL}", "trainer.max_epochs=13", "optimizer.weight_decay=1e-3"],
+    "dropout0": [f"data.source.objects_per_category={SMALL}", "trainer.max_epochs=13", "model.dropout=0"],
+    "dropout08": [f"data.source.objects_per_category={SMALL}", "trainer.max_epochs=13", "model.dropout=0.8"],
 }
 
 
