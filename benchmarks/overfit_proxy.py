@@ -27,7 +27,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from recipe_ablation import QUIET, train_or_read  # beside this script
+from recipe_ablation import QUIET, SCORE_HEADER, score_cells, train_or_read  # beside this script
 
 SMALL, LARGE = 8, 32  # objects per category: the proxy's set and 4x it (the default synthetic set)
 # the same number of training samples: 8 per category -> 5 train objects x 13 categories x 24 views
@@ -44,16 +44,11 @@ LEVERS = {
 
 
 def table(rows: list[tuple[str, dict]]) -> str:
-    lines = ["| lever | switches | epochs | train IoU (last epoch) | val IoU@0.3 | test IoU@0.3 | category mean shape "
-             "| model - category mean | retrieval | model - retrieval | oracle NN | fit + test (s) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [f"| lever | switches | epochs | {SCORE_HEADER} | oracle NN | fit + test (s) |", "|---" * 12 + "|"]
     for name, m in rows:
-        cat, ret = m["baseline/category_mean_shape_test_iou"], m["baseline/retrieval_test_iou"]
         lines.append(
-            f"| {name} | {' '.join(f'`{o}`' for o in LEVERS[name])} | {m['epochs']} | {m['train/iou']:.3f} | "
-            f"{m['val/iou']:.3f} | {m['test/iou']:.3f} | {cat:.3f} | {m['test/iou'] - cat:+.3f} | {ret:.3f} | "
-            f"{m['test/iou'] - ret:+.3f} | {m['baseline/oracle_nearest_neighbour_test_iou']:.3f} | "
-            f"{m['wall_seconds']:.0f} |")
+            f"| {name} | {' '.join(f'`{o}`' for o in LEVERS[name])} | {m['epochs']} | {score_cells(m)} | "
+            f"{m['baseline/oracle_nearest_neighbour_test_iou']:.3f} | {m['wall_seconds']:.0f} |")
     return "\n".join(lines)
 
 
