@@ -94,6 +94,21 @@ def test_eval_chooses_the_threshold_on_val(trained, evaluated):
     assert sel["val_iou"] == pytest.approx(max(ious), abs=2e-3)
 
 
+def test_eval_of_view_counts_without_one(trained, tmp_path):
+    """`views=[2]` reports 2 views only, yet still chooses the threshold on val and draws the figures
+    (both read at 1 view): it used to end in a KeyError after the whole scoring pass."""
+    run_dir, _ = trained
+    out = tmp_path / "v2"
+    proc = run([str(BIN / "r2n2-eval"), f"ckpt={run_dir / 'checkpoints' / 'best.ckpt'}", "views=[2]",
+                "fscore.points=512", "fscore.workers=0", "recognition=false", "progress=false",
+                f"hydra.run.dir={out}"])
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads((out / "eval.json").read_text())
+    assert sorted(result["model"]) == ["2"]
+    assert result["threshold_selection"]["chosen_on"] == "val" and "test_iou" in result["threshold_selection"]
+    assert (out / "iou_vs_threshold.png").is_file() and (out / "worst.png").is_file()
+
+
 def test_summary_means_by_hand():
     s = E.Scores(np.array(["a", "a", "a", "b"]), (0.3,), np.array([[0.1], [0.2], [0.3], [0.9]]))
     out = s.summary()["iou@0.3"]

@@ -95,8 +95,11 @@ def _evaluate(cfg: DictConfig, scorer) -> dict:
     fscore_at = {v: (t,) for v in views}
     if selection is not None:
         fscore_at[1] = tuple(sorted({t, selection["threshold"]}))
-    res = S.score_network(module.net, samples, views, scored, fscore_at, scorer, device, dtype, cfg.batch_size,
-                          cfg.progress, f"{cfg.split} ({len(samples)} samples x {len(views)} view counts)")
+    # the val-chosen threshold and the figures are read at 1 view: score it even where `views` leaves it out
+    run_views = sorted(set(views) | {1})
+    fscore_at.setdefault(1, (t,))
+    res = S.score_network(module.net, samples, run_views, scored, fscore_at, scorer, device, dtype, cfg.batch_size,
+                          cfg.progress, f"{cfg.split} ({len(samples)} samples x {len(run_views)} view counts)")
     for v in views:
         r = res[v]
         scores = E.Scores(cats, thresholds, np.stack([r.iou_at(x) for x in thresholds], 1), r.fscore[t], t)
