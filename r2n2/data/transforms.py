@@ -3,7 +3,8 @@ optional 3D-R2N2 training augmentation (random crop shift, flip, random backgrou
 
 Batches leave the DataLoader as ``rgba: (B, V, S, S, 4) uint8`` (a quarter of float32's bytes,
 pinned when training on CUDA); :func:`to_images` turns a whole batch into normalised float images on
-whatever device ``rgba`` is on (inside Lightning: ``ReconstructionModule.on_after_batch_transfer``).
+whatever device ``rgba`` is on (inside Lightning: ``R2N2DataModule.on_after_batch_transfer``,
+r2n2/data/datamodule.py).
 Augmentation draws come from an explicit ``torch.Generator``, so a batch's augmentation depends only
 on the seed it is given, never on the state of a worker process.
 """
