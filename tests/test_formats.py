@@ -433,6 +433,25 @@ def test_jpeg_from_a_real_photo(shared_data, tmp_path):
     assert np.abs(back[..., :3].astype(int) - rgb).mean() < 8
 
 
+def test_jpeg_exif_orientation_is_applied(tmp_path):
+    """A portrait phone photo is stored landscape with EXIF Orientation=6 ("rotate 90 degrees
+    clockwise to display", EXIF 2.32 tag 0x0112): it must reach the model upright."""
+    rgb = np.full((20, 40, 3), 40, np.uint8)  # stored 40 wide, 20 high
+    rgb[:8, :8] = (255, 0, 0)  # red top-left corner, as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "portrait.jpg"
+    Image.fromarray(rgb).save(path, exif=exif, quality=95)
+    rgba = read_rgba(path)
+    assert rgba.shape == (40, 20, 4)  # displayed 20 wide, 40 high
+    # turning 90 degrees clockwise takes the stored top-left corner to the top-right
+    assert rgba[2, -3, 0] > 200 and rgba[2, -3, 1] < 60
+    assert rgba[2, 2, 0] < 100 and rgba[-3, 2, 0] < 100 and rgba[-3, -3, 0] < 100
+    # and as a square view, resized after turning it
+    square = read_rgba(path, 16)
+    assert square[1, -2, 0] > 200 and square[1, 1, 0] < 100
+
+
 def test_greyscale_png_becomes_rgb_with_opaque_alpha(tmp_path):
     grey = (np.arange(127 * 127) % 251).astype(np.uint8).reshape(127, 127)
     path = tmp_path / "grey.png"

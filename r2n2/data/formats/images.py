@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from r2n2.data.errors import DataError
 from r2n2.data.formats.limits import MAX_IMAGE_PIXELS
@@ -24,7 +24,8 @@ TRAIN_BACKGROUND_RANGE = (225, 255)
 def read_rgba(path: str | os.PathLike, size: int | None = None) -> np.ndarray:
     """Read an image as ``(H, W, 4) uint8`` RGBA, optionally resized to ``(size, size)``.
 
-    RGB and greyscale images get alpha 255 (greyscale becomes RGB); palette images keep their
+    An EXIF Orientation tag (phone photos) is applied, so ``(H, W)`` is the upright image's. RGB
+    and greyscale images get alpha 255 (greyscale becomes RGB); palette images keep their
     transparency. Resizing is bilinear with antialiasing on premultiplied alpha, so transparent
     pixels' colours do not bleed into the object's edge.
     """
@@ -34,6 +35,9 @@ def read_rgba(path: str | os.PathLike, size: int | None = None) -> np.ndarray:
                 raise DataError(path, f"image of {im.width}x{im.height} pixels is larger than the "
                                       f"{MAX_IMAGE_PIXELS} pixels allowed (corrupt header or not a view)")
             im.load()  # decode now: a truncated or corrupt file fails here, not later
+            # phone photos are stored landscape with an EXIF Orientation tag (6: turn 90 degrees
+            # clockwise to display); turn them upright, as every viewer does, and drop the tag
+            im = ImageOps.exif_transpose(im)
             if im.mode == "P" and "transparency" in im.info:
                 im = im.convert("RGBA")
             rgba = im if im.mode == "RGBA" else im.convert("RGBA")
