@@ -312,6 +312,19 @@ def test_mat_corrupt(tmp_path):
     assert_names(err, path, "unreadable")
 
 
+@pytest.mark.parametrize("suffix", [".npy", ".npz", ".mat"])
+def test_empty_voxel_grid_is_a_dataerror_naming_the_file(tmp_path, suffix):
+    # (0, 0, 0) is cubic but holds nothing to pool: a DataError (which on_error=skip skips), not
+    # torch's "adaptive_max_pool3d(): Expected input to have non-zero size" naming no file
+    path = tmp_path / f"empty{suffix}"
+    empty = np.zeros((0, 0, 0), np.uint8)
+    {".npy": lambda: np.save(path, empty), ".npz": lambda: np.savez(path, grid=empty),
+     ".mat": lambda: scipy.io.savemat(path, {"Volume": empty})}[suffix]()
+    with pytest.raises(DataError) as err:
+        load_voxels(path)
+    assert_names(err, path, "empty", r"\(0, 0, 0\)")
+
+
 @pytest.mark.parametrize("n", [16, 20, 30, 32, 45, 64, 100])
 def test_any_cubic_resolution_brought_to_32_by_adaptive_max_pooling(tmp_path, n):
     rng = np.random.default_rng(n)

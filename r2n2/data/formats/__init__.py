@@ -38,6 +38,8 @@ def load_voxels(path: str | os.PathLike, key: str | None = None, resolution: int
         raise DataError(path, f"unsupported voxel format {suffix!r}; expected one of {VOXEL_SUFFIXES}")
     if grid.ndim != 3 or len(set(grid.shape)) != 1:
         raise DataError(path, f"voxel grid must be cubic (N, N, N), got shape {tuple(grid.shape)}")
+    if grid.size == 0:  # cubic but nothing to pool: say so here, not as torch's error naming no file
+        raise DataError(path, f"voxel grid is empty: shape {tuple(grid.shape)}")
     if grid.dtype.kind not in "biuf":  # bool, integers, floats: complex, strings, objects are no occupancy
         raise DataError(path, f"voxel grid has non-numeric dtype {grid.dtype}")
     if grid.size > MAX_VOXELS:
