@@ -264,7 +264,8 @@ def test_on_error_skip_skips_exactly_the_bad_samples(shared_data, tmp_path, capl
     skipped = json.loads((folder / "skipped.json").read_text())
     assert sorted(s["path"] for s in skipped) == sorted(bad)
     assert all(s["fault"] for s in skipped)
-    assert "skipped 3 bad samples" in caplog.text
+    # 3 bad files, but 7 samples lost: the bad view, and all 3 views of each object whose voxels are bad
+    assert "skipped 3 bad file(s): 7 samples dropped" in caplog.text
     # the warning points to the list where it is now, not to the temporary folder it was written in
     assert f"(list in {folder / 'skipped.json'})" in caplog.text and ".tmp" not in caplog.text
     # 12 planned samples: the bad view (1), and every view of the two objects with bad voxels (3 + 3)

@@ -163,7 +163,8 @@ def pack(folder: Path, plan: Plan, image_size: int, resolution: int, voxel_key: 
             "samples": samples,
             "crc": {name: _crc(tmp / name) for name in ("images.u8", "voxels.u8")},
         }
-        errors.write(tmp / "skipped.json", f"cache {folder.name}", final=folder / "skipped.json")
+        errors.write(tmp / "skipped.json", f"cache {folder.name}", final=folder / "skipped.json",
+                     dropped=len(plan.samples) - len(samples))
         with atomic_write(tmp / "index.json", "w") as f:
             json.dump(index, f)
         try:

@@ -69,10 +69,12 @@ class ErrorPolicy:
             raise err
         self.skipped.append({"path": err.path or "", "fault": err.fault})
 
-    def write(self, path: Path, what: str, final: Path | None = None) -> None:
-        """Log how many were skipped and which, and write them to ``path`` (JSON, atomically).
+    def write(self, path: Path, what: str, final: Path | None = None, dropped: int | None = None) -> None:
+        """Log how many faults were skipped and which, and write them to ``path`` (JSON, atomically).
 
         final: where ``path`` will be once its folder is moved into place (the log names that path).
+        dropped: how many samples the faults cost, where the caller knows (one bad voxel file drops
+            every view of its object), so the log does not pass faults off as samples.
         """
         if not self.skipped:
             return
@@ -80,5 +82,6 @@ class ErrorPolicy:
             json.dump(self.skipped, f, indent=1)
         shown = "; ".join(f"{s['path']}: {s['fault']}" for s in self.skipped[:5])
         more = f" (+{len(self.skipped) - 5} more)" if len(self.skipped) > 5 else ""
-        log.warning("%s: skipped %d bad samples (list in %s): %s%s", what, len(self.skipped), final or path,
-                    shown, more)
+        lost = " or entries" if dropped is None else f": {dropped} samples dropped"
+        log.warning("%s: skipped %d bad file(s)%s (list in %s): %s%s", what, len(self.skipped), lost,
+                    final or path, shown, more)
