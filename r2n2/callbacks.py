@@ -1,5 +1,5 @@
-"""Lightning callbacks of ours: per-epoch reseeding (exact resume), training throughput, and a stop
-on a non-finite loss."""
+"""Lightning callbacks of ours: per-epoch reseeding (exact resume), checkpoints that follow a moved
+run folder, training throughput, and a stop on a non-finite loss."""
 
 from __future__ import annotations
 
@@ -7,10 +7,12 @@ import logging
 import random
 import time
 from collections import deque
+from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,35 @@ class EpochSeed(L.Callback):
         random.seed(s)
         np.random.seed(s)
         torch.manual_seed(s)
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint, which also restores its record (best score, best and last paths)
+    when the run folder was moved or copied before ``resume=``.
+
+    Lightning keeps that record only if the checkpoint's ``dirpath`` equals the current one; otherwise
+    it warns and forgets the best score, so the first resumed epoch would overwrite best.ckpt whatever
+    its val IoU. When the checkpoint being resumed lies in this callback's own folder, the run is the
+    same one in a new place: its stored paths are moved along (old dirpath -> this dirpath). A
+    checkpoint from elsewhere (``ckpt_path=`` starting a new run) keeps Lightning's behaviour.
+    """
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        state = checkpoint.get("callbacks", {}).get(self.state_key)
+        old, new = (state or {}).get("dirpath"), self.dirpath
+        if not old or not new or old == new or not trainer.ckpt_path:
+            return
+        if Path(trainer.ckpt_path).resolve().parent != Path(new).resolve():
+            return
+
+        def moved(path: str) -> str:
+            return str(Path(new) / Path(path).relative_to(old)) if path and Path(path).is_relative_to(old) else path
+
+        log.info("%s: the run folder moved from %s; its checkpoint record follows it", self.state_key, old)
+        state.update(dirpath=new, best_model_path=moved(state.get("best_model_path", "")),
+                     kth_best_model_path=moved(state.get("kth_best_model_path", "")),
+                     last_model_path=moved(state.get("last_model_path", "")),
+                     best_k_models={moved(k): v for k, v in (state.get("best_k_models") or {}).items()})
 
 
 class TrainThroughput(L.Callback):

@@ -53,22 +53,37 @@ def _results(run_dir: Path) -> tuple[dict, dict]:
     return {k: v for k, v in metrics.items() if k not in TIMING_KEYS}, state
 
 
-def _check_resume_is_exact(data_dir: Path, tmp_path: Path, extra: list[str]) -> None:
+def _check_resume_is_exact(data_dir: Path, tmp_path: Path, extra: list[str], move: bool = False) -> None:
+    """An uninterrupted run and a killed one resumed (``move``: after renaming its folder) end alike."""
     args = _args(data_dir, extra)
     run_train(args, tmp_path / "whole")
     epoch = _killed_after_first_checkpoint(args, tmp_path / "killed")
     assert epoch < EPOCHS - 1, "the kill came after the last epoch: nothing left to resume"
-    run_train(args + [f"resume={tmp_path / 'killed'}"])
-    (want_metrics, want_state), (got_metrics, got_state) = _results(tmp_path / "whole"), _results(tmp_path / "killed")
+    run = (tmp_path / "killed").rename(tmp_path / "moved") if move else tmp_path / "killed"
+    proc = run_train(args + [f"resume={run}"], tmp_path / "resume-hydra")
+    assert "dirpath has changed" not in proc.stdout + proc.stderr  # Lightning's warning that it forgot the best score
+    (want_metrics, want_state), (got_metrics, got_state) = _results(tmp_path / "whole"), _results(run)
     assert got_metrics == want_metrics
-    assert want_state.keys() == got_state.keys()
-    for k in want_state:
-        torch.testing.assert_close(got_state[k], want_state[k], rtol=0, atol=0, msg=k)
+    for want, got in ((want_state, got_state), _best_states(tmp_path / "whole", run)):
+        assert want.keys() == got.keys()
+        for k in want:
+            torch.testing.assert_close(got[k], want[k], rtol=0, atol=0, msg=k)
+
+
+def _best_states(*runs: Path) -> list[dict]:
+    return [torch.load(r / "checkpoints" / "best.ckpt", weights_only=True)["state_dict"] for r in runs]
 
 
 def test_resume_is_exact_with_the_default_data_settings(data_dir, tmp_path):
     """2 persistent worker processes (the default): the resumed epoch gets its own order, not epoch 0's."""
     _check_resume_is_exact(data_dir, tmp_path, [])
+
+
+@pytest.mark.slow
+def test_resume_of_a_moved_run_folder_keeps_its_best_checkpoint(data_dir, tmp_path):
+    """A run folder renamed (or copied to other storage) before resume=: Lightning would forget the
+    best val IoU and let the first resumed epoch overwrite best.ckpt (r2n2.callbacks.RunCheckpoint)."""
+    _check_resume_is_exact(data_dir, tmp_path, [], move=True)
 
 
 @pytest.mark.slow
