@@ -10,6 +10,7 @@ too, so a run folder whose ``.hydra`` was overwritten cannot be continued on oth
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from r2n2.atomic import atomic_write
 from r2n2.checkpoint import CheckpointError, load_checkpoint
+
+log = logging.getLogger(__name__)
 
 # Keys (and everything under them) that a resume may change: how long to train, what to log and
 # show, and data-loading knobs that do not change which samples or numbers the model sees.
@@ -57,6 +60,26 @@ def _command_line() -> tuple[list, dict]:
         return [], {}
     hc = HydraConfig.get()
     return OverridesParser.create().parse_overrides(list(hc.overrides.task)), dict(hc.runtime.choices)
+
+
+def _rank_zero() -> bool:
+    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("RANK", "0") == "0"
+
+
+def _log_into(run: Path) -> None:
+    """Append this process's log to the run's own log file too (Hydra logs into a new folder of this
+    command's own), so the run's train.log goes on where it stopped and ends with the resumed headline."""
+    root = logging.getLogger()
+    files = [h for h in root.handlers if isinstance(h, logging.FileHandler)]
+    target = run / (Path(files[0].baseFilename).name if files else "train.log")
+    if any(Path(h.baseFilename) == target for h in files):
+        return
+    handler = logging.FileHandler(target, mode="a")
+    if files:
+        handler.setFormatter(files[0].formatter)
+        handler.setLevel(files[0].level)
+    root.addHandler(handler)
+    log.info("resuming %s: logging into %s", run, target)
 
 
 def run_folder(resume: str) -> tuple[Path, Path]:
@@ -111,13 +134,14 @@ def restore_config(cfg: DictConfig) -> tuple[DictConfig, str]:
                 saved[key] = cfg[key]
         saved.resume = None
         saved.paths.output_dir = str(run)
-    if os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("RANK", "0") == "0":
+    check_checkpoint_matches(ckpt, saved)  # before anything is written: a refused resume changes nothing
+    if _rank_zero():
         # the run's record now says how far it is meant to go (a later plain resume= continues the same way)
         with atomic_write(saved_file, "w") as f:
             f.write(OmegaConf.to_yaml(saved))
+        _log_into(run)
     with open_dict(saved):
         saved.resume = str(run)
-    check_checkpoint_matches(ckpt, saved)
     return saved, str(ckpt)
 
 

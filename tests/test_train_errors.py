@@ -91,3 +91,8 @@ def test_resume_restores_the_runs_config_and_refuses_to_change_its_data(tmp_path
     proc = run_train([f"resume={run}"], tmp_path / "finished", check=False)
     assert proc.returncode == 2 and "the run has finished" in proc.stderr.strip().splitlines()[-1], proc.stderr[-2000:]
     assert (run / "metrics.json").read_bytes() == done
+    # refused by the checkpoint check (finished at max_epochs=1 too): the run's saved config stays as it was
+    saved = (run / ".hydra" / "config.yaml").read_bytes()
+    proc = run_train([f"resume={run}", "trainer.max_epochs=1"], tmp_path / "finished1", check=False)
+    assert proc.returncode == 2 and "the run has finished" in proc.stderr, proc.stderr[-2000:]
+    assert (run / ".hydra" / "config.yaml").read_bytes() == saved

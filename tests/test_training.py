@@ -94,6 +94,10 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(data_dir, trained, tmp
     mb = json.loads((crashed / "metrics.json").read_text())
     for key in ("train/loss", "val/loss", "val/iou", "test/loss", "test/iou"):
         assert ma[key] == mb[key], key
+    # the run's own train.log goes on (not only the new Hydra folder's) and ends with the resumed headline
+    own_log = (crashed / "train.log").read_text()
+    assert f"resuming {crashed}" in own_log
+    assert own_log.strip().splitlines()[-1].split(" - ", 1)[1].startswith(f"test IoU@0.3 {mb['test/iou']:.4f}")
 
 
 def test_sweep_runs_each_job_in_its_folder_and_writes_a_summary(data_dir, tmp_path):
