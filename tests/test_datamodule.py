@@ -257,6 +257,28 @@ def test_worker_processes_give_the_same_val_batches(root, cache_dir, dm):
             torch.testing.assert_close(a["category_index"], b["category_index"], rtol=0, atol=0)
 
 
+def test_order_seed_moves_the_training_order_and_keeps_the_split(root, cache_dir, dm):
+    """``seed=1`` (the configs pass it as ``order_seed``) draws another batch order and view counts;
+    the split (``data.seed``) and the val batches stay; None (runs saved before) means ``seed``."""
+    def order(d):
+        return [(tuple(b["object_id"]), images(b).shape[1]) for b in d.train_dataloader()]
+
+    other = make_dm(root, cache_dir, order_seed=1, views_per_sample=[1, 3])
+    same = make_dm(root, cache_dir, order_seed=0, views_per_sample=[1, 3])
+    legacy = make_dm(root, cache_dir, views_per_sample=[1, 3])
+    assert split_ids(other) == split_ids(same) == split_ids(dm)
+    assert order(legacy) == order(same) != order(other)
+    assert [b["object_id"] for b in other.val_dataloader()] == [b["object_id"] for b in same.val_dataloader()]
+
+
+def test_run_seed_is_the_order_seed_in_the_config():
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(str(Path(__file__).parents[1] / "conf"), version_base="1.3"):
+        cfg = compose("config", ["seed=3"])
+    assert cfg.data.order_seed == 3 and cfg.data.seed == 0
+
+
 def test_hydra_instantiate_from_a_plain_config(root, tmp_path):
     cfg = {
         "_target_": "r2n2.data.datamodule.R2N2DataModule",

@@ -42,15 +42,20 @@ class R2N2DataModule(L.LightningDataModule):
     """Splits, caches and loads a dataset source for training and evaluation.
 
     Batches are dicts: ``rgba (B, V, 127, 127, 4) uint8`` (``r2n2.data.transforms.to_images`` makes the
-    normalised float images; inside Lightning the module does it on the device), ``voxels (B, 32, 32,
+    normalised float images; inside Lightning this datamodule's ``on_after_batch_transfer`` does it on
+    the device), ``voxels (B, 32, 32,
     32) uint8`` {0, 1}, ``category`` (names), ``category_index (B,) int``, ``object_id`` (strings) and,
     in training batches only, ``seed`` (int): the batch's seed for its augmentation. Every random
-    number of a training batch (order, view count, extra views, augmentation) follows from (seed,
-    epoch, rank, batch index), whatever ``num_workers`` and ``persistent_workers`` are.
+    number of a training batch (order, view count, extra views, augmentation) follows from
+    (order_seed, epoch, rank, batch index), whatever ``num_workers`` and ``persistent_workers`` are.
 
     source: a ``Source`` (``shapenet``, ``manifest`` or ``synthetic``).
     splits: samples per split, e.g. ``{train: 20000, val: 4000, test: 1000}``; None = all.
     split_fractions: object fractions for sources that do not fix the split themselves.
+    seed: the split's seed (which objects and samples each split gets).
+    order_seed: the training order's seed (order, view counts, augmentation draws); the configs pass
+        the run's ``seed``, so ``seed=1`` changes it and keeps the split. None: ``seed`` (runs saved
+        before this option existed).
     views_per_sample: views per training sample: an int, or ``[lo, hi]`` for a random number of
         distinct views per batch; ``eval_views`` is the fixed number for val and test.
     augment: False, True, or a dict of ``Augment`` fields (training split only; the module applies it).
@@ -66,6 +71,7 @@ class R2N2DataModule(L.LightningDataModule):
         splits: dict | None = None,
         split_fractions: dict | None = None,
         seed: int = 0,
+        order_seed: int | None = None,
         views_per_sample: int | list[int] = 1,
         eval_views: int = 1,
         augment: bool | dict = False,
@@ -86,6 +92,7 @@ class R2N2DataModule(L.LightningDataModule):
         self.sizes = {s: (splits or {}).get(s) for s in SPLITS}
         self.fractions = dict(split_fractions or {"train": 0.7, "val": 0.1, "test": 0.2})
         self.seed = seed
+        self.order_seed = seed if order_seed is None else order_seed
         lo_hi = [views_per_sample] * 2 if isinstance(views_per_sample, int) else list(views_per_sample)
         if len(lo_hi) != 2 or not 1 <= lo_hi[0] <= lo_hi[1]:
             raise ValueError(f"data.views_per_sample must be an int >= 1 or [lo, hi], got {views_per_sample}")
@@ -165,11 +172,11 @@ class R2N2DataModule(L.LightningDataModule):
         # a private generator: without one, every new iterator draws its workers' base seed from the
         # global RNG, shifting dropout masks differently in a resumed run (workers draw nothing random)
         common = dict(num_workers=self.num_workers, pin_memory=pin, persistent_workers=self.persistent_workers,
-                      collate_fn=collate, generator=torch.Generator().manual_seed(self.seed))
+                      collate_fn=collate, generator=torch.Generator().manual_seed(self.order_seed))
         if not train:
             return DataLoader(dataset, batch_size=self.eval_batch_size, sampler=ShardSampler(len(dataset), rank, world),
                               **common)
-        sampler = EpochShuffleSampler(len(dataset), self.seed, self._next_epoch(), rank, world)
+        sampler = EpochShuffleSampler(len(dataset), self.order_seed, self._next_epoch(), rank, world)
         batches = EpochBatchSampler(sampler, self.batch_size, self.train_views,
                                     drop_last=len(sampler) > self.batch_size)
         return DataLoader(dataset, batch_sampler=batches, **common)
