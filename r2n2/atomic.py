@@ -28,7 +28,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
     try:
-        with os.fdopen(fd, mode) as f:
+        with open(tmp, mode, opener=lambda *_: fd) as f:  # mkstemp's fd; f.name: the temporary path
             yield f
             f.flush()
             os.fsync(f.fileno())

@@ -16,7 +16,8 @@ Three formats (``r2n2-export --format``):
 
 Inputs are normalised exactly as in training (``r2n2.cli.predict.load_views``); outputs are logits.
 The seed models' view recurrence is exported as one GRU / LSTM node (``for_export``), so any number
-of views works; a network whose view loop cannot be exported that way fails the check and is not kept.
+of views works; a network whose view loop cannot be exported that way fails the check and is not kept
+(``write_checked``: an earlier file at the output path stays as it was).
 """
 
 from __future__ import annotations
@@ -24,9 +25,11 @@ from __future__ import annotations
 import copy
 import os
 import pickle
+import re
 import warnings
 import zipfile
 from pathlib import Path
+from typing import IO, Callable
 
 import numpy as np
 import torch
@@ -83,8 +86,9 @@ def load_network(path: str | os.PathLike) -> tuple[torch.nn.Module, dict]:
     return net.float().eval(), {"kind": "weights", "net": obj["net"], "image_size": int(obj.get("image_size", IMAGE_SIZE))}
 
 
-def export_weights(ckpt: str | os.PathLike, out: str | os.PathLike, dtype: str = "fp32") -> Path:
-    """Write the network's weights (``dtype`` fp32 or bf16) and config, no optimizer state, to ``out``."""
+def export_weights(ckpt: str | os.PathLike, f: IO[bytes], dtype: str = "fp32") -> None:
+    """Write the network's weights (``dtype`` fp32 or bf16) and config, no optimizer state, to the binary
+    file ``f``."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
     module, c = load_module(ckpt)
@@ -92,9 +96,7 @@ def export_weights(ckpt: str | os.PathLike, out: str | os.PathLike, dtype: str =
              for k, v in module.net.state_dict().items()}
     payload = {"format": FORMAT, "version": VERSION, "net": c["hyper_parameters"]["net"], "state_dict": state,
                "dtype": str(DTYPES[dtype]).removeprefix("torch."), "image_size": IMAGE_SIZE, "source": str(ckpt)}
-    with atomic_write(out) as f:
-        torch.save(payload, f)
-    return Path(out)
+    torch.save(payload, f)
 
 
 def _example(batch: int = 2, views: int = 3) -> torch.Tensor:
@@ -129,8 +131,9 @@ def for_export(net: nn.Module) -> nn.Module:
     return net
 
 
-def export_onnx(net: torch.nn.Module, out: str | os.PathLike) -> Path:
-    """ONNX with dynamic batch and view axes (the torch.export-based exporter; opset of this torch)."""
+def export_onnx(net: torch.nn.Module, f: IO[bytes]) -> None:
+    """ONNX to the binary file ``f``, with dynamic batch and view axes (the torch.export-based exporter;
+    opset of this torch)."""
     batch, views = torch.export.Dim("batch", min=1, max=1024), torch.export.Dim("views", min=1, max=64)
     with torch.no_grad(), warnings.catch_warnings():
         # raised inside torch while it exports nn.GRU (its private _flat_weights, a deprecated size check);
@@ -139,25 +142,22 @@ def export_onnx(net: torch.nn.Module, out: str | os.PathLike) -> Path:
         warnings.filterwarnings("ignore", message=r"_check_is_size will be removed", category=FutureWarning)
         program = torch.onnx.export(for_export(net), (_example(),), input_names=["images"], output_names=["logits"],
                                     dynamic_shapes={"images": {0: batch, 1: views}}, dynamo=True, verbose=False)
-    with atomic_write(out) as f:
-        f.write(program.model_proto.SerializeToString())
-    return Path(out)
+    f.write(program.model_proto.SerializeToString())
 
 
 _JIT_DEPRECATED = r"`torch\.jit\.\w+` is deprecated"
 
 
-def export_torchscript(net: torch.nn.Module, out: str | os.PathLike) -> Path:
-    """``torch.jit.trace`` of the network; its batch and view sizes stay dynamic (checked by ``check``)."""
+def export_torchscript(net: torch.nn.Module, f: IO[bytes]) -> None:
+    """``torch.jit.trace`` of the network to the binary file ``f``; its batch and view sizes stay dynamic
+    (where they do not, ``check`` finds it)."""
     with torch.no_grad(), warnings.catch_warnings():
         # TorchScript is deprecated upstream in favour of torch.export; the user asked for this format
         warnings.filterwarnings("ignore", message=_JIT_DEPRECATED, category=FutureWarning)
         # nn.GRU's own input-size checks, constant for a traced model (its sizes are fixed by its weights)
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, module=r"torch\.nn\.modules\.rnn")
         traced = torch.jit.trace(for_export(net), _example(), check_trace=False)
-        with atomic_write(out) as f:
-            torch.jit.save(traced, f)
-    return Path(out)
+        torch.jit.save(traced, f)
 
 
 def run_exported(path: str | os.PathLike, fmt: str):
@@ -199,5 +199,37 @@ def check(net: torch.nn.Module, path: str | os.PathLike, fmt: str, views: torch.
         diffs[v] = float(np.abs(run(x) - ref).max())
     bad = {v: d for v, d in diffs.items() if not d <= atol}
     if bad:
-        raise AssertionError(f"{path}: {fmt} model differs from PyTorch by more than {atol:g} at views {bad}")
+        raise AssertionError(f"{fmt} model differs from PyTorch by more than {atol:g} at views {bad}")
     return diffs
+
+
+class ExportCheckError(Exception):
+    """An exported model that did not load, run or reproduce PyTorch; it was not kept."""
+
+
+def _reason(e: BaseException) -> str:
+    """One line of an exception: its last ``...Error: ...`` line (a TorchScript error's earlier lines are
+    its traceback), else its whole message on one line."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    errors = [ln for ln in lines if re.match(r"\w+(Error|Exception): ", ln)]
+    return errors[-1] if errors else f"{type(e).__name__}: {' '.join(lines)}"[:400]
+
+
+def write_checked(out: str | os.PathLike, fmt: str, write: Callable[[IO[bytes]], None], net: nn.Module,
+                  views: torch.Tensor, atol: float = ATOL) -> dict[int, float]:
+    """Export with ``write(f)`` to a temporary file beside ``out``, ``check`` it against ``net`` on
+    ``views: (B, V>=5, 3, S, S)`` and rename it over ``out`` only if it passes (``atomic_write``).
+
+    Any exception from the check (logits beyond ``atol``, or a model its runtime cannot load or run,
+    like a view loop unrolled at trace time) raises ``ExportCheckError`` naming ``out``, ``fmt`` and
+    the reason; the temporary file is then removed and a file already at ``out`` is left as it was.
+    Returns ``check``'s ``{views: max |logit difference|}``.
+    """
+    with atomic_write(out) as f:
+        write(f)
+        f.flush()
+        try:
+            return check(net, f.name, fmt, views, atol)
+        except Exception as e:
+            raise ExportCheckError(f"{out}: the {fmt} export failed its check, so nothing was written "
+                                   f"({_reason(e)})") from e

@@ -7,7 +7,9 @@
 Every export is checked before it is kept: the exported model and PyTorch run on the same input with
 1..5 views, and their logits must agree to 1e-4 (fp32 formats; a bf16 weights file reports its
 difference). The input is ``--check-images`` (your photos, preprocessed as ``r2n2-predict`` does;
-repeated to fill 5 views), else a seeded random batch. ``r2n2-predict --ckpt`` accepts the weights file.
+repeated to fill 5 views), else a seeded random batch. The export is written to a temporary file beside
+``--out`` and renamed over it only if it passes; an export that fails (or cannot even be run) prints why
+and exits 1, leaving any earlier file at ``--out`` as it was. ``r2n2-predict --ckpt`` accepts the weights file.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ import torch
 
 from r2n2.checkpoint import CheckpointError
 from r2n2.data.errors import DataError
-from r2n2.export import ATOL, CHECK_VIEWS, FORMATS, IMAGE_SIZE, check, export_onnx, export_torchscript, \
-    export_weights, load_network
+from r2n2.export import ATOL, CHECK_VIEWS, FORMATS, IMAGE_SIZE, ExportCheckError, export_onnx, \
+    export_torchscript, export_weights, load_network, write_checked
 
 
 def check_input(images: list[str] | None) -> torch.Tensor:
@@ -37,22 +39,15 @@ def check_input(images: list[str] | None) -> torch.Tensor:
 
 
 def export(ckpt: str, fmt: str, out: str, dtype: str = "fp32", images: list[str] | None = None) -> dict:
-    """Export ``ckpt`` as ``fmt`` to ``out`` and check it; returns sizes and the check's differences."""
+    """Export ``ckpt`` as ``fmt`` to ``out`` if it passes the check (else ``ExportCheckError``, ``out``
+    untouched); returns sizes and the check's differences."""
     net, _ = load_network(ckpt)
-    x = check_input(images)
-    if fmt == "weights":
-        export_weights(ckpt, out, dtype)
-    elif fmt == "onnx":
-        export_onnx(net, out)
-    elif fmt == "torchscript":
-        export_torchscript(net, out)
-    else:
+    writers = {"weights": lambda f: export_weights(ckpt, f, dtype), "onnx": lambda f: export_onnx(net, f),
+               "torchscript": lambda f: export_torchscript(net, f)}
+    if fmt not in writers:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
-    try:
-        diffs = check(net, out, fmt, x, atol=ATOL if (fmt != "weights" or dtype == "fp32") else float("inf"))
-    except AssertionError:
-        os.unlink(out)  # a model that does not reproduce PyTorch is not kept
-        raise
+    atol = ATOL if (fmt != "weights" or dtype == "fp32") else float("inf")
+    diffs = write_checked(out, fmt, writers[fmt], net, check_input(images), atol)
     return {"out": out, "bytes": os.path.getsize(out), "ckpt_bytes": os.path.getsize(ckpt), "max_diff": diffs}
 
 
@@ -73,8 +68,8 @@ def main(argv: list[str] | None = None) -> None:
     except (CheckpointError, DataError) as e:
         print(f"r2n2-export: error: {e}", file=sys.stderr)
         sys.exit(2)
-    except AssertionError as e:
-        print(f"r2n2-export: error: {e}; nothing written", file=sys.stderr)
+    except ExportCheckError as e:
+        print(f"r2n2-export: error: {e}", file=sys.stderr)
         sys.exit(1)
     diffs = ", ".join(f"{v} view(s) {d:.1e}" for v, d in info["max_diff"].items())
     print(f"[r2n2-export] {args.format} ({args.dtype if args.format == 'weights' else 'fp32'}) -> {Path(args.out)}: "
