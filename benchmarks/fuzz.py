@@ -1,5 +1,5 @@
-"""Fuzzing every reader of a file a user hands the project: binvox, .mat, images (PNG/JPEG),
-manifest CSV, checkpoints (issue 10, item 5).
+"""Fuzzing every reader of a file a user hands the project: binvox, .mat, .npy, .npz, images
+(PNG/JPEG), manifest CSV, checkpoints (issue 10, item 5).
 
     python benchmarks/fuzz.py                           # 10,000 inputs per parser (~15 min, 2 cores)
     python benchmarks/fuzz.py --examples 300 --parsers binvox csv --save-escapes /tmp/escapes
@@ -8,12 +8,13 @@ Inputs are generated with hypothesis (derandomized: the same inputs every run): 
 ``../shared/data`` mutated (bit flips, overwritten bytes, interesting integers such as 0xFFFFFFFF,
 truncations, inserted, deleted and repeated ranges) and structure-aware files (binvox headers with
 wrong or huge dims and run lengths; .mat files written by scipy and by hand with huge declared dims
-and sizes; PNGs with valid CRCs declaring any size, depth and colour type; JPEGs with patched frame
-sizes; CSVs with missing columns, short rows, long fields, NULs, bad UTF-8; Lightning checkpoints
+and sizes; .npy headers declaring any shape, dtype and order over data of any length, and .npz
+zips of such members; PNGs with valid CRCs declaring any size, depth and colour type; JPEGs with
+patched frame sizes; CSVs with missing columns, short rows, long fields, NULs, bad UTF-8; Lightning checkpoints
 with one archive entry damaged, dropped or renamed and the CRCs made right again).
 
-Each input is read the way the project reads it (``read_binvox``, ``load_voxels`` for .mat,
-``read_rgba(path, 127)``, ``ManifestSource.records``, ``load_module``) and counted as
+Each input is read the way the project reads it (``read_binvox``, ``load_voxels`` for .mat, .npy
+and .npz, ``read_rgba(path, 127)``, ``ManifestSource.records``, ``load_module``) and counted as
 
 - **clean error**: ``DataError`` / ``CheckpointError`` whose message starts with the file's path;
 - **accepted**: read as valid (a mutation that kept the file valid, e.g. a flipped pixel);
@@ -25,17 +26,21 @@ Each parser runs in its own process (so its peak RSS is its own) under an addres
 its start-up size + 6 GiB. The table gives the counts, the slowest input and the peak RSS.
 
 Measured on this code, 2-core AMD EPYC, no GPU, shared with other jobs (load 12-30, so times are
-inflated), ``python benchmarks/fuzz.py`` (mat: ``--parsers mat``, after its reader was replaced):
+inflated), ``python benchmarks/fuzz.py`` (mat: ``--parsers mat``, after its reader was replaced;
+npy, npz: ``--parsers npy npz``, after theirs was):
 
     parser       inputs  clean errors  accepted  escapes  max time   max RSS
     binvox        10000          9775       225        0     147ms    907MiB
     mat           10000          9543       457        0     308ms    889MiB
+    npy           10000          8983      1017        0     246ms    924MiB
+    npz           10000          9427       573        0    1717ms   1022MiB
     image         10000          9461       539        0     517ms    956MiB
     csv           10000          9440       560        0     110ms    938MiB
     checkpoint    10000          9052       948        0     830ms    924MiB
 
 Max RSS is the process's peak; ~795 MiB of it is the imports (torch, Lightning) before any input.
-Before the fixes the same generators found: .mat crashes (SIGSEGV in scipy), PIL's uncaught
+Before the fixes the same generators found: .mat crashes (SIGSEGV in scipy), np.load's
+TokenError/AttributeError/BadZipFile/zlib.error on .npy and .npz (486 escapes in 2 x 1,000), PIL's uncaught
 DecompressionBombError and 324 MB decodes of 100-byte PNGs, KeyError/TypeError from checkpoints,
 AttributeError/UnicodeDecodeError/csv.Error from manifests (tests/test_fuzz.py has one test each).
 """
@@ -273,6 +278,55 @@ def mat_savemat(draw) -> bytes:
     return buf.getvalue()
 
 
+# --- NumPy .npy / .npz --------------------------------------------------------------------------------
+
+NPY_DESCRS = ["|b1", "|u1", "|i1", "<i4", ">i4", "<i8", "<f4", ">f8", "<c16", "|O", "|V8", "<U3", "|S0",
+              "[('a', '<f8')]", "x"]
+
+
+@st.composite
+def npy_handmade(draw) -> bytes:
+    """A .npy file written by hand: a header declaring any shape (huge, zero, negative, any rank),
+    dtype (objects, strings, structs, nonsense) and order, and data that is random, none, or sized
+    to fill the declared shape."""
+    shape = tuple(draw(st.lists(st.sampled_from(DIMS) | st.integers(0, 40), max_size=4)))
+    descr = draw(st.sampled_from(NPY_DESCRS))
+    fortran = draw(st.booleans())
+    text = draw(st.sampled_from([
+        f"{{'descr': '{descr}', 'fortran_order': {fortran}, 'shape': {shape}, }}",
+        f"{{'descr': {descr}, 'fortran_order': {fortran}, 'shape': {shape}, }}",  # a list descr unquoted
+        f"{{'descr': '{descr}', 'shape': {shape}}}", "{}", "[1, 2]", "__import__('os')", "{'descr': '|b1'"]))
+    header = text.encode("latin-1")
+    header += b" " * (-(len(header) + 11) % 64) + b"\n"
+    version = draw(st.sampled_from([(1, 0), (2, 0), (3, 0), (9, 9)]))
+    size = struct.pack("<H" if version == (1, 0) else "<I", draw(st.sampled_from([len(header), 0, 0xFFFF])
+                                                               | st.integers(0, len(header) + 8)))
+    body_kind = draw(st.sampled_from(["fill", "random", "none"]))
+    if body_kind == "fill":  # the bytes the declared shape needs (capped)
+        n = int(np.prod([max(d, 0) for d in shape], dtype=object)) if shape else 1
+        body = bytes([draw(st.sampled_from([0, 1, 0xFF]))]) * min(n * 8, 40_000)
+    elif body_kind == "random":
+        body = draw(st.binary(max_size=600))
+    else:
+        body = b""
+    return b"\x93NUMPY" + bytes(version) + size + header + body
+
+
+@st.composite
+def npz_files(draw, npys: list[bytes]) -> bytes:
+    """A zip of 0..3 members, each a real or hand-written .npy (or not a .npy at all), stored or
+    deflated: what ``np.savez`` and ``np.savez_compressed`` write, and what they never would."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", draw(st.sampled_from([zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED]))) as zf:
+        for _ in range(draw(st.integers(0, 3))):
+            name = draw(st.sampled_from(["grid.npy", "occupancy.npy", "label.npy", "notes.txt", "a/b.npy", ".npy"]))
+            member = draw(st.sampled_from(npys) | npy_handmade() | st.binary(max_size=64))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "Duplicate name": a zip may hold one, so may this
+                zf.writestr(name, member)
+    return buf.getvalue()
+
+
 # --- images -------------------------------------------------------------------------------------------
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -441,6 +495,12 @@ def _read_mat(path):
     return load_voxels(path)
 
 
+def _read_array(path):
+    from r2n2.data.formats import load_voxels
+
+    return load_voxels(path)
+
+
 def _read_image(path):
     from r2n2.data.formats import read_rgba
 
@@ -469,6 +529,25 @@ def _binvox_seeds(shared: Path, work: Path) -> dict:
 
 def _mat_seeds(shared: Path, work: Path) -> dict:
     return {"blobs": [f.read_bytes() for f in sorted((shared / "mat").glob("*.mat"))]}
+
+
+def _array_seeds(shared: Path, work: Path) -> dict:
+    """The real binvox grids and .mat arrays as np.save / np.savez(_compressed) writes them."""
+    from r2n2.data.formats import read_binvox, read_mat
+
+    grids = [read_binvox(f).data for f in sorted((shared / "binvox").glob("*.binvox"))[:2]]
+    grids += [read_mat(f) for f in sorted((shared / "mat").glob("*.mat"))[:1]]  # 30^3 int8
+    arrays = grids + [grids[0].astype(np.uint8), grids[1].astype(np.float32), np.asfortranarray(grids[0])]
+    npys, npzs = [], []
+    for a in arrays:
+        buf = io.BytesIO()
+        np.save(buf, a)
+        npys.append(buf.getvalue())
+    for save in (np.savez, np.savez_compressed):
+        buf = io.BytesIO()
+        save(buf, occupancy=grids[0], label=np.array([3]))
+        npzs.append(buf.getvalue())
+    return {"npys": npys, "npzs": npzs}
 
 
 def _image_seeds(shared: Path, work: Path) -> dict:
@@ -503,6 +582,10 @@ PARSERS: dict[str, Parser] = {
     "binvox": Parser(".binvox", _read_binvox, lambda s: mutated(s["blobs"]) | binvox_files(s["bodies"]), _binvox_seeds),
     "mat": Parser(".mat", _read_mat, lambda s: mutated(s["blobs"]) | mat_handmade() | mat_savemat()
                   | then_mutated(mat_savemat()), _mat_seeds),
+    "npy": Parser(".npy", _read_array, lambda s: mutated(s["npys"]) | npy_handmade() | then_mutated(npy_handmade()),
+                  _array_seeds),
+    "npz": Parser(".npz", _read_array, lambda s: mutated(s["npzs"]) | npz_files(s["npys"])
+                  | then_mutated(npz_files(s["npys"])), _array_seeds),
     "image": Parser(".png", _read_image, lambda s: mutated(s["blobs"]) | png_files() | jpeg_files(s["jpegs"])
                     | then_mutated(jpeg_files(s["jpegs"])), _image_seeds),
     "csv": Parser(".csv", _read_manifest, lambda s: mutated(s["blobs"]) | csv_files(s["paths"]), _csv_seeds),

@@ -44,7 +44,7 @@ def _load_fuzz():
 fuzz = _load_fuzz()
 
 # inputs per parser in CI (deterministic: derandomized hypothesis, no example database)
-CI_EXAMPLES = {"binvox": 150, "mat": 150, "image": 100, "csv": 150, "checkpoint": 60}
+CI_EXAMPLES = {"binvox": 150, "mat": 150, "npy": 150, "npz": 100, "image": 100, "csv": 150, "checkpoint": 60}
 
 
 @pytest.fixture(scope="module")
@@ -142,6 +142,57 @@ def test_binvox_declaring_a_huge_grid_is_refused_before_reading(tmp_path):
     path.write_bytes(b"#binvox 1\ndim 2147483648 2147483648 2147483648\ntranslate 0 0 0\nscale 1\ndata\n\x01\xff")
     with pytest.raises(DataError, match=r"larger than the format allows") as err:
         read_binvox(path)
+    assert str(err.value).startswith(f"{path}: ")
+
+
+def _npy(shape: tuple[int, ...], descr: str, body: bytes) -> bytes:
+    """A .npy file whose header declares ``shape`` of ``descr`` and whose data is ``body``."""
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": descr, "fortran_order": False, "shape": shape})
+    return buf.getvalue() + body
+
+
+def _npz(member: bytes, compressed: bool, name: str = "grid.npy") -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED if compressed else zipfile.ZIP_STORED) as zf:
+        zf.writestr(name, member)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("shape, descr, fault", [
+    ((4096, 4096, 4096), "|b1", r"declares shape \(4096, 4096, 4096\) of bool: more than \d+ voxels"),
+    ((64, 64, 64), "<f8", r"declares shape \(64, 64, 64\) of float64: 2097152 bytes, (it|the file) holds 100"),
+], ids=["over-the-limit", "over-the-file"])
+@pytest.mark.parametrize("suffix", [".npy", ".npz", ".npz-deflated"])
+def test_numpy_header_declaring_more_than_allowed_or_held_is_refused_before_allocating(tmp_path, shape, descr,
+                                                                                      fault, suffix):
+    """np.load allocates what a header declares: (4096,)^3 in a 100-byte file was a bare MemoryError
+    naming no file (which on_error=skip does not catch)."""
+    member = _npy(shape, descr, bytes(100))
+    path = tmp_path / f"declares{suffix.split('-')[0]}"
+    path.write_bytes(member if suffix == ".npy" else _npz(member, compressed=suffix.endswith("deflated")))
+    with pytest.raises(DataError, match=fault) as err:
+        load_voxels(path)
+    assert str(err.value).startswith(f"{path}: ")
+
+
+def _broken_deflate() -> bytes:
+    blob = bytearray(_npz(_npy((8, 8, 8), "|b1", bytes(512)), compressed=True))
+    at = blob.index(b"grid.npy") + len(b"grid.npy")  # the first bytes of the member's deflate stream
+    blob[at:at + 4] = b"\xff\xff\xff\xff"
+    return bytes(blob)
+
+
+@pytest.mark.parametrize("suffix, blob, fault", [
+    (".npy", b"\x93NUMPY\x01\x00\x10\x00{'descr': '|b1'\n", "unreadable NumPy file"),  # TokenError
+    (".npz", _npz(b"not an array", False, "notes.txt"), "one 3D array"),  # AttributeError: bytes have no ndim
+    (".npz", _broken_deflate(), "unreadable NumPy file"),  # zlib.error
+], ids=["unterminated-header", "npz-without-npy", "bad-deflate-stream"])
+def test_damaged_numpy_headers_and_zips_are_a_clear_error(tmp_path, suffix, blob, fault):
+    path = tmp_path / f"damaged{suffix}"
+    path.write_bytes(blob)
+    with pytest.raises(DataError, match=fault) as err:
+        load_voxels(path)
     assert str(err.value).startswith(f"{path}: ")
 
 
