@@ -86,16 +86,15 @@ def load_network(path: str | os.PathLike) -> tuple[torch.nn.Module, dict]:
     return net.float().eval(), {"kind": "weights", "net": obj["net"], "image_size": int(obj.get("image_size", IMAGE_SIZE))}
 
 
-def export_weights(ckpt: str | os.PathLike, f: IO[bytes], dtype: str = "fp32") -> None:
-    """Write the network's weights (``dtype`` fp32 or bf16) and config, no optimizer state, to the binary
-    file ``f``."""
+def export_weights(net: nn.Module, net_config: dict, f: IO[bytes], dtype: str = "fp32", source: str = "") -> None:
+    """Write ``net``'s weights (``dtype`` fp32 or bf16) and its config ``net_config`` (``_target_`` and
+    arguments: ``load_network``'s ``info["net"]``), no optimizer state, to the binary file ``f``;
+    ``source`` names the checkpoint or weights file they came from."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
-    module, c = load_module(ckpt)
-    state = {k: (v.to(DTYPES[dtype]) if v.is_floating_point() else v).contiguous()
-             for k, v in module.net.state_dict().items()}
-    payload = {"format": FORMAT, "version": VERSION, "net": c["hyper_parameters"]["net"], "state_dict": state,
-               "dtype": str(DTYPES[dtype]).removeprefix("torch."), "image_size": IMAGE_SIZE, "source": str(ckpt)}
+    state = {k: (v.to(DTYPES[dtype]) if v.is_floating_point() else v).contiguous() for k, v in net.state_dict().items()}
+    payload = {"format": FORMAT, "version": VERSION, "net": net_config, "state_dict": state,
+               "dtype": str(DTYPES[dtype]).removeprefix("torch."), "image_size": IMAGE_SIZE, "source": source}
     torch.save(payload, f)
 
 

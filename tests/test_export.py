@@ -87,6 +87,19 @@ def test_weights_file_has_no_optimizer_state_and_predict_accepts_it(ckpt, real_v
 
 
 @pytest.mark.slow
+def test_weights_file_is_accepted_as_input_and_re_saved_in_bf16(ckpt, tmp_path):
+    w32, from_ckpt, from_w32 = tmp_path / "fp32.pt", tmp_path / "bf16-from-ckpt.pt", tmp_path / "bf16-from-fp32.pt"
+    cli.main(["--ckpt", str(ckpt), "--format", "weights", "--out", str(w32)])
+    cli.main(["--ckpt", str(ckpt), "--format", "weights", "--dtype", "bf16", "--out", str(from_ckpt)])
+    cli.main(["--ckpt", str(w32), "--format", "weights", "--dtype", "bf16", "--out", str(from_w32)])
+    a, b = (torch.load(p, weights_only=True) for p in (from_ckpt, from_w32))
+    assert b["dtype"] == "bfloat16" and b["net"] == a["net"] and b["source"] == str(w32)
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    for k, v in a["state_dict"].items():  # rounding the fp32 file gives the checkpoint's bf16 weights exactly
+        assert v.dtype == b["state_dict"][k].dtype and torch.equal(v, b["state_dict"][k]), k
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_exported_model_matches_pytorch_on_real_images_for_1_to_5_views(fmt, ckpt, real_views, reference, tmp_path):
     out = tmp_path / "out" / f"model.{fmt}"

@@ -1,8 +1,9 @@
-"""``r2n2-export``: write an inference-only model (no optimizer state) from a training checkpoint.
+"""``r2n2-export``: write an inference-only model (no optimizer state) from a training checkpoint (or a weights file).
 
     r2n2-export --ckpt outputs/train/<run>/checkpoints/best.ckpt --format weights --out model.pt [--dtype bf16]
     r2n2-export --ckpt ... --format onnx --out model.onnx [--check-images a.png b.png ...]
     r2n2-export --ckpt ... --format torchscript --out model.ts
+    r2n2-export --ckpt model.pt --format weights --dtype bf16 --out model-bf16.pt   # --ckpt: a weights file too
 
 Every export is checked before it is kept: the exported model and PyTorch run on the same input with
 1..5 views, and their logits must agree to 1e-4 (fp32 formats; a bf16 weights file reports its
@@ -41,8 +42,9 @@ def check_input(images: list[str] | None) -> torch.Tensor:
 def export(ckpt: str, fmt: str, out: str, dtype: str = "fp32", images: list[str] | None = None) -> dict:
     """Export ``ckpt`` as ``fmt`` to ``out`` if it passes the check (else ``ExportCheckError``, ``out``
     untouched); returns sizes and the check's differences."""
-    net, _ = load_network(ckpt)
-    writers = {"weights": lambda f: export_weights(ckpt, f, dtype), "onnx": lambda f: export_onnx(net, f),
+    net, info = load_network(ckpt)  # a training checkpoint or a weights file (then re-saved in dtype)
+    writers = {"weights": lambda f: export_weights(net, info["net"], f, dtype, str(ckpt)),
+               "onnx": lambda f: export_onnx(net, f),
                "torchscript": lambda f: export_torchscript(net, f)}
     if fmt not in writers:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
