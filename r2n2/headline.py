@@ -13,6 +13,9 @@ image, e.g. all 32,768 voxels occupied whatever the photo).
 - ``test/pred_voxel_std``: the per-voxel standard deviation of the predicted probabilities across
   test samples, averaged over the 32^3 voxels: 0 when every image gets the same probabilities.
 - ``test/pred_occupied_fraction``: the share of voxels predicted occupied (1.0 = the full cube).
+
+Under DDP each process sees its shard of the test split; the statistics are gathered at the end of
+the test, so the numbers equal a one-process run's.
 """
 
 from __future__ import annotations
@@ -50,6 +53,27 @@ class PredictionSpread(L.Callback):
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
+        if trainer.world_size > 1:
+            self._gather(trainer.strategy)
+
+    def _gather(self, strategy) -> None:
+        """Every rank's statistics on every rank, as one process would have them: ``ShardSampler`` gives
+        rank r the test samples r, r + W, r + 2W, ..., so interleaving the ranks' kept rows restores
+        the first ``MAX_PAIRWISE`` samples of the whole split."""
+        dev = strategy.root_device
+        size = int(strategy.reduce(torch.tensor(0 if self.sum is None else self.sum.numel(), device=dev), reduce_op="max"))
+        zero = torch.zeros(size, dtype=torch.float64)
+        sums = torch.stack([zero if self.sum is None else self.sum, zero if self.sumsq is None else self.sumsq])
+        sums = strategy.reduce(sums.to(dev), reduce_op="sum").cpu()
+        n = int(strategy.reduce(torch.tensor(self.n, device=dev), reduce_op="sum"))
+        kept = torch.cat(self.kept) if self.kept else torch.zeros(0, size, dtype=torch.bool)
+        rows = torch.zeros(MAX_PAIRWISE, size, dtype=torch.uint8)  # padded: all_gather needs equal shapes
+        rows[: len(kept)] = kept
+        every = strategy.all_gather(rows.to(dev)).cpu().bool()  # (W, MAX_PAIRWISE, size)
+        counts = strategy.all_gather(torch.tensor([len(kept)], device=dev)).cpu().flatten().tolist()  # (W,)
+        order = [every[r, k] for k in range(MAX_PAIRWISE) for r in range(len(counts)) if k < counts[r]]
+        self.n, self.sum, self.sumsq = n, sums[0], sums[1]
+        self.kept = [torch.stack(order[:MAX_PAIRWISE])] if order else []
 
     @torch.no_grad()
     def update(self, probs: torch.Tensor) -> None:

@@ -4,9 +4,12 @@ model, checked on hand-made predictions and on a real tiny run of a model that c
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
+import pytest
 import torch
-from conftest import manifest_args, run_train, write_manifest
+from conftest import HELPERS, manifest_args, run_train, write_manifest
 
 from r2n2.headline import SAME_GRID_IOU, PredictionSpread, degeneracy_warnings, headline
 
@@ -24,6 +27,20 @@ def test_spread_of_identical_predictions_is_degenerate():
     assert s["test/pred_pairwise_iou"] == 1.0 and s["test/pred_voxel_std"] < 1e-6
     assert s["test/pred_occupied_fraction"] == 1.0
     assert any("same grid" in w for w in degeneracy_warnings(s))
+
+
+def test_spread_under_ddp_equals_one_process(tmp_path):
+    """Two real DDP processes (gloo) each see their shard of 301 test predictions; the gathered
+    statistics equal one process's, including which 256 samples the pairwise IoU keeps."""
+    out = tmp_path / "spread.json"
+    proc = subprocess.run([sys.executable, str(HELPERS / "spread_ddp.py"), str(out)], capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(out.read_text())
+    assert got["n"] == [301, 301]
+    assert got["ddp"].keys() == got["one"].keys()
+    for key, value in got["one"].items():
+        assert got["ddp"][key] == pytest.approx(value, abs=1e-9), key
 
 
 def test_spread_of_different_predictions_by_hand():
