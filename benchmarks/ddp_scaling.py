@@ -26,10 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(ranks: int, args, data_dir: str, out: Path) -> dict:
-    trainer = ["trainer=cpu"] if ranks == 1 else [
-        # the script launcher (strategy ddp, as trainer=slurm), not ddp_spawn: the rank-0 process keeps the
-        # throughput callback's figures
-        "trainer=ddp_cpu", "trainer.strategy=ddp", f"trainer.devices={ranks}"]
+    # trainer=ddp_cpu: the script launcher (strategy ddp, as trainer=ddp and slurm): rank 0 keeps the
+    # throughput callback's figures
+    trainer = ["trainer=cpu"] if ranks == 1 else ["trainer=ddp_cpu", f"trainer.devices={ranks}"]
     cmd = [sys.executable, str(ROOT / "train.py"), *trainer, f"paths.data_dir={data_dir}",
            f"data.source.objects_per_category={args.objects}", f"data.source.views={args.views}",
            f"data.batch_size={args.batch_size}", f"trainer.max_epochs={args.epochs}", f"trainer.precision={args.precision}",

@@ -97,8 +97,8 @@ def test_ddp_jobs_in_a_multirun_run_each_in_their_own_folder(data_dir, tmp_path)
     assert [p.name for p in jobs] == ["0", "1"]
     for job in jobs:
         metrics = json.loads((job / "metrics.json").read_text())
-        # (val/iou: Lightning's spawn launcher does not hand the best score back, so no val/iou_best)
         assert 0 <= metrics["val/iou"] <= 1 and (job / "checkpoints" / "last.ckpt").is_file()
+        assert metrics["val/iou_best"] == metrics["val/iou"] and metrics["epochs"] == 1  # rank 0's full record
     out = proc.stdout + proc.stderr
     assert out.count("GLOBAL_RANK: 1, MEMBER: 2/2") == 2 and out.count("uses DDP: training in a run of its own") == 2
     assert (sweep / "summary.csv").read_text().count(",ok,") == 2

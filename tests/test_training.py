@@ -121,19 +121,24 @@ def test_sweep_runs_each_job_in_its_folder_and_writes_a_summary(data_dir, tmp_pa
 
 
 def test_ddp_two_cpu_processes_log_the_iou_one_process_computes(data_dir, tmp_path):
-    """trainer=ddp_cpu: 2 gloo processes (ddp_spawn). The val IoU they log equals the IoU one
-    process computes with the final weights on the same validation data (odd-sized: 9 samples)."""
+    """trainer=ddp_cpu: 2 gloo processes (Lightning's ddp launcher, as trainer=ddp on GPUs). The val
+    IoU they log equals the IoU one process computes with the final weights on the same validation
+    data (odd-sized: 9 samples), and the test predictions' statistics (gathered from both shards)
+    equal one process's; the run's record (epochs, best val IoU, throughput) is complete."""
     import hydra
     from omegaconf import OmegaConf
 
     from r2n2.data.transforms import to_images
+    from r2n2.headline import PredictionSpread
     from r2n2.metrics import VoxelIoU
     from r2n2.module import ReconstructionModule
 
     run_dir = tmp_path / "ddp"
-    run_train(tiny(data_dir, epochs=1) + ["trainer=ddp_cpu", "trainer.precision=32", "logger=none", "test=false",
-                                          "model.encoder.norm=batch"], run_dir)
-    logged = json.loads((run_dir / "metrics.json").read_text())["val/iou"]
+    run_train(tiny(data_dir, epochs=1) + ["trainer=ddp_cpu", "trainer.precision=32", "logger=none",
+                                          "model.encoder.norm=batch", "module.viz_every_n_epochs=0"], run_dir)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    logged = metrics["val/iou"]
+    assert metrics["epochs"] == 1 and metrics["val/iou_best"] == logged and metrics["train_samples_per_second"] > 0
 
     cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
     dm = hydra.utils.instantiate(cfg.data)
@@ -144,10 +149,18 @@ def test_ddp_two_cpu_processes_log_the_iou_one_process_computes(data_dir, tmp_pa
     module.load_state_dict(ckpt["state_dict"])
     module.eval()
     iou = VoxelIoU(0.3)
+    spread = PredictionSpread()
     with torch.no_grad():
         for batch in dm.val_dataloader():
             iou.update(torch.sigmoid(module(to_images(batch["rgba"]))), batch["voxels"])
+        for batch in dm.test_dataloader():
+            spread.update(torch.sigmoid(module(to_images(batch["rgba"])).float()))
     assert logged == pytest.approx(float(iou.compute()["iou@0.3"]), abs=1e-5)
+    assert len(dm.datasets["test"]) % 2 == 1  # unequal shards
+    one = spread.compute()
+    assert set(one) == {k for k in metrics if k.startswith("test/pred_")}
+    for key, value in one.items():
+        assert metrics[key] == pytest.approx(value, abs=1e-6), key
 
 
 @pytest.mark.parametrize("interval", ["epoch", "step"])
