@@ -278,7 +278,7 @@ def test_on_error_skip_skips_exactly_the_bad_samples(shared_data, tmp_path, capl
     with caplog.at_level(logging.WARNING, logger="r2n2.data.dataset"):
         ds = PackedDataset(folder, views=1, categories=sorted({r.category for r in records}))
     assert len(ds) == 5
-    assert "3 bad samples were skipped" in caplog.text
+    assert "3 bad file(s) were skipped" in caplog.text
 
 
 @pytest.mark.parametrize("fault", list(FAULTS))
@@ -291,3 +291,15 @@ def test_on_error_raise_names_the_bad_file(shared_data, tmp_path, fault):
     assert str(err.value).startswith(f"{bad}: ")
     # nothing half-built is left behind
     assert not (tmp_path / "cache").exists() or list((tmp_path / "cache").iterdir()) == []
+
+
+def test_a_listing_without_faults_removes_the_earlier_list(tmp_path):
+    """skipped-records.json lists the last listing's faults: once the data is fixed it goes away,
+    rather than naming files that are no longer bad."""
+    listed = tmp_path / "skipped-records.json"
+    before = ErrorPolicy("skip")
+    before.handle(DataError(tmp_path / "a.binvox", "truncated"))
+    before.write(listed, "dataset listing")
+    assert json.loads(listed.read_text()) == [{"path": str(tmp_path / "a.binvox"), "fault": "truncated"}]
+    ErrorPolicy("skip").write(listed, "dataset listing")
+    assert not listed.exists()

@@ -52,7 +52,7 @@ class PackedDataset(Dataset):
             raise ValueError(f"{views} views per sample asked, but object {bad} has only {fewest} views in {self.folder}")
         skipped = self.folder / "skipped.json"
         if skipped.is_file():
-            log.warning("%d bad samples were skipped when %s was built (list in %s)",
+            log.warning("%d bad file(s) were skipped when %s was built (list in %s)",
                         len(json.loads(skipped.read_text())), self.folder.name, skipped)
         self._img = self._vox = None
 

@@ -70,13 +70,15 @@ class ErrorPolicy:
         self.skipped.append({"path": err.path or "", "fault": err.fault})
 
     def write(self, path: Path, what: str, final: Path | None = None, dropped: int | None = None) -> None:
-        """Log how many faults were skipped and which, and write them to ``path`` (JSON, atomically).
+        """Log how many faults were skipped and which, and write them to ``path`` (JSON, atomically);
+        with none, remove a ``path`` left by an earlier listing, so it never lists faults fixed since.
 
         final: where ``path`` will be once its folder is moved into place (the log names that path).
         dropped: how many samples the faults cost, where the caller knows (one bad voxel file drops
             every view of its object), so the log does not pass faults off as samples.
         """
         if not self.skipped:
+            Path(path).unlink(missing_ok=True)
             return
         with atomic_write(path, "w") as f:
             json.dump(self.skipped, f, indent=1)
