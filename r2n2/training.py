@@ -130,8 +130,11 @@ def fit_record_to_continue(cfg: DictConfig, ckpt_path: str | None) -> dict | Non
         return None
     record = read_record(ckpt_path, step)
     if record is None:  # Lightning would skip fit and metrics.json would lack the train/val figures
+        path = Path(ckpt_path).parent / RECORD
+        what = ("was written at the end of another fit than this checkpoint's (a best.ckpt from before the "
+                "last epoch, or a copied checkpoint)") if path.is_file() else "is missing"
         raise ResumeError(f"{ckpt_path}: training had finished (epoch {epoch + 1}, step {step}) and "
-                          f"{Path(ckpt_path).parent / RECORD} (its train/val figures) is missing; {FINISHED_ADVICE}")
+                          f"{path} (its train/val figures) {what}; {FINISHED_ADVICE}")
     return record
 
 

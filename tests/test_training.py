@@ -4,6 +4,7 @@ synthetic data (3 categories x 4 objects x 3 views), checkpoints, resume, Tensor
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -197,3 +198,20 @@ def test_run_spread_schedule_needs_a_bounded_run(tmp_path):
     module.trainer = trainer
     with pytest.raises(ValueError, match=r"trainer\.max_epochs=-1 and trainer\.max_steps=-1"):
         module.configure_optimizers()
+
+
+def test_finished_checkpoint_beside_another_fits_record_is_refused_saying_so(data_dir, trained, tmp_path):
+    """ckpt_path= a finished checkpoint whose fit.json was written by another fit (another global
+    step): nothing to train and no figures of its own; the error says the record is of another fit
+    (it used to say the record was missing although the file is there)."""
+    run_dir, _ = trained
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    shutil.copy(run_dir / "checkpoints" / "last.ckpt", copy / "last.ckpt")
+    record = json.loads((run_dir / "checkpoints" / "fit.json").read_text())
+    record["global_step"] += 1
+    (copy / "fit.json").write_text(json.dumps(record))
+    proc = run_train(tiny(data_dir) + ["logger=none", f"ckpt_path={copy / 'last.ckpt'}"], tmp_path / "out", check=False)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2 and last.startswith(f"train.py: error: {copy / 'last.ckpt'}: "), proc.stderr[-2000:]
+    assert f"{copy / 'fit.json'} (its train/val figures) was written at the end of another fit" in last
