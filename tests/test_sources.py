@@ -63,6 +63,23 @@ def test_shapenet_source_category_filter(shared_data, wanted):
     assert sorted(r.category for r in records) == ["car", "chair"]
 
 
+def test_unquoted_synset_ids_in_a_yaml_file_still_filter(shared_data, tmp_path):
+    """YAML reads 03001627 (digits 0-7, leading zero) as the octal number 787351; such a filter
+    used to match nothing. Another number is refused, naming it."""
+    import hydra
+    from omegaconf import OmegaConf
+
+    conf = tmp_path / "source.yaml"
+    conf.write_text("_target_: r2n2.data.sources.ShapeNetSource\n"
+                    f"root: {sample_root(shared_data)}\ncategories: [03001627, 02958343]\n")
+    cfg = OmegaConf.load(conf)
+    assert list(cfg.categories) == [787351, "02958343"]  # what YAML makes of it
+    src = hydra.utils.instantiate(cfg)
+    assert sorted(r.category for r in src.records(ErrorPolicy("raise"))) == ["car", "chair"]
+    with pytest.raises(ValueError, match="categories: 3001627 is a number"):
+        ShapeNetSource(os.fspath(sample_root(shared_data)), categories=[3001627])
+
+
 def write_taxonomy(path: Path) -> dict:
     """A Pix2Vox ShapeNet.json for the sample: our own category names and splits; one object left out."""
     entries = [

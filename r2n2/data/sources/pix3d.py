@@ -38,6 +38,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from r2n2.atomic import atomic_write
+from r2n2.data.categories import category_filter
 from r2n2.data.errors import DataError
 from r2n2.data.formats import RESOLUTION, load_voxels
 from r2n2.data.sources.base import SPLITS, ErrorPolicy, ObjectRecord
@@ -98,7 +99,7 @@ class Pix3DSource:
         self.root = Path(root).expanduser()
         self.annotations = self.root / Path(annotations).expanduser()
         self.taxonomy = None if taxonomy is None else self.root / Path(taxonomy).expanduser()
-        self.categories = None if categories is None else [str(c) for c in categories]
+        self.categories = category_filter(categories)
         self.drop_truncated, self.drop_occluded, self.mask = bool(drop_truncated), bool(drop_occluded), bool(mask)
         self.crop_size = int(crop_size)
         self.crop_dir = self.root / "crops" if crop_dir is None else Path(crop_dir).expanduser()

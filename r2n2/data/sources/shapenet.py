@@ -14,7 +14,7 @@ import json
 import os
 from pathlib import Path
 
-from r2n2.data.categories import R2N2_CATEGORIES
+from r2n2.data.categories import R2N2_CATEGORIES, category_filter
 from r2n2.data.errors import DataError
 from r2n2.data.sources.base import SPLITS, ErrorPolicy, ObjectRecord
 
@@ -39,7 +39,7 @@ class ShapeNetSource:
     ):
         self.root = Path(root).expanduser()
         self.taxonomy = None if taxonomy is None else self.root / Path(taxonomy).expanduser()
-        self.categories = None if categories is None else [str(c) for c in categories]
+        self.categories = category_filter(categories)
         self.rendering_dir, self.voxel_dir = rendering_dir, voxel_dir
 
     def prepare(self, sizes: dict[str, int | None]) -> None:

@@ -7,6 +7,7 @@ import logging
 import math
 from pathlib import Path
 
+from r2n2.data.categories import category_filter
 from r2n2.data.sources.base import ErrorPolicy, ObjectRecord
 from r2n2.data.sources.shapenet import ShapeNetSource
 
@@ -29,7 +30,7 @@ class SyntheticSource:
                  categories: list[str] | None = None, workers: int | None = None):
         self.root = Path(root).expanduser()
         self.objects_per_category, self.views, self.seed = objects_per_category, views, seed
-        self.categories = None if categories is None else [str(c) for c in categories]
+        self.categories = category_filter(categories)
         self.workers = workers
 
     def _num_categories(self) -> int:
