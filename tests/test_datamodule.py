@@ -279,6 +279,14 @@ def test_run_seed_is_the_order_seed_in_the_config():
     assert cfg.data.order_seed == 3 and cfg.data.seed == 0
 
 
+@pytest.mark.parametrize("bad", [{"eval_views": 0}, {"views_per_sample": 0}, {"views_per_sample": [3, 2]}])
+def test_view_counts_below_one_are_refused_naming_the_key(root, tmp_path, bad):
+    """eval_views=0 used to give every view of each object to val and test without a word."""
+    key, value = next(iter(bad.items()))
+    with pytest.raises(ValueError, match=rf"data\.{key} must be"):
+        R2N2DataModule(ShapeNetSource(os.fspath(root)), cache_dir=os.fspath(tmp_path), **bad)
+
+
 def test_hydra_instantiate_from_a_plain_config(root, tmp_path):
     cfg = {
         "_target_": "r2n2.data.datamodule.R2N2DataModule",

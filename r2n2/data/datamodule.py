@@ -97,6 +97,8 @@ class R2N2DataModule(L.LightningDataModule):
         if len(lo_hi) != 2 or not 1 <= lo_hi[0] <= lo_hi[1]:
             raise ValueError(f"data.views_per_sample must be an int >= 1 or [lo, hi], got {views_per_sample}")
         self.train_views, self.eval_views = tuple(int(v) for v in lo_hi), int(eval_views)
+        if self.eval_views < 1:
+            raise ValueError(f"data.eval_views must be an int >= 1, got {eval_views}")
         if isinstance(augment, bool):
             self.augment = Augment() if augment else None
         else:
