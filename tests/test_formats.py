@@ -446,6 +446,17 @@ def test_jpeg_from_a_real_photo(shared_data, tmp_path):
     assert np.abs(back[..., :3].astype(int) - rgb).mean() < 8
 
 
+def test_16_bit_greyscale_png_is_scaled_not_clipped(tmp_path):
+    """A 16-bit greyscale PNG (PIL mode I;16) used to come out almost all white: values clipped at 255."""
+    grey = (np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16)  # 0 .. 65,520
+    Image.fromarray(grey).save(tmp_path / "g16.png")
+    assert Image.open(tmp_path / "g16.png").mode == "I;16"
+    rgba = read_rgba(tmp_path / "g16.png")
+    assert rgba.dtype == np.uint8 and (rgba[..., 3] == 255).all()
+    for c in range(3):
+        np.testing.assert_array_equal(rgba[..., c], grey >> 8)
+
+
 def test_jpeg_exif_orientation_is_applied(tmp_path):
     """A portrait phone photo is stored landscape with EXIF Orientation=6 ("rotate 90 degrees
     clockwise to display", EXIF 2.32 tag 0x0112): it must reach the model upright."""

@@ -25,8 +25,8 @@ def read_rgba(path: str | os.PathLike, size: int | None = None) -> np.ndarray:
     """Read an image as ``(H, W, 4) uint8`` RGBA, optionally resized to ``(size, size)``.
 
     An EXIF Orientation tag (phone photos) is applied, so ``(H, W)`` is the upright image's. RGB
-    and greyscale images get alpha 255 (greyscale becomes RGB); palette images keep their
-    transparency. Resizing is bilinear with antialiasing on premultiplied alpha, so transparent
+    and greyscale images get alpha 255 (greyscale becomes RGB; 16-bit greyscale is scaled to 8 bits);
+    palette images keep their transparency. Resizing is bilinear with antialiasing on premultiplied alpha, so transparent
     pixels' colours do not bleed into the object's edge.
     """
     try:
@@ -38,6 +38,8 @@ def read_rgba(path: str | os.PathLike, size: int | None = None) -> np.ndarray:
             # phone photos are stored landscape with an EXIF Orientation tag (6: turn 90 degrees
             # clockwise to display); turn them upright, as every viewer does, and drop the tag
             im = ImageOps.exif_transpose(im)
+            if im.mode.startswith("I"):  # 16-bit greyscale PNG ("I;16", "I"): convert() would clip at 255
+                im = Image.fromarray((np.asarray(im).astype(np.int64) >> 8).clip(0, 255).astype(np.uint8), "L")
             if im.mode == "P" and "transparency" in im.info:
                 im = im.convert("RGBA")
             rgba = im if im.mode == "RGBA" else im.convert("RGBA")
