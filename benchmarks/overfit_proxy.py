@@ -13,6 +13,9 @@ as 3 epochs of the default 32 objects per category. Each lever is then one switc
     weight_decay  8 objects per category, 13 epochs, Adam's weight decay 1e-3 instead of the report's 1e-4
     dropout0    8 objects per category, 13 epochs, no dropout on the 128-wide code (the report's is 0.5)
     dropout08   8 objects per category, 13 epochs, dropout 0.8 on it
+    views_1_5   8 objects per category, 13 epochs, 1..5 random views per training batch (tested at 1)
+    linear_decoder  8 objects per category, 13 epochs, the report's linear -> 32^3 -> Conv3d decoder
+    bce         8 objects per category, 13 epochs, the report's plain BCE (no soft-IoU term)
 
 More objects make another split, so every run is scored against its own test split's baselines
 (per-category mean shape, retrieval). Prints a Markdown table (also written to ``--out``):
@@ -40,6 +43,10 @@ LEVERS = {
     "weight_decay": [f"data.source.objects_per_category={SMALL}", "trainer.max_epochs=13", "optimizer.weight_decay=1e-3"],
     "dropout0": [f"data.source.objects_per_category={SMALL}", "trainer.max_epochs=13", "model.dropout=0"],
     "dropout08": [f"data.source.objects_per_category={SMALL}", "trainer.max_epochs=13", "model.dropout=0.8"],
+    "views_1_5": [f"data.source.objects_per_category={SMALL}", "trainer.max_epochs=13", "data.views_per_sample=[1,5]"],
+    "linear_decoder": [f"data.source.objects_per_category={SMALL}", "trainer.max_epochs=13",
+                       "model.decoder.name=linear_conv3d"],
+    "bce": [f"data.source.objects_per_category={SMALL}", "trainer.max_epochs=13", "module.loss.soft_iou_weight=0"],
 }
 
 
