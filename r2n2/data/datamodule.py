@@ -43,9 +43,9 @@ class R2N2DataModule(L.LightningDataModule):
 
     Batches are dicts: ``rgba (B, V, 127, 127, 4) uint8`` (``r2n2.data.transforms.to_images`` makes the
     normalised float images; inside Lightning this datamodule's ``on_after_batch_transfer`` does it on
-    the device), ``voxels (B, 32, 32,
-    32) uint8`` {0, 1}, ``category`` (names), ``category_index (B,) int``, ``object_id`` (strings) and,
-    in training batches only, ``seed`` (int): the batch's seed for its augmentation. Every random
+    the device), ``voxels (B, 32, 32, 32) uint8`` {0, 1}, ``category`` (names), ``category_index (B,)
+    int``, ``object_id`` (strings) and, in training batches only, ``seed`` (int): the batch's seed for
+    its augmentation. Every random
     number of a training batch (order, view count, extra views, augmentation) follows from
     (order_seed, epoch, rank, batch index), whatever ``num_workers`` and ``persistent_workers`` are.
 
