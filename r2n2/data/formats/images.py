@@ -26,8 +26,8 @@ def read_rgba(path: str | os.PathLike, size: int | None = None) -> np.ndarray:
 
     An EXIF Orientation tag (phone photos) is applied, so ``(H, W)`` is the upright image's. RGB
     and greyscale images get alpha 255 (greyscale becomes RGB; 16-bit greyscale is scaled to 8 bits);
-    palette images keep their transparency. Resizing is bilinear with antialiasing on premultiplied alpha, so transparent
-    pixels' colours do not bleed into the object's edge.
+    palette images keep their transparency. Resizing is bilinear with antialiasing on premultiplied
+    alpha, so transparent pixels' colours do not bleed into the object's edge.
     """
     try:
         with Image.open(path, formats=FORMATS) as im:
