@@ -36,6 +36,7 @@ def user_error(e: BaseException) -> str | None:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
+    from r2n2.distributed import close_process_group
     from r2n2.training import MONITOR, train
 
     try:
@@ -46,6 +47,8 @@ def main(cfg: DictConfig) -> float | None:
             raise
         print(f"train.py: error: {message}", file=sys.stderr)
         sys.exit(USAGE_ERROR)
+    finally:  # a DDP rank's gloo group, before the interpreter's exit can abort the process
+        close_process_group()
     return metrics.get(MONITOR, metrics.get("val/iou"))
 
 

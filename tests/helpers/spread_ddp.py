@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from r2n2.data.samplers import ShardSampler
 from r2n2.headline import PredictionSpread
+from r2n2.distributed import close_process_group
 
 # 301 (odd: unequal shards; more than MAX_PAIRWISE = 256, so which samples are kept matters), fuller
 # with the index, so that another subset of 256 gives other statistics
@@ -43,6 +44,7 @@ def main(out: str) -> None:
         one.update(torch.sigmoid(LOGITS))
         with open(out, "w") as f:
             json.dump({"ddp": spread.compute(), "one": one.compute(), "n": [spread.n, one.n]}, f)
+    close_process_group()  # as train.py: a gloo group left open aborts some exits
 
 
 if __name__ == "__main__":
