@@ -10,6 +10,7 @@ from pathlib import Path
 from r2n2.data.categories import category_filter
 from r2n2.data.sources.base import ErrorPolicy, ObjectRecord
 from r2n2.data.sources.shapenet import ShapeNetSource
+from r2n2.data.synth.generate import DEFAULT_OBJECTS_PER_CATEGORY, DEFAULT_VIEWS
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +27,8 @@ class SyntheticSource:
 
     voxel_key = None
 
-    def __init__(self, root: str, objects_per_category: int = 32, views: int = 24, seed: int = 0,
-                 categories: list[str] | None = None, workers: int | None = None):
+    def __init__(self, root: str, objects_per_category: int = DEFAULT_OBJECTS_PER_CATEGORY, views: int = DEFAULT_VIEWS,
+                 seed: int = 0, categories: list[str] | None = None, workers: int | None = None):
         self.root = Path(root).expanduser()
         self.objects_per_category, self.views, self.seed = objects_per_category, views, seed
         self.categories = category_filter(categories)
