@@ -38,9 +38,29 @@ def test_spread_under_ddp_equals_one_process(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads(out.read_text())
     assert got["n"] == [301, 301]
+    assert got["kept"] == [list(range(0, 301, 2))] * 2  # every 2nd sample of the split, in its order
     assert got["ddp"].keys() == got["one"].keys()
     for key, value in got["one"].items():
         assert got["ddp"][key] == pytest.approx(value, abs=1e-9), key
+
+
+def test_pairwise_iou_samples_the_whole_split_not_its_first_category():
+    """A split lists one category's objects first: 300 identical predictions (a uniform category),
+    then 300 distinct ones. Kept over the whole split (every 3rd of 600), the pairwise IoU is far from
+    the 'same grid' warning; the first 256 alone would have raised it."""
+    probs = torch.zeros(600, 32, 32, 32)
+    probs[:300, :8] = 0.9  # the same slab for the whole first category
+    for i in range(300, 600):  # then a different small box per sample
+        probs[i, i % 30, (i // 30) % 30:(i // 30) % 30 + 2, :2] = 0.9
+    cb = PredictionSpread()
+    cb.reset(total=600)
+    for chunk in probs.split(7):
+        cb.update(chunk)
+    assert cb.kept_index == list(range(0, 600, 3))
+    s = cb.compute()
+    assert s["test/pred_pairwise_iou"] < 0.5 and not any("same grid" in w for w in degeneracy_warnings(s))
+    first = _spread(probs[:256])
+    assert first["test/pred_pairwise_iou"] == 1.0  # what keeping the first 256 samples measured
 
 
 def test_spread_of_different_predictions_by_hand():

@@ -174,6 +174,7 @@ def test_ddp_two_cpu_processes_log_the_iou_one_process_computes(data_dir, tmp_pa
     module.eval()
     iou = VoxelIoU(0.3)
     spread = PredictionSpread()
+    spread.reset(total=len(dm.datasets["test"]))  # as on_test_start does
     with torch.no_grad():
         for batch in dm.val_dataloader():
             iou.update(torch.sigmoid(module(to_images(batch["rgba"]))), batch["voxels"])

@@ -13,8 +13,8 @@ from r2n2.data.samplers import ShardSampler
 from r2n2.headline import PredictionSpread
 from r2n2.distributed import close_process_group
 
-# 301 (odd: unequal shards; more than MAX_PAIRWISE = 256, so which samples are kept matters), fuller
-# with the index, so that another subset of 256 gives other statistics
+# 301 (odd: unequal shards; more than MAX_PAIRWISE = 256, so which samples are kept matters: every
+# 2nd), fuller with the index, so that another subset gives other statistics
 N = 301
 LOGITS = torch.randn(N, 32, 32, 32, generator=torch.Generator().manual_seed(0)) + torch.linspace(-3, 3, N)[:, None, None, None]
 
@@ -41,9 +41,11 @@ def main(out: str) -> None:
     trainer.test(Identity())
     if trainer.is_global_zero:
         one = PredictionSpread()
+        one.reset(total=len(LOGITS))  # as on_test_start does for the whole split
         one.update(torch.sigmoid(LOGITS))
         with open(out, "w") as f:
-            json.dump({"ddp": spread.compute(), "one": one.compute(), "n": [spread.n, one.n]}, f)
+            json.dump({"ddp": spread.compute(), "one": one.compute(), "n": [spread.n, one.n],
+                       "kept": [spread.kept_index, one.kept_index]}, f)
     close_process_group()  # as train.py: a gloo group left open aborts some exits
 
 
