@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from r2n2.machine import describe_machine
+from recipe_ablation import DATA_32x24  # beside this script: the data of its table
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,7 +51,7 @@ def main() -> None:
     args = ap.parse_args()
     names = [KEYS[k] for k in args.only] if args.only else list(VARIANTS)
     common = PAPER + [f"trainer.max_epochs={args.epochs}", f"data.batch_size={args.batch_size}",
-                      "module.viz_every_n_epochs=0", "scheduler=none", *args.overrides]
+                      "module.viz_every_n_epochs=0", "scheduler=none", *DATA_32x24, *args.overrides]
     rows = []
     for name in names:
         run_dir = Path(args.runs) / name.replace(" ", "_").replace(",", "").replace("+", "and")

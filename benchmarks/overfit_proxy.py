@@ -4,7 +4,8 @@ On an H200 the default model trained for 2 minutes (37 epochs of the 291 default
 ends at train IoU 0.93 against val 0.65 (docs/ablation.md). A CPU cannot run that budget (~2.5 hours
 per run here), so this script builds the same regime at a quarter of the data: 8 objects per
 category (65 training objects) seen 13 times, ~20,000 training samples, the same number of samples
-as 3 epochs of the default 32 objects per category. Each lever is then one switch on top of it:
+as 3 epochs of 32 objects per category (24 views each: the default synthetic set when this was
+measured; recipe_ablation.DATA_32x24 keeps it). Each lever is then one switch on top of it:
 
     base        8 objects per category, 13 epochs (the over-fitted regime)
     augment     + data.augment=true (3D-R2N2's crop, flip, background, colour jitter)
@@ -30,9 +31,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from recipe_ablation import QUIET, SCORE_HEADER, score_cells, train_or_read  # beside this script
+from recipe_ablation import DATA_32x24, QUIET, SCORE_HEADER, score_cells, train_or_read  # beside this script
 
-SMALL, LARGE = 8, 32  # objects per category: the proxy's set and 4x it (the default synthetic set)
+SMALL, LARGE = 8, 32  # objects per category: the proxy's set and 4x it (the synthetic default then)
 # the same number of training samples: 8 per category -> 5 train objects x 13 categories x 24 views
 # = 1,560 samples per epoch x 13 epochs = 20,280; 32 -> 6,864 x 3 = 20,592
 LEVERS = {
@@ -71,7 +72,7 @@ def main() -> None:
     runs.mkdir(parents=True, exist_ok=True)
     rows = []
     for name in args.only or list(LEVERS):
-        m = train_or_read(runs / name, [*QUIET, *LEVERS[name], *args.overrides], args.rerun)
+        m = train_or_read(runs / name, [*QUIET, *DATA_32x24, *LEVERS[name], *args.overrides], args.rerun)
         rows.append((name, m))
         print(f"  {name}: test IoU {m['test/iou']:.3f}, category mean shape "
               f"{m['baseline/category_mean_shape_test_iou']:.3f}, train IoU {m['train/iou']:.3f}", flush=True)

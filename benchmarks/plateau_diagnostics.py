@@ -68,7 +68,8 @@ def main() -> None:
     ap.add_argument("--every", type=int, default=50)
     ap.add_argument("--data-dir", default="data")
     args = ap.parse_args()
-    dm = R2N2DataModule(SyntheticSource(os.path.join(args.data_dir, "synthetic")),
+    # the data of docs/ablation.md section 2: 32 objects x 24 views per category (the default then)
+    dm = R2N2DataModule(SyntheticSource(os.path.join(args.data_dir, "synthetic"), objects_per_category=32, views=24),
                         cache_dir=os.path.join(args.data_dir, "cache"), batch_size=16, eval_batch_size=32)
     dm.prepare_data()
     dm.setup()

@@ -1,6 +1,6 @@
 """Generation speed of the built-in synthetic ShapeNet (``r2n2.data.synth.generate_dataset``).
 
-    python benchmarks/synth_speed.py                      # the default: 13 x 32 objects x 24 views
+    python benchmarks/synth_speed.py                      # the default: 13 x 128 objects x 6 views
     python benchmarks/synth_speed.py --objects-per-category 4 --views 8 --workers 1
 
 Target (the synthetic-ShapeNet issue): the default dataset in under 3 minutes on the 2-core CPU machine.
