@@ -2,7 +2,7 @@
 voxelised into exactly the ShapeNetRendering / ShapeNetVox32 layout.
 
     from r2n2.data.synth import generate_dataset
-    root = generate_dataset("data/synth")  # 13 categories x 32 objects x 24 views
+    root = generate_dataset("data/synth")  # 13 categories x 128 objects x 6 views
 
 Modules: ``primitives`` (solids: distance, ray hits, normals), ``shapes`` (the 13 category builders,
 ``make_object``), ``voxelize`` (binvox-style solid voxels), ``render`` (ray-cast RGBA views),
