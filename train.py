@@ -36,19 +36,23 @@ def user_error(e: BaseException) -> str | None:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
     from r2n2.distributed import close_process_group
     from r2n2.training import MONITOR, train
 
     try:
         metrics = train(cfg)
     except Exception as e:
+        close_process_group()  # a DDP rank's gloo group, before the interpreter's exit can abort the process
         message = user_error(e)
         if message is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         print(f"train.py: error: {message}", file=sys.stderr)
         sys.exit(USAGE_ERROR)
-    finally:  # a DDP rank's gloo group, before the interpreter's exit can abort the process
-        close_process_group()
+    # every rank got here: in a multirun the next job may start a new group in this process
+    close_process_group(wait_for_all=HydraConfig.get().mode == RunMode.MULTIRUN)
     return metrics.get(MONITOR, metrics.get("val/iou"))
 
 
