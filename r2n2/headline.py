@@ -56,11 +56,23 @@ class PredictionSpread(L.Callback):
         self.n, self.sum, self.sumsq, self.kept, self.kept_index = 0, None, None, [], []
 
     def on_test_start(self, trainer, pl_module) -> None:
+        self.reset(self.test_samples(trainer), trainer.global_rank, trainer.world_size)
+        self._hook = pl_module.net.register_forward_hook(lambda _m, _i, logits: self.update(torch.sigmoid(logits.float())))
+
+    @staticmethod
+    def test_samples(trainer) -> int | None:
+        """How many samples this test scores over all ranks: the split's, or fewer where
+        ``trainer.limit_test_batches`` stops it early (``debug=limit``); None where unknown."""
         loaders = trainer.test_dataloaders
         loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
-        total = len(loader.dataset) if loader is not None and hasattr(loader.dataset, "__len__") else None
-        self.reset(total, trainer.global_rank, trainer.world_size)
-        self._hook = pl_module.net.register_forward_hook(lambda _m, _i, logits: self.update(torch.sigmoid(logits.float())))
+        dataset = getattr(loader, "dataset", None)
+        if dataset is None or not hasattr(dataset, "__len__"):
+            return None
+        total = len(dataset)
+        batches, batch = trainer.num_test_batches, getattr(loader, "batch_size", None)
+        if batches and batch and batches[0] != float("inf"):
+            total = min(total, int(batches[0]) * batch * trainer.world_size)
+        return total
 
     def on_test_end(self, trainer, pl_module) -> None:
         if self._hook is not None:

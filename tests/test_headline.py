@@ -63,6 +63,32 @@ def test_pairwise_iou_samples_the_whole_split_not_its_first_category():
     assert first["test/pred_pairwise_iou"] == 1.0  # what keeping the first 256 samples measured
 
 
+def test_a_limited_test_spreads_over_the_samples_it_scores():
+    """A real Trainer.test of 600 predictions in batches of 8: the whole split keeps every 3rd; with
+    ``limit_test_batches=2`` (``debug=limit``) the 16 scored samples are all kept, not every 3rd of them."""
+    import lightning as L
+    from torch.utils.data import DataLoader, TensorDataset
+
+    logits = torch.randn(600, 32, 32, 32, generator=torch.Generator().manual_seed(0))
+
+    class Identity(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Identity()
+
+        def test_step(self, batch, batch_idx):
+            self.net(batch[0])
+
+        def test_dataloader(self):
+            return DataLoader(TensorDataset(logits), batch_size=8)
+
+    for limit, kept in ((None, list(range(0, 600, 3))), (2, list(range(16)))):
+        spread = PredictionSpread()
+        L.Trainer(accelerator="cpu", limit_test_batches=limit, logger=False, callbacks=[spread],
+                  enable_progress_bar=False, enable_model_summary=False).test(Identity())
+        assert spread.kept_index == kept, limit
+
+
 def test_spread_of_different_predictions_by_hand():
     """Two boxes of 8 voxels overlapping in 4, and a disjoint third: pairwise IoUs 4/12, 0, 0."""
     probs = torch.zeros(3, 32, 32, 32)
