@@ -67,8 +67,8 @@ def main() -> None:
     base = rows[0][1]
     lines = [
         f"Budget: {args.epochs} epoch(s) of {base.get('train_samples', 'all')} training samples, batch "
-        f"{args.batch_size}, Adam 1e-3 (wd 1e-4), constant lr, bf16-mixed, seed 0; synthetic dataset "
-        f"defaults; machine: {describe_machine()}.",
+        f"{args.batch_size}, Adam 1e-3 (wd 1e-4), constant lr, bf16-mixed, seed 0; synthetic dataset of "
+        f"32 objects x 24 views per category; machine: {describe_machine()}.",
         f"Global mean-shape baseline (test IoU@0.3): {base['baseline/global_mean_shape_test_iou']:.3f}; "
         f"per-category mean shape: {base['baseline/category_mean_shape_test_iou']:.3f}.",
         "",

@@ -1,6 +1,6 @@
 """The over-fitting of the 2-minute GPU budget, scaled down to the CPU: which lever fights it?
 
-On an H200 the default model trained for 2 minutes (37 epochs of the 291 default training objects)
+On an H200 the default model trained for 2 minutes (37 epochs of the 286 training objects of 32 x 24 data)
 ends at train IoU 0.93 against val 0.65 (docs/ablation.md). A CPU cannot run that budget (~2.5 hours
 per run here), so this script builds the same regime at a quarter of the data: 8 objects per
 category (65 training objects) seen 13 times, ~20,000 training samples, the same number of samples

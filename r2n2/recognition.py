@@ -35,7 +35,7 @@ from r2n2.data.transforms import to_images
 log = logging.getLogger(__name__)
 
 # defaults, sized for the built-in synthetic data on a 2-core CPU (1,157 training objects x 6 views;
-# 9 per cluster with the 291 of the earlier 32 x 24 set)
+# 9 per cluster with the 286 of the earlier 32 x 24 set)
 CLUSTERS = 32  # ~36 training shapes per cluster (Tatarchenko et al.: 500 clusters of ~35k shapes)
 IMAGE_SIZE = 32  # images are area-downsampled to 32 x 32
 FILTERS, KERNEL, POOL = 96, 5, 3  # random filters -> 96 x 2 signs x 3 x 3 = 1,728 features
