@@ -67,25 +67,14 @@ def test_a_limited_test_spreads_over_the_samples_it_scores():
     """A real Trainer.test of 600 predictions in batches of 8: the whole split keeps every 3rd; with
     ``limit_test_batches=2`` (``debug=limit``) the 16 scored samples are all kept, not every 3rd of them."""
     import lightning as L
-    from torch.utils.data import DataLoader, TensorDataset
+    from helpers.spread_ddp import Identity
 
     logits = torch.randn(600, 32, 32, 32, generator=torch.Generator().manual_seed(0))
-
-    class Identity(L.LightningModule):
-        def __init__(self):
-            super().__init__()
-            self.net = torch.nn.Identity()
-
-        def test_step(self, batch, batch_idx):
-            self.net(batch[0])
-
-        def test_dataloader(self):
-            return DataLoader(TensorDataset(logits), batch_size=8)
 
     for limit, kept in ((None, list(range(0, 600, 3))), (2, list(range(16)))):
         spread = PredictionSpread()
         L.Trainer(accelerator="cpu", limit_test_batches=limit, logger=False, callbacks=[spread],
-                  enable_progress_bar=False, enable_model_summary=False).test(Identity())
+                  enable_progress_bar=False, enable_model_summary=False).test(Identity(logits, batch_size=8))
         assert spread.kept_index == kept, limit
 
 

@@ -20,18 +20,20 @@ LOGITS = torch.randn(N, 32, 32, 32, generator=torch.Generator().manual_seed(0)) 
 
 
 class Identity(L.LightningModule):
-    """The 'network' returns its input as logits, so each test sample's prediction is known."""
+    """The 'network' returns its input as logits, so each test sample's prediction is known.
+    ``logits: (N, 32, 32, 32)``, scored in batches of ``batch_size``, each rank its ``ShardSampler`` shard."""
 
-    def __init__(self):
+    def __init__(self, logits: torch.Tensor = LOGITS, batch_size: int = 16):
         super().__init__()
         self.net = torch.nn.Identity()
+        self.logits, self.batch_size = logits, batch_size
 
     def test_step(self, batch, batch_idx):
         self.net(batch[0])
 
     def test_dataloader(self):
-        sampler = ShardSampler(len(LOGITS), self.global_rank, self.trainer.world_size)
-        return DataLoader(TensorDataset(LOGITS), batch_size=16, sampler=sampler)
+        sampler = ShardSampler(len(self.logits), self.global_rank, self.trainer.world_size)
+        return DataLoader(TensorDataset(self.logits), batch_size=self.batch_size, sampler=sampler)
 
 
 def main(out: str) -> None:
