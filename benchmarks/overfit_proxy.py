@@ -36,18 +36,19 @@ from recipe_ablation import DATA_32x24, QUIET, SCORE_HEADER, score_cells, train_
 SMALL, LARGE = 8, 32  # objects per category: the proxy's set and 4x it (the synthetic default then)
 # the same number of training samples: 8 per category -> 5 train objects x 13 categories x 24 views
 # = 1,560 samples per epoch x 13 epochs = 20,280; 32 -> 6,864 x 3 = 20,592
+BASE = [f"data.source.objects_per_category={SMALL}", "trainer.max_epochs=13"]  # the over-fitted regime
+MORE = [f"data.source.objects_per_category={LARGE}", "trainer.max_epochs=3"]  # 4x the objects, as many samples
 LEVERS = {
-    "base": [f"data.source.objects_per_category={SMALL}", "trainer.max_epochs=13"],
-    "augment": [f"data.source.objects_per_category={SMALL}", "trainer.max_epochs=13", "data.augment=true"],
-    "objects_x4": [f"data.source.objects_per_category={LARGE}", "trainer.max_epochs=3"],
-    "both": [f"data.source.objects_per_category={LARGE}", "trainer.max_epochs=3", "data.augment=true"],
-    "weight_decay": [f"data.source.objects_per_category={SMALL}", "trainer.max_epochs=13", "optimizer.weight_decay=1e-3"],
-    "dropout0": [f"data.source.objects_per_category={SMALL}", "trainer.max_epochs=13", "model.dropout=0"],
-    "dropout08": [f"data.source.objects_per_category={SMALL}", "trainer.max_epochs=13", "model.dropout=0.8"],
-    "views_1_5": [f"data.source.objects_per_category={SMALL}", "trainer.max_epochs=13", "data.views_per_sample=[1,5]"],
-    "linear_decoder": [f"data.source.objects_per_category={SMALL}", "trainer.max_epochs=13",
-                       "model.decoder.name=linear_conv3d"],
-    "bce": [f"data.source.objects_per_category={SMALL}", "trainer.max_epochs=13", "module.loss.soft_iou_weight=0"],
+    "base": BASE,
+    "augment": [*BASE, "data.augment=true"],
+    "objects_x4": MORE,
+    "both": [*MORE, "data.augment=true"],
+    "weight_decay": [*BASE, "optimizer.weight_decay=1e-3"],
+    "dropout0": [*BASE, "model.dropout=0"],
+    "dropout08": [*BASE, "model.dropout=0.8"],
+    "views_1_5": [*BASE, "data.views_per_sample=[1,5]"],
+    "linear_decoder": [*BASE, "model.decoder.name=linear_conv3d"],
+    "bce": [*BASE, "module.loss.soft_iou_weight=0"],
 }
 
 

@@ -52,7 +52,7 @@ class PredictionSpread(L.Callback):
         """Before a test of ``total`` samples (None: unknown, keep the first ``MAX_PAIRWISE``), seen by
         this process as samples ``rank, rank + world_size, ...`` (``ShardSampler``)."""
         self.stride = max(1, -(-total // MAX_PAIRWISE)) if total else 1
-        self.rank, self.world_size, self.seen = rank, world_size, 0
+        self.rank, self.world_size = rank, world_size
         self.n, self.sum, self.sumsq, self.kept, self.kept_index = 0, None, None, [], []
 
     def on_test_start(self, trainer, pl_module) -> None:
@@ -105,11 +105,10 @@ class PredictionSpread(L.Callback):
     @torch.no_grad()
     def update(self, probs: torch.Tensor) -> None:
         p = probs.detach().double().flatten(1).cpu()
+        index = self.rank + self.world_size * torch.arange(self.n, self.n + len(p))  # in the whole split
         self.sum = p.sum(0) if self.sum is None else self.sum + p.sum(0)
         self.sumsq = (p * p).sum(0) if self.sumsq is None else self.sumsq + (p * p).sum(0)
         self.n += len(p)
-        index = self.rank + self.world_size * torch.arange(self.seen, self.seen + len(p))  # in the whole split
-        self.seen += len(p)
         pick = (index % self.stride == 0).nonzero().flatten()[: MAX_PAIRWISE - len(self.kept_index)]
         if len(pick):
             self.kept.append(p[pick] >= self.threshold)
