@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,12 +40,16 @@ class Samples:
     dataset: the split (opened with every view of its objects when more than one view is used).
     rows: (N,) int, indices into ``dataset.samples``; obj: (N,) int, their objects.
     slots: (N, V) int, stored-image indices in view order: with v views a sample sees ``slots[:, :v]``.
+    binary_alpha: composite as 3D-R2N2 (lib/data_augmentation.py ``add_random_color_background``):
+        only fully transparent pixels (alpha 0) take the background, every other pixel keeps its own
+        colour; False blends by alpha (the project's training and evaluation input).
     """
 
     dataset: PackedDataset
     rows: np.ndarray
     obj: np.ndarray
     slots: np.ndarray
+    binary_alpha: bool = False
 
     @property
     def category(self) -> np.ndarray:
@@ -58,7 +63,10 @@ class Samples:
         """The images of samples ``index``: (len(index), views, S, S, 4) uint8."""
         img, _ = self.dataset._arrays()
         s = self.slots[index, :views]
-        return torch.from_numpy(np.ascontiguousarray(img[s.ravel()])).view(*s.shape, *img.shape[1:])
+        rgba = torch.from_numpy(np.ascontiguousarray(img[s.ravel()])).view(*s.shape, *img.shape[1:])
+        if self.binary_alpha:
+            rgba[..., 3] = torch.where(rgba[..., 3] > 0, 255, 0).to(torch.uint8)
+        return rgba
 
 
 def all_samples(dataset: PackedDataset, views: int) -> Samples:
@@ -77,6 +85,24 @@ def first_views(dataset: PackedDataset, views: int) -> Samples:
     rows = np.array([int(np.flatnonzero(dataset.samples[:, 0] == o)[0]) for o in objects], dtype=np.int64)
     slots = dataset.first[objects, None] + np.arange(views)[None, :]
     return Samples(dataset, rows, objects, slots)
+
+
+def random_views(dataset: PackedDataset, views: int, seed: int = 0, binary_alpha: bool = False) -> Samples:
+    """One sample per object seeing ``views`` renderings drawn at random *with replacement* from all
+    of its renderings: the test code of 3D-R2N2 from its refactoring (ba1a949) to HEAD (13a30e2),
+    lib/data_process.py ``np.random.choice(cfg.TRAIN.NUM_RENDERING, curr_n_views)``.
+
+    Each object's draw comes from ``(seed, crc32(object id))``, so it is repeatable and does not
+    depend on which other objects are listed. Draws are i.i.d., so the first v of an object's V draws
+    are distributed as a v-view draw: one draw of ``views`` serves every smaller view count.
+    Returns slots ``(N, views)`` into the stored images.
+    """
+    objects = np.unique(dataset.samples[:, 0])
+    rows = np.array([int(np.flatnonzero(dataset.samples[:, 0] == o)[0]) for o in objects], dtype=np.int64)
+    draws = [np.random.default_rng([seed, zlib.crc32(dataset.objects[o]["id"].encode())])
+             .integers(0, dataset.count[o], views) for o in objects]
+    slots = dataset.first[objects, None] + (np.stack(draws) if draws else np.zeros((0, views), np.int64))
+    return Samples(dataset, rows, objects, slots, binary_alpha)
 
 
 class SharedEncoder(nn.Module):

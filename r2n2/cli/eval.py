@@ -25,6 +25,9 @@ from r2n2.malloc import keep_freed_memory
 
 log = logging.getLogger(__name__)
 
+# protocol.samples: every sample | one per object, renderings 00..n-1 | one per object, renderings drawn
+SAMPLES = ("all", "first_views", "random_views")
+
 
 def _datamodule(data_cfg: dict, eval_views: int, cfg: DictConfig):
     data_cfg = {**data_cfg, "eval_views": eval_views, "eval_batch_size": cfg.batch_size,
@@ -59,8 +62,8 @@ def _evaluate(cfg: DictConfig, scorer) -> dict:
                           ("cpu" if cfg.device == "auto" else cfg.device))
     dtype = torch.bfloat16 if str(cfg.precision) in ("bf16", "bf16-mixed") else None
     proto = cfg.protocol
-    if proto.samples not in ("all", "first_views") or proto.choose_threshold not in ("val", "test", "none"):
-        raise ValueError(f"protocol={proto.name}: samples must be all|first_views and choose_threshold "
+    if proto.samples not in SAMPLES or proto.choose_threshold not in ("val", "test", "none"):
+        raise ValueError(f"protocol={proto.name}: samples must be {'|'.join(SAMPLES)} and choose_threshold "
                          f"val|test|none, got {proto.samples!r} and {proto.choose_threshold!r}")
     thresholds, t = tuple(float(x) for x in proto.thresholds), float(proto.threshold)
     if t not in thresholds:
@@ -75,9 +78,9 @@ def _evaluate(cfg: DictConfig, scorer) -> dict:
     if not views:
         raise ValueError(f"views={list(cfg.views)}: the {cfg.split} split has objects with only {most} view(s)")
     # one dataset with every view of its objects serves all view counts (and the first-views protocols)
-    held = max(views[-1], 2 if proto.samples == "first_views" and most >= 2 else 1)
+    held = max(views[-1], 2 if proto.samples != "all" and most >= 2 else 1)
     split = (dm1 if held == 1 else _datamodule(data_cfg, held, cfg)).datasets[cfg.split]
-    samples = (S.all_samples if proto.samples == "all" else S.first_views)(split, views[-1])
+    samples = _samples(proto, split, views[-1])
     cats = samples.category
 
     result = {"checkpoint": str(cfg.ckpt), "protocol": OmegaConf.to_container(proto), "split": cfg.split,
@@ -133,6 +136,17 @@ def _evaluate(cfg: DictConfig, scorer) -> dict:
     print(report)
     print(f"[r2n2-eval] wrote {out_dir / 'eval.json'}, {out_dir / 'eval.md'}")
     return result
+
+
+def _samples(proto: DictConfig, split, views: int):
+    """The samples ``proto`` scores (``conf/protocol``), seeing up to ``views`` views each."""
+    from r2n2 import scoring as S
+
+    if proto.samples == "all":
+        return S.all_samples(split, views)
+    if proto.samples == "first_views":
+        return S.first_views(split, views)
+    return S.random_views(split, views, int(proto.get("view_seed", 0)), proto.get("composite", "blend") == "binary")
 
 
 def _baseline_predictions(train, samples, cfg: DictConfig) -> dict:
