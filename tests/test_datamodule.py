@@ -348,7 +348,8 @@ def test_synthetic_source_end_to_end(tmp_path):
 
 def _tv_reference(rgba: torch.Tensor, draw) -> torch.Tensor:
     """The augmentation one view at a time with torchvision's own functional ops (pad + crop, flip,
-    brightness / contrast / saturation on [0, 1] floats), then compositing and ImageNet mean/std."""
+    brightness / saturation on [0, 1] floats; contrast by torchvision's formula about the object's
+    alpha-weighted mean grey), then compositing on the R, G, B background and ImageNet mean/std."""
     from torchvision.transforms.v2 import functional as TF
 
     from r2n2.data.transforms import CROP_PAD
@@ -364,8 +365,12 @@ def _tv_reference(rgba: torch.Tensor, draw) -> torch.Tensor:
                 x = TF.horizontal_flip(x)
             rgb, alpha = x[:3].float() / 255, x[3:].double() / 255
             br, co, sa = (float(f) for f in draw.jitter[b, v])
-            rgb = TF.adjust_saturation(TF.adjust_contrast(TF.adjust_brightness(rgb, br), co), sa).double() * 255
-            bg = float(draw.background[b, v])
+            rgb = TF.adjust_brightness(rgb, br)
+            grey = TF.rgb_to_grayscale(rgb).double()
+            mean = float((grey * alpha).sum() / alpha.sum())
+            rgb = (co * rgb.double() + (1 - co) * mean).clamp(0, 1).float()
+            rgb = TF.adjust_saturation(rgb, sa).double() * 255
+            bg = draw.background[b, v].double().view(3, 1, 1)
             comp = rgb * alpha + bg * (1 - alpha)
             out[b, v] = (comp / 255 - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(STD).view(3, 1, 1)
     return out
@@ -392,8 +397,30 @@ def test_augmentation_draws_follow_the_documented_distribution():
     assert 0.45 < d.flip.float().mean() < 0.55
     assert d.jitter.min() >= 0.8 and d.jitter.max() <= 1.2 and abs(float(d.jitter.mean()) - 1) < 0.01
     assert d.background.min() == 225 and d.background.max() == 255 and (d.background == d.background.round()).all()
+    # 3D-R2N2 (TRAIN.NO_BG_COLOR_RANGE): R, G and B drawn separately, so most backgrounds are not grey
+    assert d.background.shape == (200, 5, 3) and (d.background.std(-1) > 0).float().mean() > 0.9
     off = draw_augment(Augment(crop=False, flip=False, random_background=False, color_jitter=0), 2, 1)
     assert off.shift is off.flip is off.jitter is off.background is None
+
+
+def test_contrast_jitter_keeps_the_objects_mean_grey(dm):
+    """Contrast pulls towards the object's own mean grey: a mostly transparent view is not darkened
+    (its transparent pixels, black in RGB, once counted 69% of a chair view's mean)."""
+    from r2n2.data.transforms import AugmentDraw, _grey
+
+    rgba = torch.from_numpy(dm.datasets["train"][0]["rgba"])[None]  # (1, 1, S, S, 4)
+    assert (rgba[..., 3] == 0).float().mean() > 0.3  # the view is mostly transparent
+    alpha = rgba[..., 3].float()[:, :, None] / 255  # (1, 1, 1, S, S)
+    opaque = {"background": torch.zeros(1, 1, 3)}
+    plain = to_images(rgba, draw=AugmentDraw(**opaque))
+    low = to_images(rgba, draw=AugmentDraw(jitter=torch.tensor([[[1.0, 0.5, 1.0]]]), **opaque))
+
+    def object_grey(images):  # back to [0, 1] RGB, the object's alpha-weighted mean grey
+        rgb = images * torch.tensor(STD).view(3, 1, 1) + torch.tensor(MEAN).view(3, 1, 1)
+        return float(_grey(rgb.float()).sum() / alpha.sum())  # composited on black: grey(rgb) * alpha
+
+    before, after = object_grey(plain), object_grey(low)
+    assert abs(after - before) < 0.01 * before  # contrast 0.5 keeps the object's mean grey
 
 
 def test_to_images_rejects_float_input():

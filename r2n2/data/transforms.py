@@ -1,5 +1,6 @@
 """Image preprocessing, exactly as the seed report: 127x127, [0, 1], ImageNet mean/std; plus the
-optional 3D-R2N2 training augmentation (random crop shift, flip, random background, colour jitter).
+optional training augmentation: 3D-R2N2's (random crop shift, flip, a random background colour) and a
+colour jitter of ours (3D-R2N2 at 13a30e2 has none: lib/data_augmentation.py ``preprocess_img``).
 
 Batches leave the DataLoader as ``rgba: (B, V, S, S, 4) uint8`` (a quarter of float32's bytes,
 pinned when training on CUDA); :func:`to_images` turns a whole batch into normalised float images on
@@ -46,7 +47,8 @@ class AugmentDraw:
         transparent outside (3D-R2N2's random 127-of-137 crop, on our already-resized images).
     flip: (B, V) bool, left-right (the image only, as 3D-R2N2 did).
     jitter: (B, V, 3) float (brightness, contrast, saturation) factors, uniform in [1 - j, 1 + j].
-    background: (B, V) float grey level, uniform integers in TRAIN_BACKGROUND_RANGE (3D-R2N2: 225..255).
+    background: (B, V, 3) float R, G, B levels, each drawn separately as uniform integers in
+        TRAIN_BACKGROUND_RANGE (3D-R2N2: TRAIN.NO_BG_COLOR_RANGE, [225, 255] per channel).
     """
 
     shift: torch.Tensor | None = None
@@ -76,7 +78,7 @@ def draw_augment(augment: Augment, batch: int, views: int, generator: torch.Gene
         draw.jitter = lo + (1 + j - lo) * uniform(3)
     if augment.random_background:
         lo, hi = TRAIN_BACKGROUND_RANGE
-        draw.background = torch.randint(lo, hi + 1, shape, generator=generator, device=gen_device).float()
+        draw.background = torch.randint(lo, hi + 1, (*shape, 3), generator=generator, device=gen_device).float()
     return AugmentDraw(*(None if t is None else t.to(device, non_blocking=True) for t in
                          (draw.shift, draw.flip, draw.jitter, draw.background)))
 
@@ -88,9 +90,11 @@ def to_images(rgba: torch.Tensor, augment: Augment | None = None, generator: tor
     Without augmentation every view is composited on grey 240 (3D-R2N2 at test time), scaled to
     [0, 1] and normalised with ImageNet mean/std, exactly the seed report's preprocessing. With
     ``augment`` (training), the parameters are drawn from ``generator`` (see :class:`AugmentDraw`;
-    or pass ``draw`` itself) and applied in the order shift, flip, colour jitter (brightness,
-    contrast, saturation, torchvision's formulas on [0, 1] RGB; torchvision's ColorJitter shuffles
-    that order, here it is fixed), then compositing on the drawn background.
+    or pass ``draw`` itself) and applied in the order shift, flip, colour jitter of the object
+    (brightness, contrast, saturation, torchvision's formulas on [0, 1] RGB, except that contrast
+    pulls towards the mean grey of the object's pixels, weighted by alpha, not of the whole image
+    with its transparent pixels as black; torchvision's ColorJitter shuffles the order, here it is
+    fixed), then alpha compositing on the drawn background colour.
     """
     if rgba.dim() != 5 or rgba.shape[-1] != 4 or rgba.dtype != torch.uint8:
         raise ValueError(f"rgba must be (B, V, S, S, 4) uint8, got {tuple(rgba.shape)} {rgba.dtype}")
@@ -105,9 +109,9 @@ def to_images(rgba: torch.Tensor, augment: Augment | None = None, generator: tor
     chw = rgba.permute(0, 1, 4, 2, 3).contiguous()  # (B, V, 4, S, S) uint8
     rgb, alpha = chw[:, :, :3].float(), chw[:, :, 3:].float()
     if draw.jitter is not None:
-        rgb = _jitter(rgb / 255, draw.jitter).mul_(255)
+        rgb = _jitter(rgb / 255, alpha, draw.jitter).mul_(255)
     if draw.background is not None:
-        background = draw.background[:, :, None, None, None]  # (B, V, 1, 1, 1)
+        background = draw.background[:, :, :, None, None]  # (B, V, 3, 1, 1)
     else:
         background = float(EVAL_BACKGROUND)
     # (rgb * a + bg * (1 - a) - mean) / std, with a = alpha / 255, in three in-place passes
@@ -144,14 +148,18 @@ def _grey(rgb: torch.Tensor) -> torch.Tensor:
     return (r * LUMA[0] + g * LUMA[1] + b * LUMA[2]).unsqueeze(-3)
 
 
-def _jitter(rgb: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
-    """Brightness, contrast, saturation as torchvision (float images in [0, 1], clamped after each).
+def _jitter(rgb: torch.Tensor, alpha: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """Brightness, contrast, saturation as torchvision (float images in [0, 1], clamped after each),
+    contrast about the object's mean grey: the mean over pixels weighted by alpha (a view 69%
+    transparent would otherwise count 69% black and darken the object).
 
-    rgb: (B, V, 3, S, S) float in [0, 1]; factors: (B, V, 3). Returns (B, V, 3, S, S) in [0, 1].
+    rgb: (B, V, 3, S, S) float in [0, 1]; alpha: (B, V, 1, S, S) float 0..255; factors: (B, V, 3).
+    Returns (B, V, 3, S, S) in [0, 1].
     """
     f = factors[..., None, None, None]  # (B, V, 3, 1, 1, 1)
     rgb = (rgb * f[:, :, 0]).clamp_(0, 1)
-    mean = _grey(rgb).mean((-3, -2, -1), keepdim=True)
+    weight = alpha.sum((-3, -2, -1), keepdim=True).clamp_(min=1)  # (B, V, 1, 1, 1)
+    mean = (_grey(rgb) * alpha).sum((-3, -2, -1), keepdim=True) / weight
     rgb = (rgb * f[:, :, 1] + mean * (1 - f[:, :, 1])).clamp_(0, 1)
     return (rgb * f[:, :, 2] + _grey(rgb) * (1 - f[:, :, 2])).clamp_(0, 1)
 
