@@ -78,13 +78,14 @@ def all_samples(dataset: PackedDataset, views: int) -> Samples:
     return Samples(dataset, rows, dataset.samples[:, 0].copy(), slots)
 
 
-def first_views(dataset: PackedDataset, views: int) -> Samples:
-    """One sample per object seeing its first ``views`` renderings (00, 01, ...): the protocol of
-    3D-R2N2's and Pix2Vox's test code. Needs a dataset holding every view of its objects."""
+def first_views(dataset: PackedDataset, views: int, binary_alpha: bool = False) -> Samples:
+    """One sample per object seeing its first ``views`` renderings (00, 01, ...): Pix2Vox's test code
+    (utils/data_loaders.py at 0596d5e) and 3D-R2N2's first commit (014e74c). Needs a dataset holding
+    every view of its objects."""
     objects = np.unique(dataset.samples[:, 0])
     rows = np.array([int(np.flatnonzero(dataset.samples[:, 0] == o)[0]) for o in objects], dtype=np.int64)
     slots = dataset.first[objects, None] + np.arange(views)[None, :]
-    return Samples(dataset, rows, objects, slots)
+    return Samples(dataset, rows, objects, slots, binary_alpha)
 
 
 def random_views(dataset: PackedDataset, views: int, seed: int = 0, binary_alpha: bool = False) -> Samples:

@@ -37,6 +37,7 @@ def test_first_views_scores_one_sample_per_object_on_renderings_00_to_n(tmp_path
     first = S.first_views(ds, 3)
     assert first.obj.tolist() == [0, 1] and first.slots.tolist() == [[0, 1, 2], [4, 5, 6]]
     assert first.rgba(np.arange(2), 2)[..., 0, 0, 0].tolist() == [[0, 1], [4, 5]]  # the images it reads
+    assert not first.binary_alpha and S.first_views(ds, 3, binary_alpha=True).binary_alpha
     ours = S.all_samples(ds, 3)
     assert len(ours) == 4 and ours.slots[:, 0].tolist() == [2, 3, 5, 4]  # each sample's own view first
     for row, slots in zip(ours.rows, ours.slots):  # v views = the first v of the V-view list, as before
@@ -107,6 +108,7 @@ def test_binary_alpha_composites_as_3d_r2n2(tmp_path):
 def test_protocol_configs_say_what_the_papers_did():
     p2v, r2n2, ours = (OmegaConf.load(CONF / f"{n}.yaml") for n in ("pix2vox", "r2n2", "ours"))
     assert (p2v.samples, list(p2v.thresholds), p2v.choose_threshold) == ("first_views", [0.2, 0.3, 0.4, 0.5], "test")
+    assert p2v.composite == "binary" and ours.get("composite", "blend") == "blend"
     assert (r2n2.samples, list(r2n2.thresholds), r2n2.threshold) == ("random_views", [0.4], 0.4)
     assert (r2n2.composite, r2n2.choose_threshold) == ("binary", "none")
     assert (ours.samples, ours.threshold, ours.choose_threshold) == ("all", 0.3, "val")

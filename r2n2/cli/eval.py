@@ -142,11 +142,14 @@ def _samples(proto: DictConfig, split, views: int):
     """The samples ``proto`` scores (``conf/protocol``), seeing up to ``views`` views each."""
     from r2n2 import scoring as S
 
+    if proto.get("composite", "blend") not in ("blend", "binary"):
+        raise ValueError(f"protocol={proto.name}: composite must be blend|binary, got {proto.composite!r}")
+    binary = proto.get("composite", "blend") == "binary"
     if proto.samples == "all":
-        return S.all_samples(split, views)
+        return S.all_samples(split, views)  # (the input every model here is trained on: blended)
     if proto.samples == "first_views":
-        return S.first_views(split, views)
-    return S.random_views(split, views, int(proto.get("view_seed", 0)), proto.get("composite", "blend") == "binary")
+        return S.first_views(split, views, binary)
+    return S.random_views(split, views, int(proto.get("view_seed", 0)), binary)
 
 
 def _baseline_predictions(train, samples, cfg: DictConfig) -> dict:
