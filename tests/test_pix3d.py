@@ -1,10 +1,13 @@
 """data=pix3d on a small dataset in Pix3D's exact layout, built here from real files: ShapeNet renderings
-(their alpha as the mask) and real photos pasted into larger photos, real voxels (ShapeNetVox32 binvox,
-3D ShapeNets .mat) written as Pix3D's 128^3 voxel.mat; and r2n2-eval of a trained checkpoint on it."""
+(their alpha as the mask) and real photos pasted into larger photos; voxel.mat files (128^3) written in
+Pix3D's documented axis order (+x leftward, +y outward, +z upward, in canonical view: xingyuansun/pix3d
+README.md at e54d4b2), of asymmetric shapes built here part by part; and r2n2-eval of a trained
+checkpoint on it."""
 
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +21,7 @@ from r2n2.data.datamodule import R2N2DataModule
 from r2n2.data.errors import DataError
 from r2n2.data.formats import load_voxels, read_rgba
 from r2n2.data.sources import ErrorPolicy, Pix3DSource
-from r2n2.data.sources.pix3d import square_box
+from r2n2.data.sources.pix3d import VOXEL_VERSION, square_box
 from test_viewer import CHROMIUM, _check_draws, _page_data
 
 BIN = Path(sys.executable).parent
@@ -48,6 +51,34 @@ def _bbox(mask: np.ndarray) -> list[int]:
     return [int(cols[0]), int(rows[0]), int(cols[-1]), int(rows[-1])]
 
 
+# Shapes as boxes in the object's own directions, 32^3 voxel ranges [lo, hi) along (left, front, up):
+# "left" is the left of a viewer facing the object's front. Each is asymmetric along all three.
+SHAPES = {
+    # a chair: four legs, a seat, a backrest at the back and an armrest on the viewer's left only
+    "chair/chair_a": [((9, 11), (9, 11), (0, 14)), ((21, 23), (9, 11), (0, 14)), ((9, 11), (21, 23), (0, 14)),
+                      ((21, 23), (21, 23), (0, 14)), ((9, 23), (9, 23), (14, 17)), ((9, 23), (9, 12), (17, 31)),
+                      ((20, 23), (9, 23), (17, 20))],
+    # a tall thin post at the back, its foot pointing to the front, a short arm to the viewer's left on top
+    "chair/armchair": [((14, 18), (6, 10), (0, 30)), ((14, 18), (10, 26), (0, 3)), ((18, 26), (6, 10), (26, 30))],
+    # a bench: long left to right, a backrest at the back, on a plinth shifted to the viewer's right
+    "bench/bench_a": [((1, 31), (10, 22), (8, 12)), ((1, 31), (10, 13), (12, 20)), ((3, 14), (12, 20), (0, 8))],
+}
+# where each direction lies in an array's axes: (axis of left, axis of front, axis of up), all increasing
+PIX3D_AXES = (0, 1, 2)  # Pix3D's voxel.mat: +x leftward, +y outward (towards the viewer: the front), +z up
+PROJECT_AXES = (2, 0, 1)  # the project's ShapeNetVox32 order: +x the front, +y up, +z the viewer's left
+
+
+def shape_grid(parts, axes: tuple[int, int, int]) -> np.ndarray:
+    """The 32^3 bool grid of ``parts`` (boxes in (left, front, up)) with those directions on ``axes``."""
+    grid = np.zeros((32, 32, 32), bool)
+    for box in parts:
+        index = [slice(None)] * 3
+        for (lo, hi), axis in zip(box, axes):
+            index[axis] = slice(lo, hi)
+        grid[tuple(index)] = True
+    return grid
+
+
 def _voxel_mat(path: Path, grid32: np.ndarray) -> None:
     """Pix3D's format: key ``voxel``, 128^3 (each 32^3 voxel becomes 4^3)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -56,15 +87,11 @@ def _voxel_mat(path: Path, grid32: np.ndarray) -> None:
 
 
 def build_pix3d(shared: Path, root: Path) -> dict:
-    """Pix3D layout under ``root``; returns {photo key: (photo, mask, source RGBA, offset)} and the grids."""
+    """Pix3D layout under ``root``; returns {photo key: (photo, mask, source RGBA, offset)} and the grids
+    each model must give in the project's axis order."""
     background = np.asarray(Image.open(shared / "photos" / "2.png").convert("RGB").resize(CANVAS))
-    chair = load_voxels(shared / SAMPLE / "ShapeNetVox32/03001627/pix2voxkeras_chair/model.binvox")
-    bench = load_voxels(shared / SAMPLE / "ShapeNetVox32/02828884/pix2voxkeras_bench/model.binvox")
-    armchair = np.pad(load_voxels(shared / "mat/3DShapeNets_volumetric_data__test_chair_000000000_1.mat",
-                                  resolution=30), 1)  # real 30^3 .mat, padded to 32
-    _voxel_mat(root / "model/chair/chair_a/voxel.mat", chair)
-    _voxel_mat(root / "model/chair/armchair/voxel.mat", armchair)
-    _voxel_mat(root / "model/bench/bench_a/voxel.mat", bench)
+    for model, parts in SHAPES.items():  # written in Pix3D's order, never from a project-order grid
+        _voxel_mat(root / "model" / model / "voxel.mat", shape_grid(parts, PIX3D_AXES))
     photo_rgba = read_rgba(shared / "photos" / "0.png")
     photo_rgba[..., 3] = np.where(np.abs(photo_rgba[..., :3].astype(int) - 255).max(-1) > 25, 255, 0)
     shots = {  # name: (category, model, source RGBA, x, y, suffix, flags)
@@ -93,7 +120,7 @@ def build_pix3d(shared: Path, root: Path) -> dict:
     (root / "Pix3D.json").write_text(json.dumps([
         {"taxonomy_id": "chair", "taxonomy_name": "chair", "train": ["0001", "0003"], "test": ["0002"]},
         {"taxonomy_id": "bench", "taxonomy_name": "bench", "train": [], "test": ["0004"]}]))
-    return {"shots": made, "grids": {"chair/chair_a": chair, "chair/armchair": armchair, "bench/bench_a": bench}}
+    return {"shots": made, "grids": {model: shape_grid(parts, PROJECT_AXES) for model, parts in SHAPES.items()}}
 
 
 @pytest.fixture(scope="module")
@@ -164,6 +191,51 @@ def test_objects_flags_and_the_pix2vox_split(pix3d, tmp_path):
         "chair/armchair/voxel@train": (1, "train"), "bench/bench_a/voxel@test": (1, "test")}
 
 
+def test_split_by_photos_says_so_at_run_time(pix3d, tmp_path, caplog):
+    """Pix2Vox's Pix3D.json splits photos: a model with photos in train and test is logged, with the count."""
+    root, _ = pix3d
+    with caplog.at_level(logging.INFO, logger="r2n2.data.sources.pix3d"):
+        _source(root, tmp_path, taxonomy="Pix3D.json").records(ErrorPolicy())
+    said = [r for r in caplog.records if "more than one split" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelno == logging.WARNING, caplog.text
+    message = said[0].getMessage()
+    assert "1 of 3 3D models" in message and "photo-level split" in message and "Pix2Vox" in message, message
+    assert "chair/chair_a" in message, message
+    caplog.clear()  # split per model (no taxonomy), or a taxonomy that keeps each model in one split: silent
+    with caplog.at_level(logging.INFO, logger="r2n2.data.sources.pix3d"):
+        _source(root, tmp_path).records(ErrorPolicy())
+        _source(root, tmp_path, taxonomy="Pix3D.json", categories=["bench"]).records(ErrorPolicy())
+    assert not [r for r in caplog.records if "more than one split" in r.getMessage()], caplog.text
+
+
+def test_voxels_are_brought_from_pix3d_axes_to_the_projects(pix3d, shared_data, tmp_path):
+    """voxel.mat is stored +x left, +y outward (the front), +z up; the project's grids are y up with the
+    front on +x, as ShapeNetVox32 read here. Today's grid of the post: up along y, foot towards +x."""
+    root, made = pix3d
+    records = _source(root, tmp_path).records(ErrorPolicy())
+    grids = {r.object_id.removesuffix("/voxel"): np.load(r.voxels) for r in records}
+    for model, grid in grids.items():
+        assert np.array_equal(grid, made["grids"][model]), model
+    # kept under a versioned folder: grids an older version wrote in Pix3D's order are not reused
+    assert all(Path(r.voxels).relative_to(tmp_path / "crops").parts[1] == f"voxels-v{VOXEL_VERSION}"
+               for r in records) and VOXEL_VERSION >= 2
+    post = grids["chair/armchair"]
+    xs, ys, zs = (np.flatnonzero(post.any(axis=tuple(a for a in range(3) if a != k))) for k in range(3))
+    assert (ys[0], ys[-1] + 1) == (0, 30) and (xs[0], xs[-1] + 1) == (6, 26)  # 30 tall on y, 20 deep on x
+    assert post[6:26, 0:3, 14:18].all() and not post[:6, 0:3].any()  # the foot runs from the post to +x
+    assert post[6:10, 26:30, 18:26].all() and not post[:, 26:30, :14].any()  # the arm: to +z, on top
+    # the front is where the real ShapeNetVox32 sample chair has it: both backrests on the low-x side
+    real = load_voxels(shared_data / SAMPLE / "ShapeNetVox32/03001627/pix2voxkeras_chair/model.binvox")
+    for chair in (real, grids["chair/chair_a"]):
+        layers = chair.sum(axis=(0, 2))  # voxels per height y
+        assert 12 <= int(np.argmax(layers)) <= 18  # the seat, the fullest layer, halfway up
+        top = np.flatnonzero(layers)[-1]
+        assert np.flatnonzero(chair[:, top].any(1)).max() < 12  # the backrest's top: at low x only
+    # the voxel.mat read in its stored order would not match (the grid of every model is asymmetric)
+    for model, parts in SHAPES.items():
+        assert not np.array_equal(shape_grid(parts, PIX3D_AXES), made["grids"][model]), model
+
+
 def test_datamodule_packs_pooled_voxels_and_crops(pix3d, tmp_path):
     root, made = pix3d
     dm = R2N2DataModule(_source(root, tmp_path, taxonomy="Pix3D.json"), cache_dir=str(tmp_path / "cache"),
@@ -175,7 +247,7 @@ def test_datamodule_packs_pooled_voxels_and_crops(pix3d, tmp_path):
         for i in range(len(split)):
             item = split[i]
             model = item["object_id"].split("@")[0].removesuffix("/voxel")
-            # 128^3 max-pooled to 32^3 gives back the 32^3 grid it was made from
+            # 128^3 max-pooled to 32^3 gives back the 32^3 grid it was made from, in the project's axes
             assert np.array_equal(np.asarray(item["voxels"]) > 0, made["grids"][model]), model
             assert item["rgba"].shape == (1, 127, 127, 4)
     batch = next(iter(dm.test_dataloader()))

@@ -15,15 +15,40 @@ edge pixels; then resized to ``crop_size`` (Pix2Vox: 224). The mask becomes the 
 (padding: transparent), so the shared pipeline composites the object on its grey background; with
 ``mask: false`` the photo keeps its background (alpha 255), as Pix2Vox feeds it.
 
-Voxels are read from ``voxel.mat`` by the shared .mat reader and max-pooled from 128^3 to 32^3 (as
-the report's .mat data), in the axis order stored there, once: the 32^3 grids are kept as .npy
-beside the crops. One object is one 3D model (one voxel
+Voxels are read from ``voxel.mat`` by the shared .mat reader, max-pooled from 128^3 to 32^3 (as
+the report's .mat data) and turned from Pix3D's axis order into this project's (:func:`to_project_axes`),
+once: the 32^3 grids are kept as .npy beside the crops. One object is one 3D model (one voxel
 file); its views are the photos of it.
+
+Axis orders (array index 0, 1, 2 as ``scipy.io.loadmat`` and the shared .mat reader return them):
+
+- Pix3D's ``voxel.mat``: +x leftward, +y outward, +z upward, "in canonical view" (xingyuansun/pix3d
+  README.md at e54d4b23fc5745cae6b7006f1bb25dc6ea34a08b, field ``voxel``; its ``model`` .obj files are
+  +x leftward, +y upward, +z inward). The canonical view is read as the view of the object's front, so
+  +y ("outward", towards that viewer) is the direction the object faces. Mesh R-CNN reads the same
+  files the same way: facebookresearch/meshrcnn meshrcnn/utils/shape.py ``read_voxel`` (at
+  10af039968c14646f71e5a18f5c51b47644881c4) turns voxel.mat into the .obj frame with
+  ``np.rot90(voxel, k=3, axes=(1, 2))``, i.e. model[i, j, k] = voxel[i, N-1-k, j]: voxel +z is model +y
+  (up) and voxel +y is model -z (outward), as the README says.
+- Pix2Vox's Pix3D loader gives no order for voxel.mat, as it never reads it: hzxie/Pix2Vox (at
+  0596d5e98bcbbbd6dcc4e4b8b7303b9337b72103) config.py ``__C.DATASETS.PIX3D.VOXEL_PATH =
+  '.../Pix3D/model/%s/%s/%s.binvox'`` and utils/data_loaders.py ``Pix3dDataLoader`` (``voxel.mat`` renamed
+  to ``model.binvox``) load 32^3 binvox files that users make from model.obj themselves (Pix2Vox issues
+  #17 and #25), with no transpose. Followed here: Pix3D's README, as Mesh R-CNN.
+- This project (ShapeNetVox32 after the binvox (x, z, y) -> (x, y, z) transpose, REFERENCE.md "binvox"):
+  +y up, +x the object's front, +z the left of a viewer facing that front (right-handed). Measured on
+  ../shared/data/r2n2-sample: the chair's backrest is at low x and the pickup's bed behind its cabin at
+  low x; the renderings agree (r2n2/data/camera.py puts azimuth 0 on +x: view 11, azimuth 347, shows the
+  chair's front; a camera on +x looking at the origin with y up has its right on -z).
+
+So project (x, y, z) = Pix3D (y, z, x): a cyclic permutation of the axes, a proper rotation
+(det +1, no mirror), with no index reversed: ``grid.transpose(1, 2, 0)``.
 
 Split: Pix2Vox's ``Pix3D.json`` (``[{"taxonomy_name": "chair", "train": ["0001", ...], "test": [...]}]``,
 sample names are photo names without extension) fixes each photo's split, and photos it does not
 list are left out; it splits photos, so one model can be in train and test: its photos then form
-one object per split. Without it, the split is drawn per model from ``data.seed``.
+one object per split, and ``records`` logs a warning saying how many models that is. Without it, the
+split is drawn per model from ``data.seed``.
 """
 
 from __future__ import annotations
@@ -31,6 +56,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -49,6 +75,19 @@ CROP_SIZE = 224
 CROP_VERSION = 1
 FIELDS = ("img", "mask", "category", "bbox", "voxel")
 MAT_KEY = "voxel"  # Pix3D's voxel.mat holds one array under this key
+# np.transpose axes from Pix3D's voxel.mat order (+x left, +y outward = the front, +z up; Pix3D README.md
+# at e54d4b2) to the project's (+x front, +y up, +z left): out[i, j, k] = voxel[k, i, j] (module docstring)
+PIX3D_TO_PROJECT = (1, 2, 0)
+# bump when the 32^3 grids made from voxel.mat change: they are kept in a folder named by it, so older
+# grids are not reused (1: Pix3D's stored axis order, before PIX3D_TO_PROJECT; 2: the project's)
+VOXEL_VERSION = 2
+
+log = logging.getLogger(__name__)
+
+
+def to_project_axes(grid: np.ndarray) -> np.ndarray:
+    """A grid in Pix3D's voxel.mat axis order -> the same grid in the project's (y up, x the front)."""
+    return np.ascontiguousarray(np.transpose(grid, PIX3D_TO_PROJECT))
 
 
 def square_box(bbox, width: int, height: int) -> tuple[int, int, int, int]:
@@ -175,16 +214,17 @@ class Pix3DSource:
             Image.fromarray(rgba, "RGBA").save(f, "PNG")
 
     def _voxels(self, rel: str, folder: Path) -> str:
-        """``voxel.mat`` (key ``voxel``, 128^3) read and max-pooled to 32^3 once, here in the main process,
-        and kept as .npy beside the crops: the cache's forked pack workers then only read 32^3 grids."""
+        """``voxel.mat`` (key ``voxel``, 128^3) read, max-pooled to 32^3 and brought to the project's axis
+        order (:func:`to_project_axes`) once, here in the main process, and kept as .npy beside the crops
+        (under ``voxels-v<VOXEL_VERSION>``): the cache's forked pack workers then only read 32^3 grids."""
         mat = self.root / rel
-        out = folder / "voxels" / Path(rel).with_suffix(".npy")
+        out = folder / f"voxels-v{VOXEL_VERSION}" / Path(rel).with_suffix(".npy")
         try:
             fresh = out.is_file() and out.stat().st_mtime_ns >= mat.stat().st_mtime_ns
         except FileNotFoundError:
             raise DataError(mat, "voxel file not found") from None
         if not fresh:
-            grid = load_voxels(mat, MAT_KEY, RESOLUTION)
+            grid = to_project_axes(load_voxels(mat, MAT_KEY, RESOLUTION))
             buf = io.BytesIO()
             np.save(buf, grid)
             with atomic_write(out) as f:
@@ -225,11 +265,25 @@ class Pix3DSource:
                 continue
             obj = objects.setdefault((rel, split), {"category": category, "images": [], "voxels": voxels[rel]})
             obj["images"].append(os.fspath(crop))
+        if splits is not None:
+            self._log_shared_models(objects)
         out = []
         for (rel, split), obj in sorted(objects.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))):
             object_id = os.path.splitext(rel.removeprefix("model/"))[0] + ("" if split is None else f"@{split}")
             out.append(ObjectRecord(object_id, obj["category"], tuple(obj["images"]), obj["voxels"], split))
         return out
+
+    def _log_shared_models(self, objects: dict) -> None:
+        """Say at run time that Pix2Vox's photo-level split puts models in more than one split."""
+        splits_of: dict[str, set] = {}
+        for rel, split in objects:
+            splits_of.setdefault(rel, set()).add(split)
+        shared = sorted(rel for rel, s in splits_of.items() if len(s) > 1)
+        if shared:
+            log.warning("Pix3D: %d of %d 3D models have photos in more than one split, as %s splits photos, "
+                        "not models (Pix2Vox's photo-level split): each such model is one object per split, so "
+                        "a model seen in training is scored again, from other photos (e.g. %s)", len(shared),
+                        len(splits_of), self.taxonomy.name, shared[0])
 
 
 def _read(path: Path, mode: str) -> np.ndarray:
