@@ -43,7 +43,7 @@ def evaluate(cfg: DictConfig) -> dict:
     from r2n2 import scoring as S
     from r2n2.fscore import FScorer
 
-    scorer = FScorer(cfg.fscore.workers, cfg.fscore.points, cfg.fscore.distance)  # first: its processes fork
+    scorer = FScorer(cfg.fscore.workers, cfg.fscore.points, cfg.fscore.distance, cfg.fscore.level)  # first: its processes fork
     try:
         return _evaluate(cfg, scorer)
     finally:
