@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -193,10 +194,16 @@ def test_manifest_with_real_mat_voxels_and_photos(shared_data, tmp_path):
     arm = by_id["armchair"]
     assert [Path(p).resolve() for p in arm.images] == [p.resolve() for p in photos]
     assert Path(arm.voxels).resolve() == mats[0].resolve() and arm.split == "train" and arm.category == "chair"
-    second = by_id[os.fspath(base / r(mats[1]))]
+    # no object_id: named by the resolved voxel file (outside the CSV's folder: its absolute path)
+    second = by_id[os.path.realpath(mats[1])]
     assert second.split == "val" and len(second.images) == 1
-    third = by_id[os.fspath(mats[2])]
+    third = by_id[os.path.realpath(mats[2])]
     assert third.split is None and third.category == "sofa"
+    # split version 1 (runs saved before data.split_version): the path as written, joined to the folder
+    src.split_version = 1
+    assert {rec.object_id for rec in src.records(ErrorPolicy("raise"))} == {
+        "armchair", os.fspath(base / r(mats[1])), os.fspath(mats[2])}
+    src.split_version = 2
     # every path the source yields is readable as real data
     for rec in records:
         grid = load_voxels(rec.voxels, src.voxel_key)
@@ -219,6 +226,81 @@ def test_manifest_root_overrides_the_csv_folder(shared_data, tmp_path):
     (rec,) = ManifestSource(os.fspath(path), root=os.fspath(shared_data)).records(ErrorPolicy("raise"))
     assert Path(rec.images[0]) == shared_data / "photos" / "0.png"
     assert Path(rec.voxels).parent == shared_data / "mat" and Path(rec.voxels).is_file()
+
+
+def _spellings_manifest(shared_data: Path, folder: Path) -> tuple[Path, list[Path]]:
+    """A manifest in ``folder`` naming one real binvox file (copied to ``x/model.binvox``) four ways:
+    ``x/../x/model.binvox``, ``x/model.binvox``, ``./x//model.binvox`` and through a symlinked
+    folder; 5 real views (one listed twice, by two spellings) and a second object. No object_id,
+    no split column."""
+    views = sorted((shared_data / "r2n2-sample" / "ShapeNetRendering" / "03001627").glob("*/rendering/0[0-4].png"))
+    binvox = sorted((shared_data / "binvox").glob("*.binvox"))
+    (folder / "x").mkdir(parents=True)
+    (folder / "y").mkdir()
+    shutil.copyfile(binvox[0], folder / "x" / "model.binvox")
+    shutil.copyfile(binvox[1], folder / "y" / "model.binvox")
+    (folder / "linked").symlink_to("x", target_is_directory=True)
+    for i, v in enumerate(views):
+        shutil.copyfile(v, folder / "x" / f"{i}.png")
+    rows = ["image,voxels,category",
+            "x/0.png;x/1.png,x/../x/model.binvox,chair",
+            "x/2.png,x/model.binvox,chair",
+            "x/3.png;linked/1.png,./x//model.binvox,chair",  # linked/1.png is x/1.png again
+            f"x/4.png,{folder / 'linked' / 'model.binvox'},chair",
+            "x/0.png,y/model.binvox,chair"]
+    path = folder / "manifest.csv"
+    path.write_text("\n".join(rows) + "\n")
+    return path, views
+
+
+def test_manifest_names_an_object_by_its_resolved_voxel_file(shared_data, tmp_path):
+    """``x/../x/model.binvox`` and ``x/model.binvox`` were two objects (one could be in train, the
+    other in test); now every spelling of one voxel file is one object, its views deduplicated by
+    their resolved files, its id the resolved path relative to the CSV's folder (kept when the
+    folder moves)."""
+    path, _ = _spellings_manifest(shared_data, tmp_path / "data")
+    records = ManifestSource(os.fspath(path)).records(ErrorPolicy("raise"))
+    assert [r.object_id for r in records] == ["x/model.binvox", "y/model.binvox"]
+    one = records[0]
+    assert [os.path.relpath(os.path.realpath(p), path.parent) for p in one.images] == [f"x/{i}.png" for i in range(5)]
+    assert load_voxels(one.voxels).shape == (32, 32, 32) and all(read_rgba(p, 127).any() for p in one.images)
+    # split version 1 keeps the earlier identity for runs saved with it: the path joined to the folder
+    # (pathlib drops "./" and "//", not ".."), so three objects of one file
+    old = ManifestSource(os.fspath(path))
+    old.split_version = 1
+    assert [r.object_id for r in old.records(ErrorPolicy("raise"))] == [
+        os.fspath(path.parent / p) for p in ("x/../x/model.binvox", "x/model.binvox", "linked/model.binvox",
+                                             "y/model.binvox")]
+    # a moved data folder keeps its ids (and so its split); the absolute spelling is left behind
+    moved = (tmp_path / "data").rename(tmp_path / "elsewhere")
+    rows = (moved / "manifest.csv").read_text().splitlines()
+    (moved / "manifest.csv").write_text("\n".join(r for r in rows if str(tmp_path) not in r) + "\n")
+    assert [r.object_id for r in ManifestSource(os.fspath(moved / "manifest.csv")).records(ErrorPolicy("raise"))] == \
+        ["x/model.binvox", "y/model.binvox"]
+
+
+def test_manifest_object_id_rows_may_spell_their_voxel_file_differently(shared_data, tmp_path):
+    path, _ = _spellings_manifest(shared_data, tmp_path)
+    rows = path.read_text().splitlines()
+    path.write_text("\n".join([rows[0] + ",object_id"] + [r + ",obj" for r in rows[1:5]]) + "\n")
+    [rec] = ManifestSource(os.fspath(path)).records(ErrorPolicy("raise"))
+    assert rec.object_id == "obj" and len(rec.images) == 5
+    old = ManifestSource(os.fspath(path))
+    old.split_version = 1  # there the same id with another voxel spelling was refused as a conflict
+    with pytest.raises(DataError, match="given different voxels"):
+        old.records(ErrorPolicy("raise"))
+
+
+def test_a_datamodule_splits_a_twice_listed_voxel_file_as_one_object(shared_data, tmp_path):
+    """Through data=manifest (split version 2): the spellings are one object in one split."""
+    from r2n2.data.datamodule import R2N2DataModule
+
+    path, _ = _spellings_manifest(shared_data, tmp_path / "data")
+    for seed in range(6):
+        dm = R2N2DataModule(ManifestSource(os.fspath(path)), seed=seed, split_version=2, pack_workers=0,
+                            cache_dir=os.fspath(tmp_path / "cache"))
+        ids = [r.object_id for p in dm._plans().values() for r in p.objects]
+        assert sorted(ids) == ["x/model.binvox", "y/model.binvox"], seed
 
 
 @pytest.mark.parametrize("header, missing", [("image,category", "voxels"), ("voxels,category,split", "image"),

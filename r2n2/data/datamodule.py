@@ -17,7 +17,7 @@ from r2n2.data.dataset import PackedDataset
 from r2n2.data.errors import DataError
 from r2n2.data.samplers import EpochBatchSampler, EpochShuffleSampler, ShardSampler
 from r2n2.data.sources.base import SPLITS, ErrorPolicy, Source
-from r2n2.data.splits import assign_splits, select_samples
+from r2n2.data.splits import LEGACY_SPLIT_VERSION, assign_splits, check_split_version, select_samples
 from r2n2.data.transforms import Augment, to_images
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,11 @@ class R2N2DataModule(L.LightningDataModule):
     splits: samples per split, e.g. ``{train: 20000, val: 4000, test: 1000}``; None = all.
     split_fractions: object fractions for sources that do not fix the split themselves.
     seed: the split's seed (which objects and samples each split gets).
+    split_version: how objects are split (``r2n2.data.splits``): 2 (what
+        ``conf/data/_base.yaml`` sets) puts each object in a split by (seed, object_id) alone, so
+        a subset or superset of the data keeps every shared object's split, and identifies manifest
+        objects by their resolved voxel file; 1 (the default, what a run or checkpoint saved
+        before the key existed was split with) is the earlier set-dependent split.
     order_seed: the training order's seed (order, view counts, augmentation draws); the configs pass
         the run's ``seed``, so ``seed=1`` changes it and keeps the split. None: ``seed`` (runs saved
         before this option existed).
@@ -71,6 +76,7 @@ class R2N2DataModule(L.LightningDataModule):
         splits: dict | None = None,
         split_fractions: dict | None = None,
         seed: int = 0,
+        split_version: int = LEGACY_SPLIT_VERSION,
         order_seed: int | None = None,
         views_per_sample: int | list[int] = 1,
         eval_views: int = 1,
@@ -92,6 +98,9 @@ class R2N2DataModule(L.LightningDataModule):
         self.sizes = {s: (splits or {}).get(s) for s in SPLITS}
         self.fractions = dict(split_fractions or {"train": 0.7, "val": 0.1, "test": 0.2})
         self.seed = seed
+        self.split_version = check_split_version(split_version)
+        if hasattr(source, "split_version"):  # sources whose object identity is versioned (manifest)
+            source.split_version = self.split_version
         self.order_seed = seed if order_seed is None else order_seed
         lo_hi = [views_per_sample] * 2 if isinstance(views_per_sample, int) else list(views_per_sample)
         if len(lo_hi) != 2 or not 1 <= lo_hi[0] <= lo_hi[1]:
@@ -127,7 +136,7 @@ class R2N2DataModule(L.LightningDataModule):
             where = getattr(self.source, "root", None) or getattr(self.source, "path", None)
             raise DataError(where, f"no samples found (source {self.source.describe()['kind']})")
         self.categories = sorted({r.category for r in records})
-        by_split = assign_splits(records, self.fractions, self.seed)
+        by_split = assign_splits(records, self.fractions, self.seed, self.split_version)
         plans = {}
         for split in SPLITS:
             samples = select_samples(by_split[split], self.sizes[split], self.seed, split)

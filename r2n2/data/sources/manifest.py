@@ -5,15 +5,22 @@ Columns (header required; extra columns are ignored)::
     image      one image path, or several separated by ';' (views of the same object)
     voxels     a voxel file: .binvox, .mat, .npy or .npz
     category   a category name
-    object_id  (optional) rows with the same id are views of one object; default: the voxel path
+    object_id  (optional) rows with the same id are views of one object; default: the voxel file
     split      (optional) train / val / test; without it the split is drawn per object from a seed
 
-Relative paths are taken relative to ``root`` (default: the CSV's folder).
+Relative paths are taken relative to ``root`` (default: the CSV's folder). Without an ``object_id``
+the voxel file names the object, resolved (symlinks, ``..``): ``x/../x/model.binvox`` and
+``x/model.binvox`` are one object, whose id is the resolved path relative to the resolved ``root``
+(so the id, and with it the split, travel with a data folder that is moved) or, for a file outside
+``root``, the absolute resolved path; views are told apart by their resolved files too. Runs
+saved before ``data.split_version`` existed (split version 1) keep their earlier ids: the voxel path
+as written, joined to ``root``.
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import os
 from pathlib import Path
 
@@ -28,7 +35,12 @@ class ManifestSource:
 
     voxel_key: the array to read from .mat/.npz voxel files (e.g. ``Volume``, ``instance``,
         ``input``); None takes the file's single 3D array.
+    split_version: how objects without an ``object_id`` are identified (module docstring): 2 by
+        their resolved voxel file, 1 by the path text (runs saved before split version 2).
+        ``R2N2DataModule`` sets it to its ``data.split_version``.
     """
+
+    split_version = 2
 
     def __init__(self, path: str, root: str | None = None, voxel_key: str | None = None, image_sep: str = ";"):
         self.path = Path(path).expanduser()
@@ -70,6 +82,9 @@ class ManifestSource:
 
     def records(self, errors: ErrorPolicy, sizes: dict[str, int | None] | None = None) -> list[ObjectRecord]:
         objects: dict[str, dict] = {}
+        resolved = self.split_version >= 2
+        same = functools.lru_cache(maxsize=None)(os.path.realpath) if resolved else str  # what tells paths apart
+        root = os.path.realpath(self.root)
         for line, row in self._rows():
             field = {k: (row.get(k) or "").strip() if isinstance(row.get(k), str) else "" for k in _COLUMNS}
             images = [self._abs(p) for p in field["image"].split(self.image_sep) if p.strip()]
@@ -84,14 +99,24 @@ class ManifestSource:
                 errors.handle(DataError(self.path, f"line {line}: split {split!r} is not one of {SPLITS}"))
                 continue
             voxels = self._abs(voxels)
-            key = field["object_id"] or voxels
-            obj = objects.setdefault(key, {"category": category, "voxels": voxels, "split": split, "images": []})
-            if (obj["voxels"], obj["split"], obj["category"]) != (voxels, split, category):
+            key = field["object_id"] or (_voxel_id(same(voxels), root) if resolved else voxels)
+            obj = objects.setdefault(key, {"category": category, "voxels": voxels, "split": split, "images": [],
+                                           "seen": set()})
+            if (same(obj["voxels"]), obj["split"], obj["category"]) != (same(voxels), split, category):
                 errors.handle(DataError(self.path, f"line {line}: object {key!r} given different voxels, split "
                                                    "or category than on an earlier line"))
                 continue
-            obj["images"] += [p for p in images if p not in obj["images"]]
+            for p, seen in ((p, same(p)) for p in images):
+                if seen not in obj["seen"]:
+                    obj["seen"].add(seen)
+                    obj["images"].append(p)
         return [ObjectRecord(k, o["category"], tuple(o["images"]), o["voxels"], o["split"]) for k, o in objects.items()]
+
+
+def _voxel_id(real: str, root: str) -> str:
+    """The id of an object named by its (resolved) voxel file under split version 2: relative to the
+    resolved root, or absolute outside it (module docstring)."""
+    return os.path.relpath(real, root) if os.path.commonpath([real, root]) == root else real
 
 
 _COLUMNS = REQUIRED + ("object_id", "split")
