@@ -9,14 +9,25 @@ import pytest
 import torch
 from conftest import ROOT, run_train, tiny
 
-from r2n2.accelerator import choose
+from r2n2.accelerator import choose, cpu_has_fast_bf16
 
 
 # --- accelerator and precision -------------------------------------------------------------------
 
 
+def test_cpu_bf16_is_read_from_the_cpu_flags(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\n")
+    assert not cpu_has_fast_bf16(str(info))  # an AVX2-only AMD EPYC: bf16 emulated, 11x slower than fp32
+    info.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16\n")
+    assert cpu_has_fast_bf16(str(info))
+    assert not cpu_has_fast_bf16(str(tmp_path / "absent"))
+
+
 def test_auto_picks_the_gpu_when_there_is_one_and_a_precision_it_supports():
-    assert choose(cuda=False) == {"accelerator": "cpu", "precision": "bf16-mixed", "benchmark": False}
+    assert choose(cuda=False, bf16=True) == {"accelerator": "cpu", "precision": "bf16-mixed", "benchmark": False}
+    assert choose(cuda=False, bf16=False)["precision"] == "32-true"  # emulated bf16 is slower than fp32
+    assert choose(cuda=False)["precision"] == ("bf16-mixed" if cpu_has_fast_bf16() else "32-true")
     assert choose(cuda=True, bf16=True) == {"accelerator": "gpu", "precision": "bf16-mixed", "benchmark": True}
     assert choose(cuda=True, bf16=False)["precision"] == "16-mixed"  # pre-Ampere GPUs
     # explicit settings are kept: trainer=cpu on a GPU machine, trainer.precision=32, benchmark off

@@ -60,7 +60,12 @@ def _evaluate(cfg: DictConfig, scorer) -> dict:
         raise CheckpointError(f"{cfg.ckpt}: holds no data config; choose one, e.g. data=shapenet data.source.root=...")
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if cfg.device == "auto" else cfg.device))
-    dtype = torch.bfloat16 if str(cfg.precision) in ("bf16", "bf16-mixed") else None
+    precision = str(cfg.precision)
+    if precision == "auto":
+        from r2n2.accelerator import choose
+
+        precision = choose("gpu" if device.type == "cuda" else "cpu", cuda=device.type == "cuda")["precision"]
+    dtype = torch.bfloat16 if precision in ("bf16", "bf16-mixed") else None
     proto = cfg.protocol
     if proto.samples not in SAMPLES or proto.choose_threshold not in ("val", "test", "none"):
         raise ValueError(f"protocol={proto.name}: samples must be {'|'.join(SAMPLES)} and choose_threshold "
