@@ -293,3 +293,23 @@ def test_split_mismatch_says_when_a_checkpoints_training_objects_may_be_scored()
     # a version 1 checkpoint: another version, or another object set, splits otherwise
     assert "data.split_version" in split_mismatch(v1, v2)
     assert "data.source" in split_mismatch(v1, {**v1, "source": {**src, "categories": ["chair"]}})
+
+
+def test_eval_keeps_a_checkpoints_split_version_and_warns_of_a_leaking_data_config(caplog):
+    """r2n2-eval ckpt=<saved before data.split_version> data=...: the checkpoint's version 1 is kept
+    (the composed config says 2), and another object set under version 1 is warned about."""
+    from omegaconf import OmegaConf
+
+    from r2n2.cli.eval import _data_config
+
+    trained = {"seed": 0, "source": {"_target_": "r2n2.data.sources.ShapeNetSource", "root": "/data/a"}}
+    same = OmegaConf.create({"data": {"seed": 0, "split_version": 2, "source": dict(trained["source"])}})
+    with caplog.at_level("WARNING"):
+        assert _data_config(same, trained)["split_version"] == 1
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    other = OmegaConf.create({"data": {"seed": 0, "split_version": 2,
+                                       "source": {**trained["source"], "root": "/data/b"}}})
+    with caplog.at_level("WARNING"):
+        assert _data_config(other, trained)["split_version"] == 1
+    assert "may be in the evaluated split" in caplog.text and "data.source" in caplog.text
+    assert _data_config(OmegaConf.create({}), trained) is trained  # no data=...: the checkpoint's own

@@ -55,7 +55,7 @@ def _evaluate(cfg: DictConfig, scorer) -> dict:
     from r2n2 import scoring as S
 
     module, ckpt = load_module(cfg.ckpt)
-    data_cfg = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") else ckpt["hyper_parameters"].get("data")
+    data_cfg = _data_config(cfg, ckpt["hyper_parameters"].get("data"))
     if not data_cfg:
         raise CheckpointError(f"{cfg.ckpt}: holds no data config; choose one, e.g. data=shapenet data.source.root=...")
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
@@ -141,6 +141,29 @@ def _evaluate(cfg: DictConfig, scorer) -> dict:
     print(report)
     print(f"[r2n2-eval] wrote {out_dir / 'eval.json'}, {out_dir / 'eval.md'}")
     return result
+
+
+def _data_config(cfg: DictConfig, trained: dict | None) -> dict | None:
+    """The data to evaluate on: ``data=...`` if given, else the checkpoint's own (``trained``).
+
+    A checkpoint split with another ``data.split_version`` than the composed config's keeps its own
+    (unless ``data.split_version=`` is on the command line), and a data config whose splits may put
+    the checkpoint's training objects into the scored split is warned about."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from r2n2.data.splits import split_mismatch, split_version_of
+
+    if not cfg.get("data"):
+        return trained
+    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
+    given = HydraConfig.initialized() and any(o.startswith("data.split_version=") for o in HydraConfig.get().overrides.task)
+    if trained and not given and split_version_of(trained) != split_version_of(data_cfg):
+        data_cfg["split_version"] = split_version_of(trained)
+        log.info("data.split_version=%d: the version the checkpoint was split with", data_cfg["split_version"])
+    why = split_mismatch(trained, data_cfg)
+    if why:
+        log.warning("%s", why)
+    return data_cfg
 
 
 def _samples(proto: DictConfig, split, views: int):
