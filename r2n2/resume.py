@@ -31,6 +31,7 @@ RESUMABLE = (
     "test",  # test the best checkpoint at the end or not
     "module.viz_every_n_epochs", "module.viz_samples",  # TensorBoard figures only
     "data.num_workers", "data.persistent_workers", "data.pin_memory",  # loader processes (resume-exact for any)
+    "data.device_data", "data.device_data_fraction",  # the input path: both give the same batches
     "data.pack_workers", "data.verify_cache", "data.cache_dir",  # how and where the cache is built and checked
     "extras",  # console conveniences (printing the config, rich, warnings)
 )

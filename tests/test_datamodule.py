@@ -243,7 +243,7 @@ def test_augment_changes_training_images_only(root, cache_dir):
 
 
 def test_worker_processes_give_the_same_val_batches(root, cache_dir, dm):
-    multi = make_dm(root, cache_dir, num_workers=2, persistent_workers=True)
+    multi = make_dm(root, cache_dir, num_workers=2, persistent_workers=True, device_data=False)
     loader = multi.val_dataloader()
     assert loader.persistent_workers and loader.num_workers == 2
     expected = list(dm.val_dataloader())

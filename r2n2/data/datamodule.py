@@ -10,8 +10,9 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.accelerators import CUDAAccelerator
-from torch.utils.data import DataLoader
+from torch.utils.data import BatchSampler, DataLoader
 
+from r2n2.data import device as on_device
 from r2n2.data.cache import Plan, ensure_packed
 from r2n2.data.dataset import PackedDataset
 from r2n2.data.errors import DataError
@@ -64,7 +65,13 @@ class R2N2DataModule(L.LightningDataModule):
     views_per_sample: views per training sample: an int, or ``[lo, hi]`` for a random number of
         distinct views per batch; ``eval_views`` is the fixed number for val and test.
     augment: False, True, or a dict of ``Augment`` fields (training split only; the module applies it).
-    pin_memory: None (default) pins batches when the trainer runs on CUDA.
+    device_data: the input path. "auto" (default): the packed splits on the training device where
+        they fit (``r2n2.data.device``: on a GPU within ``device_data_fraction`` of its free memory,
+        on the CPU always, reading the memory-mapped cache in place), each batch gathered there from
+        the sampler's indices with no DataLoader; else the DataLoader path. True: on the device or an
+        error; False: the DataLoader path. Both give the same batches, value for value.
+    num_workers, pin_memory, persistent_workers: the DataLoader path's (pin_memory None pins batches
+        when the trainer runs on CUDA).
     The loaders bring their own samplers (``r2n2.data.samplers``): run the Trainer with
     ``use_distributed_sampler=False`` so that Lightning does not replace them.
     on_error: ``raise`` on bad input, or ``skip`` bad samples and report them.
@@ -92,6 +99,8 @@ class R2N2DataModule(L.LightningDataModule):
         persistent_workers: bool = False,
         pack_workers: int | None = None,
         verify_cache: bool = True,
+        device_data: bool | str = "auto",
+        device_data_fraction: float = 0.5,
     ):
         super().__init__()
         self.source = source
@@ -121,8 +130,14 @@ class R2N2DataModule(L.LightningDataModule):
         self.persistent_workers = persistent_workers and num_workers > 0
         self.pack_workers = os.cpu_count() if pack_workers is None else pack_workers
         self.verify_cache = verify_cache
+        if device_data not in ("auto", True, False) or not 0 < float(device_data_fraction) <= 1:
+            raise ValueError(f"data.device_data must be auto, true or false and data.device_data_fraction in (0, 1], "
+                             f"got {device_data!r} and {device_data_fraction!r}")
+        self.device_data, self.device_data_fraction = device_data, float(device_data_fraction)
         self.datasets: dict[str, PackedDataset] = {}
         self.categories: list[str] = []
+        self._path: on_device.Choice | None = None  # the input path, chosen at the first loader
+        self._on_device: dict[str, on_device.DeviceSplit] = {}
 
     # -- planning ---------------------------------------------------------------------------
     def _views(self, split: str) -> int:
@@ -171,26 +186,48 @@ class R2N2DataModule(L.LightningDataModule):
                                                  seed=self.seed)
         log.info("splits: %s", {s: len(d) for s, d in self.datasets.items()})
 
-    def _loader(self, split: str, train: bool) -> DataLoader:
+    def input_path(self) -> on_device.Choice:
+        """The input path of this run (chosen once, for all splits, on the trainer's device) and why."""
+        if self._path is None:
+            trainer = self.trainer
+            device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+            self._path = on_device.choose(self.device_data, list(self.datasets.values()), device,
+                                          self.device_data_fraction)
+            if self._path.on_device:
+                log.info("input path: the splits on %s, batches gathered there (%s)", device, self._path.reason)
+            else:
+                log.info("input path: DataLoader, %d worker process(es) (%s)", self.num_workers, self._path.reason)
+        return self._path
+
+    def _device_split(self, split: str) -> on_device.DeviceSplit:
+        if split not in self._on_device:
+            trainer = self.trainer
+            device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+            self._on_device[split] = on_device.DeviceSplit(self.datasets[split], device)
+        return self._on_device[split]
+
+    def _loader(self, split: str, train: bool) -> DataLoader | on_device.DeviceBatches:
         if split not in self.datasets:
             raise ValueError(f"no {split} split: its size is 0 or the source has no {split} objects")
         dataset = self.datasets[split]
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        if train:
+            sampler = EpochShuffleSampler(len(dataset), self.order_seed, self._next_epoch(), rank, world)
+            batches = EpochBatchSampler(sampler, self.batch_size, self.train_views,
+                                        drop_last=len(sampler) > self.batch_size)
+        else:
+            batches = BatchSampler(ShardSampler(len(dataset), rank, world), self.eval_batch_size, drop_last=False)
+        if self.input_path().on_device:
+            return on_device.DeviceBatches(self._device_split(split), batches)
         pin = self.pin_memory
         if pin is None:
             pin = trainer is not None and isinstance(trainer.accelerator, CUDAAccelerator)
         # a private generator: without one, every new iterator draws its workers' base seed from the
         # global RNG, shifting dropout masks differently in a resumed run (workers draw nothing random)
-        common = dict(num_workers=self.num_workers, pin_memory=pin, persistent_workers=self.persistent_workers,
-                      collate_fn=collate, generator=torch.Generator().manual_seed(self.order_seed))
-        if not train:
-            return DataLoader(dataset, batch_size=self.eval_batch_size, sampler=ShardSampler(len(dataset), rank, world),
-                              **common)
-        sampler = EpochShuffleSampler(len(dataset), self.order_seed, self._next_epoch(), rank, world)
-        batches = EpochBatchSampler(sampler, self.batch_size, self.train_views,
-                                    drop_last=len(sampler) > self.batch_size)
-        return DataLoader(dataset, batch_sampler=batches, **common)
+        return DataLoader(dataset, batch_sampler=batches, num_workers=self.num_workers, pin_memory=pin,
+                          persistent_workers=self.persistent_workers, collate_fn=collate,
+                          generator=torch.Generator().manual_seed(self.order_seed))
 
     def _next_epoch(self) -> int:
         """The epoch Lightning will train next, known when it builds the loader. On resume, Lightning

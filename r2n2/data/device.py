@@ -1,0 +1,170 @@
+"""Data on the device: a packed split held whole on the training device, each batch gathered there
+by the sampler's indices, with no DataLoader, worker processes, pinned copies or inter-process
+traffic per step (airbench's way of keeping a GPU busy with a small model).
+
+The batches are the DataLoader path's, value for value: the same samplers give the order, the view
+counts and the batch seeds (``r2n2.data.samplers``), the same ``PackedDataset.view_slots`` choose the
+extra views, and the voxels are unpacked with numpy's bit order.
+
+Where it applies (``choose``): on a CUDA device when the split's packed arrays take at most
+``fraction`` of the device's free memory (``data.device_data_fraction``, default 0.5: the network,
+its activations and the optimiser need the rest); on the CPU always, since there "on the device"
+means the memory-mapped cache itself, read in place (no copy, no memory of its own).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from r2n2.data.dataset import PackedDataset
+from r2n2.data.samplers import SampleKey
+
+log = logging.getLogger(__name__)
+
+# bytes per copy chunk when a split moves to a GPU: bounds the host memory the copy needs
+COPY_CHUNK = 256 * 2**20
+
+
+@dataclass
+class Choice:
+    """Whether a split goes on the device, and why (the run's log says it)."""
+
+    on_device: bool
+    reason: str
+
+
+def split_bytes(dataset: PackedDataset) -> int:
+    """Bytes of the split's packed images and voxels."""
+    img, vox = dataset._arrays()
+    return int(img.nbytes + vox.nbytes)
+
+
+def choose(setting: bool | str, datasets: list[PackedDataset], device: torch.device, fraction: float) -> Choice:
+    """Decide the input path for ``datasets`` on ``device``.
+
+    setting: ``data.device_data``: "auto" (on the device where it fits), True (on the device,
+        an error where it does not fit), False (the DataLoader path).
+    """
+    if setting not in ("auto", True, False):
+        raise ValueError(f"data.device_data must be auto, true or false, got {setting!r}")
+    if setting is False:
+        return Choice(False, "data.device_data=false")
+    need = sum(split_bytes(d) for d in datasets)
+    if device.type == "cpu":
+        return Choice(True, f"the CPU reads the memory-mapped cache in place ({need / 2**30:.2f} GiB, no copy)")
+    if device.type != "cuda":
+        if setting is True:
+            raise ValueError(f"data.device_data=true: no on-device path for a {device.type} device")
+        return Choice(False, f"no on-device path for a {device.type} device")
+    free = torch.cuda.mem_get_info(device)[0]
+    fits = need <= fraction * free
+    why = (f"the splits take {need / 2**30:.2f} GiB, {'within' if fits else 'over'} "
+           f"data.device_data_fraction={fraction:g} of the {free / 2**30:.1f} GiB free on {device}")
+    if setting is True and not fits:
+        raise ValueError(f"data.device_data=true, but {why}: lower data.splits or set data.device_data=auto")
+    return Choice(fits, why)
+
+
+def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A memory-mapped array as a tensor on ``device``: in place on the CPU (no copy), else copied in
+    chunks of ``COPY_CHUNK`` bytes, so the host never holds a second copy of the whole array."""
+    host = torch.from_numpy(np.asarray(array)) if array.flags.writeable else _readonly(array)
+    if device.type == "cpu":
+        return host
+    out = torch.empty(host.shape, dtype=host.dtype, device=device)
+    rows = max(1, COPY_CHUNK // max(1, host[0].numel() * host.element_size())) if len(host) else 1
+    for i in range(0, len(host), rows):
+        out[i : i + rows].copy_(host[i : i + rows])
+    return out
+
+
+def _readonly(array: np.ndarray) -> torch.Tensor:
+    """``torch.from_numpy`` of a read-only memory map, without its warning: nothing here writes to it."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(array)
+
+
+class DeviceSplit:
+    """One ``PackedDataset`` with its images ``(N_img, S, S, 4) uint8`` and bit-packed voxels
+    ``(M, ceil(R^3 / 8)) uint8`` on ``device``.
+
+    ``batch(keys)`` returns what ``collate`` makes of ``[dataset[k] for k in keys]``, on the device:
+    ``rgba (B, V, S, S, 4) uint8``, ``voxels (B, R, R, R) uint8``, ``category_index (B,) int64``,
+    ``category`` and ``object_id`` (lists of str), and ``seed`` (int) for training keys.
+    """
+
+    def __init__(self, dataset: PackedDataset, device: torch.device):
+        self.dataset, self.device = dataset, device
+        img, vox = dataset._arrays()
+        self.images, self.voxels = to_device(img, device), to_device(vox, device)
+        self.obj = dataset.samples[:, 0]
+        self.category_index = torch.from_numpy(dataset.category_index.astype(np.int64))
+        # np.unpackbits' order: the first voxel is the most significant bit of the first byte
+        self._bits = torch.arange(7, -1, -1, dtype=torch.uint8, device=device)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def slots(self, keys: list) -> np.ndarray:
+        """(B, V) stored-image indices of ``keys`` (sample indices or ``SampleKey``s), as the dataset
+        picks them."""
+        if not keys:
+            return np.zeros((0, self.dataset.views), np.int64)
+        first = keys[0]
+        ds = self.dataset
+        if isinstance(first, SampleKey):
+            if first.views == 1:  # no draw: the sample's own view
+                idx = np.fromiter((k.index for k in keys), np.int64, len(keys))
+                return (ds.first[ds.samples[idx, 0]] + ds.samples[idx, 1])[:, None]
+            return np.stack([ds.view_slots(k.index, k.views, k.seed) for k in keys])
+        if ds.views == 1:
+            idx = np.asarray(keys, np.int64)
+            return (ds.first[ds.samples[idx, 0]] + ds.samples[idx, 1])[:, None]
+        return np.stack([ds.view_slots(int(i)) for i in keys])
+
+    def batch(self, keys: list) -> dict:
+        slots = self.slots(keys)
+        idx = np.fromiter((k.index if isinstance(k, SampleKey) else k for k in keys), np.int64, len(keys))
+        obj = self.obj[idx]
+        r = self.dataset.resolution
+        slots_t = torch.from_numpy(slots).to(self.device, non_blocking=True)
+        obj_t = torch.from_numpy(obj).to(self.device, non_blocking=True)
+        rgba = self.images[slots_t.view(-1)].view(*slots.shape, *self.images.shape[1:])
+        bits = (self.voxels[obj_t].unsqueeze(-1) >> self._bits) & 1  # (B, bytes, 8)
+        objects = self.dataset.objects
+        batch = {
+            "rgba": rgba,
+            "voxels": bits.view(len(obj), -1)[:, : r**3].view(len(obj), r, r, r),
+            "category": [objects[o]["category"] for o in obj],
+            "category_index": self.category_index[torch.from_numpy(obj)].to(self.device, non_blocking=True),
+            "object_id": [objects[o]["id"] for o in obj],
+        }
+        if keys and isinstance(keys[0], SampleKey):
+            batch["seed"] = int(keys[0].seed)
+        return batch
+
+
+class DeviceBatches:
+    """An iterable of device batches for Lightning, in the order of ``batch_sampler`` (a sampler of
+    lists of keys: ``EpochBatchSampler`` for training, ``BatchSampler(ShardSampler)`` for evaluation).
+
+    Lightning calls ``batch_sampler.sampler.set_epoch`` before each training epoch, as for a
+    DataLoader, and reads ``len()`` for the epoch's length.
+    """
+
+    def __init__(self, split: DeviceSplit, batch_sampler):
+        self.split, self.batch_sampler = split, batch_sampler
+
+    def __len__(self) -> int:
+        return len(self.batch_sampler)
+
+    def __iter__(self):
+        for keys in self.batch_sampler:
+            yield self.split.batch(keys)
