@@ -9,11 +9,13 @@ the device) of
         the same ``r2n2.training.build`` as ``train.py`` (validation and checkpoints off);
     (c) the DataLoader alone (its batches as they reach the device: uint8, pinned on CUDA);
 
-prints a table with the ratio b/a, writes bench.json, and names the device.
+prints a table with the ratio b/a and the loop's own cost per step, (b) - (a) in ms, writes
+bench.json, and names the device.
 
     r2n2-bench                                           # the default model and batch, GPU if present
     r2n2-bench --batch-sizes 8 256 model=r2n2_res_gru    # any model=, any batch sizes
     r2n2-bench --batch-sizes 256 module.compile=true module.channels_last=true
+    r2n2-bench --probe --batch-sizes 8 --warmup 20 --steps 200   # the loop's own cost, launch-bound
 """
 
 from __future__ import annotations
@@ -114,20 +116,22 @@ def _plain(cfg) -> dict:
     return OmegaConf.to_container(cfg, resolve=True) if cfg is not None else {}
 
 
-def real_path(cfg, warmup: int, steps: int) -> tuple[float, str, str]:
+def real_path(cfg, warmup: int, steps: int) -> tuple[float, str, str, str]:
     """(b): samples/s of ``Trainer.fit`` between the end of step ``warmup`` and ``warmup + steps``.
-    Returns (rate, accelerator, precision) as the trainer resolved them."""
+    Returns (rate, accelerator, precision, input path) as the trainer resolved them."""
     from r2n2.training import build
 
     datamodule, module, trainer, _ = build(cfg)
     clock = _StepClock(warmup, steps)
     trainer.callbacks.append(clock.callback)
     trainer.fit(module, datamodule=datamodule)
-    return clock.rate(), type(trainer.accelerator).__name__.removesuffix("Accelerator").lower(), str(trainer.precision)
+    path = "device" if datamodule.input_path().on_device else f"DataLoader ({cfg.data.num_workers} workers)"
+    return clock.rate(), type(trainer.accelerator).__name__.removesuffix("Accelerator").lower(), str(trainer.precision), path
 
 
 def loader_only(datamodule, warmup: int, steps: int) -> float:
-    """(c): samples/s of iterating the training DataLoader (epochs chained as needed)."""
+    """(c): samples/s of iterating the training input (the DataLoader, or the batches gathered on
+    the device; epochs chained as needed)."""
     def batches():
         while True:
             yield from datamodule.train_dataloader()
@@ -152,7 +156,7 @@ def measure(overrides: list[str], batch_size: int, warmup: int, steps: int, out:
            "callbacks.model_checkpoint=null", "callbacks.last_checkpoint=null", "module.viz_every_n_epochs=0",
            f"data.batch_size={batch_size}", f"paths.output_dir={out / 'run'}"]
     cfg = _compose([*run, *overrides])
-    rate_b, accelerator, precision = real_path(cfg, warmup, steps)
+    rate_b, accelerator, precision, input_path = real_path(cfg, warmup, steps)
     chosen = choose(cfg.trainer.accelerator, cfg.trainer.precision, cfg.trainer.get("benchmark", "auto"))
     device = torch.device("cuda" if chosen["accelerator"] in ("gpu", "cuda") else "cpu")
     torch.backends.cudnn.benchmark = bool(chosen["benchmark"])
@@ -169,19 +173,25 @@ def measure(overrides: list[str], batch_size: int, warmup: int, steps: int, out:
             "compile": module.get("compile", False), "channels_last": module.get("channels_last", "auto"),
             "num_workers": cfg.data.num_workers, "warmup_steps": warmup, "timed_steps": steps,
             "bare_loop": rate_a, "trainer_fit": rate_b, "dataloader": rate_c, "ratio": rate_b / rate_a,
+            "loop_ms_per_step": step_cost_ms(rate_a, rate_b, batch_size), "input_path": input_path,
             "overrides": overrides}
+
+
+def step_cost_ms(bare: float, fit: float, batch: int) -> float:
+    """What Trainer.fit costs per step beyond the bare loop: batch / fit - batch / bare, in ms."""
+    return 1000 * (batch / fit - batch / bare)
 
 
 def table(rows: list[dict]) -> str:
     lines = [f"Machine: {rows[0]['device']}; torch {torch.__version__}. Training samples/s after warm-up, "
              "synchronised. (a) bare PyTorch loop on one batch on the device, (b) Trainer.fit with the real "
-             "DataModule, cache and workers, (c) the DataLoader alone.", "",
-             "| model | batch | precision | compile | channels_last | workers | (a) bare loop | (b) Trainer.fit "
-             "| (c) DataLoader | b/a |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "DataModule and cache, (c) the training input alone; (b) - (a): the loop's own cost per step.", "",
+             "| model | batch | precision | compile | channels_last | input | (a) bare loop | (b) Trainer.fit "
+             "| (c) input | b/a | (b) - (a) per step |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['batch']} | {r['precision']} | {r['compile']} | {r['channels_last']} | "
-                     f"{r['num_workers']} | {r['bare_loop']:,.1f} | {r['trainer_fit']:,.1f} | {r['dataloader']:,.0f} | "
-                     f"{r['ratio']:.2f} |")
+                     f"{r['input_path']} | {r['bare_loop']:,.1f} | {r['trainer_fit']:,.1f} | {r['dataloader']:,.0f} | "
+                     f"{r['ratio']:.2f} | {r['loop_ms_per_step']:.2f} ms |")
     return "\n".join(lines) + "\n"
 
 
@@ -192,8 +202,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--warmup", type=int, default=5, help="steps before timing starts")
     ap.add_argument("--steps", type=int, default=20, help="timed steps")
     ap.add_argument("--out", default="outputs/bench", help="folder for bench.json")
+    ap.add_argument("--probe", action="store_true",
+                    help="the launch-bound probe network (model=probe): measures the loop's own per-step cost")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides of train.py's config (model=..., data=...)")
     args = ap.parse_args(argv)
+    if args.probe:
+        args.overrides = ["model=probe", *args.overrides]
     keep_freed_memory()  # as train.py does (r2n2.extras.prepare_run)
     sizes = args.batch_sizes or [int(_compose(args.overrides).data.batch_size)]
     rows = []

@@ -244,6 +244,11 @@ class R2N2DataModule(L.LightningDataModule):
         finished = loop.restarting and loop.epoch_loop.batch_progress.is_last_batch
         return int(progress.processed) + int(finished and progress.processed == progress.completed)
 
+    def transfer_batch_to_device(self, batch: dict, device: torch.device, dataloader_idx: int) -> dict:
+        """Move the batch's tensors to ``device`` (no-ops on the device path), leaving its lists of
+        names alone: Lightning's generic transfer walks every string of them, ~0.4 ms a step."""
+        return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         """On the device, for the whole batch: ``rgba (B, V, S, S, 4) uint8`` -> ``images (B, V, 3, S, S)
         float``, augmented in training batches (those carry their ``seed``) when ``augment`` is on."""
