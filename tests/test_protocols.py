@@ -153,3 +153,15 @@ def test_eval_protocol_r2n2_as_users_run_it(trained, tmp_path):
     assert set(result["model"]) == {"1", "2"} and list(result["model"]["1"]) == ["iou@0.4", "fscore@1%"]
     assert results[1]["model"] == result["model"]  # seeded draw: repeatable
     assert "drawn with replacement" in (tmp_path / "a" / "eval.md").read_text()
+
+
+def test_experiment_r2n2_augments_as_3d_r2n2_without_our_colour_jitter():
+    """3D-R2N2's preprocess_img (13a30e2) crops, flips and draws a background colour; it has no
+    colour jitter, so experiment=r2n2 leaves ours out."""
+    from hydra import compose, initialize_config_dir
+
+    from r2n2.data.transforms import Augment
+
+    with initialize_config_dir(str(CONF.parent), version_base="1.3"):
+        cfg = compose("config", ["experiment=r2n2"])
+    assert Augment(**cfg.data.augment) == Augment(crop=True, flip=True, random_background=True, color_jitter=0.0)
