@@ -80,4 +80,6 @@ def test_r2n2_experiment_is_the_original_recipe(tmp_path):
     assert cfg.model._target_.endswith("R2N2") and cfg.model.residual
     assert (cfg.optimizer.lr, cfg.optimizer.weight_decay) == (1e-4, 5e-5)
     assert (list(cfg.scheduler.milestones), cfg.scheduler.gamma, cfg.scheduler.interval) == ([20000, 60000], 0.1, "step")
-    assert (cfg.trainer.max_steps, list(cfg.data.views_per_sample), cfg.data.augment) == (60000, [1, 5], True)
+    assert (cfg.trainer.max_steps, list(cfg.data.views_per_sample)) == (60000, [1, 5])
+    # 3D-R2N2's augmentation: random crop, flip and background colour, no colour jitter
+    assert dict(cfg.data.augment) == {"crop": True, "flip": True, "random_background": True, "color_jitter": 0.0}
