@@ -206,7 +206,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     ap.add_argument("--minutes", type=float, default=4.0, help="training wall-clock budget per model")
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--precision", default="bf16-mixed", choices=["32", "bf16-mixed", "16-mixed"])
+    ap.add_argument("--precision", default="auto", choices=["auto", "32", "bf16-mixed", "16-mixed"],
+                    help="auto: as train.py's trainer.precision=auto (bf16-mixed where the device computes bf16 "
+                         "natively, else 16-mixed on a GPU and 32 on a CPU)")
     ap.add_argument("--test-samples", type=int, default=300)
     ap.add_argument("--out", default="outputs/compare")
     ap.add_argument("--speed-only", action="store_true", help="skip training and test IoU; measure speed only")
@@ -214,6 +216,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--measure", help=argparse.SUPPRESS)  # internal: measure one model in a fresh process
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for every training run")
     args = ap.parse_args(argv)
+    if args.precision == "auto":
+        from r2n2.accelerator import choose
+
+        chosen = choose(cuda=torch.cuda.is_available())["precision"]
+        args.precision = "32" if chosen == "32-true" else chosen
     if args.measure:
         print(json.dumps(measure(args.measure, args.batch_size, args.precision, args.overrides)))
         return
