@@ -14,6 +14,7 @@ instead of averaging per-sample IoUs.
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -36,6 +37,22 @@ def voxel_iou_thresholds(probs: torch.Tensor, target: torch.Tensor, thresholds: 
     union = (pred | gt).sum(-1)  # (B, T)
     iou = inter.float() / union.clamp(min=1).float()  # (B, T)
     return torch.where(union == 0, torch.ones_like(iou), iou)
+
+
+def voxel_iou_from_logits(logits: torch.Tensor, target: torch.Tensor, threshold: float = THRESHOLD) -> torch.Tensor:
+    """Per-sample IoU of ``sigmoid(logits) >= threshold``, thresholding the logits at
+    ``log(t / (1 - t))`` instead: no sigmoid over the grid (the training step's IoU).
+
+    logits: (B, *grid) float; target: (B, *grid) {0, 1}. Returns (B,) float32; 1.0 where both are
+    empty. Equal to ``voxel_iou(sigmoid(logits), ...)`` except for logits within float rounding of
+    the threshold's logit (tests/test_metrics.py)."""
+    if not 0 < threshold < 1:
+        raise ValueError(f"threshold must be in (0, 1) to threshold logits, got {threshold}")
+    pred = (logits.float() >= math.log(threshold / (1 - threshold))).flatten(1)  # (B, N) bool
+    gt = (target > 0.5 if target.is_floating_point() else target.bool()).flatten(1)  # (B, N) bool
+    inter = (pred & gt).sum(1)  # (B,)
+    union = (pred | gt).sum(1)  # (B,)
+    return torch.where(union == 0, 1.0, inter / union.clamp(min=1))
 
 
 def voxel_iou(probs: torch.Tensor, target: torch.Tensor, threshold: float = THRESHOLD) -> torch.Tensor:

@@ -19,8 +19,9 @@ from torchmetrics import MeanMetric
 
 from r2n2.callbacks import NonFiniteLoss
 from r2n2.losses import voxel_loss
-from r2n2.metrics import THRESHOLD, VoxelIoU, voxel_iou_thresholds
+from r2n2.metrics import THRESHOLD, VoxelIoU, voxel_iou_from_logits
 from r2n2.models import count_parameters
+from r2n2.step import WholeStep
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,11 @@ def build_network(net: dict) -> torch.nn.Module:
     return hydra.utils.instantiate(net, _convert_="all")
 
 
+def _zero_sums() -> dict:
+    """The training epoch's running sums: IoU@0.3 and loss x samples (tensors once added to), samples."""
+    return {"iou": 0.0, "loss": 0.0, "count": 0}
+
+
 class ReconstructionModule(L.LightningModule):
     """Wraps a network ``images: (B, V, 3, 127, 127) -> logits: (B, 32, 32, 32)``.
 
@@ -81,6 +87,10 @@ class ReconstructionModule(L.LightningModule):
         the same splits; not used here).
     compile: False, True or a ``torch.compile`` mode ("reduce-overhead" = with CUDA graphs): see
         ``compile_network`` (in place: checkpoint keys do not change).
+    cuda_graph: the whole training step (forward, loss, backward, clipping, optimiser step) by hand,
+        replayed as one CUDA graph per input shape on a GPU (``r2n2.step.WholeStep``; eager elsewhere).
+    gradient_clip_val: the gradient norm ``cuda_graph``'s step clips to (``r2n2.training.build`` moves
+        ``trainer.gradient_clip_val`` here: Lightning clips only in its automatic optimisation).
     channels_last: channels-last memory format for the 2D convolutions: True, False, or "auto" (on a
         CUDA GPU only, where cuDNN's channels-last kernels are the fast ones).
     loss: kwargs of ``r2n2.losses.voxel_loss``, e.g. ``{"soft_iou_weight": 1.0}``; None = plain BCE.
@@ -97,15 +107,17 @@ class ReconstructionModule(L.LightningModule):
 
     def __init__(self, net: dict, optimizer: dict, scheduler: dict | None = None, viz_every_n_epochs: int = 1,
                  viz_samples: int = 4, data: dict | None = None, compile: bool | str = False,
-                 channels_last: bool | str = "auto", loss: dict | None = None):
+                 channels_last: bool | str = "auto", loss: dict | None = None, cuda_graph: bool = False,
+                 gradient_clip_val: float | None = None):
         super().__init__()
         self.save_hyperparameters()
         self.net = build_network(net)
-        # training IoU@0.3 summed on the device (VoxelIoU.update validates and counts on the host); plain
-        # attributes, not buffers, which DDP would overwrite with rank 0's at every forward
-        self._train_iou_sum: torch.Tensor | float = 0.0
-        self._train_iou_count = 0
-        self._train_loss_sum: torch.Tensor | float = 0.0  # the epoch's loss x samples, on the device
+        # the whole step is the module's own (r2n2.step.WholeStep), replayed as CUDA graphs on a GPU
+        self.automatic_optimization = not cuda_graph
+        self._whole_step: WholeStep | None = None
+        # the epoch's training IoU@0.3 and loss x samples, summed on the device (VoxelIoU.update
+        # validates and counts on the host); not buffers, which DDP would overwrite with rank 0's
+        self._train_sums = _zero_sums()
         self.test_iou = VoxelIoU(THRESHOLD)
         self.val_iou = VoxelIoU(THRESHOLDS)
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
@@ -123,6 +135,8 @@ class ReconstructionModule(L.LightningModule):
         use_channels_last(self.net, self.hparams.channels_last, isinstance(self.trainer.accelerator, CUDAAccelerator))
         if not getattr(self, "_compiled", False):
             self._compiled = compile_network(self.net, self.hparams.compile)
+        if self.hparams.cuda_graph and stage == "fit":
+            self._check_cuda_graph()
         dm = getattr(self.trainer, "datamodule", None)
         cats = list(getattr(dm, "categories", []) or [])
         if cats and cats != self.categories:
@@ -130,33 +144,78 @@ class ReconstructionModule(L.LightningModule):
             self.val_cat_iou = VoxelIoU(THRESHOLD, categories=cats)
             self.test_cat_iou = VoxelIoU(THRESHOLD, categories=cats)
 
+    def _check_cuda_graph(self) -> None:
+        """Refuse what a captured step cannot hold; say where it runs eagerly instead."""
+        trainer = self.trainer
+        if trainer.world_size > 1:
+            raise ValueError(f"module.cuda_graph=true runs on one device; this run has {trainer.world_size} processes "
+                             "(DDP's gradient all-reduce is not captured here): use module.cuda_graph=false")
+        if "16-mixed" == str(trainer.precision):
+            raise ValueError("module.cuda_graph=true with trainer.precision=16-mixed: fp16's gradient scaler reads the "
+                             "gradients on the host every step, which a CUDA graph cannot; use bf16-mixed or 32")
+        if self.hparams.compile in ("reduce-overhead", "max-autotune"):
+            raise ValueError(f"module.cuda_graph=true with module.compile={self.hparams.compile}: that mode captures "
+                             "CUDA graphs of its own inside the step's graph; use module.compile=true (or false)")
+        if not isinstance(trainer.accelerator, CUDAAccelerator):
+            log.warning("module.cuda_graph=true: no CUDA device (%s), so the whole step runs eagerly, uncaptured",
+                        type(trainer.accelerator).__name__)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """images: (B, V, 3, 127, 127) float -> logits: (B, 32, 32, 32) float."""
         return self.net(images)
 
     def _step(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss, logits) of a batch."""
         logits = self(batch["images"])
-        loss = voxel_loss(logits, batch["voxels"], **(self.hparams.loss or {}))
-        return loss, torch.sigmoid(logits.detach().float())
+        return voxel_loss(logits, batch["voxels"], **(self.hparams.loss or {})), logits
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss, probs = self._step(batch)
-        threshold = torch.full((1,), THRESHOLD, device=probs.device)  # a fill, not a host-to-device copy
-        self._train_iou_sum = voxel_iou_thresholds(probs, batch["voxels"], threshold).sum() + self._train_iou_sum
-        self._train_iou_count += len(probs)
-        self._train_loss_sum = loss.detach() * len(probs) + self._train_loss_sum
+        if self.automatic_optimization:
+            loss, logits = self._step(batch)
+        else:
+            loss, logits = self._manual_step(batch)
+        n = len(logits)
+        sums = self._train_sums  # a plain dict: a Module attribute set costs ~5 us a step each
+        sums["iou"] = voxel_iou_from_logits(logits.detach(), batch["voxels"]).sum() + sums["iou"]
+        sums["loss"] = loss.detach() * n + sums["loss"]
+        sums["count"] += n
         # the step loss only on the steps the loggers write (self.log costs ~1.5 ms a step on a CPU);
         # on the progress bar on the CPU only: read every step, it would be a host-device sync on a GPU
         if self.trainer._logger_connector.should_update_logs:
             self.log("train/loss_step", loss, prog_bar=self.device.type == "cpu", on_step=True, on_epoch=False)
         return loss
 
+    def _manual_step(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """The whole step by hand (``cuda_graph``): as Lightning's automatic optimisation does it
+        (zero_grad, forward, loss, backward, clipping, optimiser step, a per-step schedule), captured
+        and replayed on CUDA."""
+        if self._whole_step is None:
+            on_cuda = self.device.type == "cuda"
+            loss_kwargs = self.hparams.loss or {}
+            self._whole_step = WholeStep(self.net, lambda logits, voxels: voxel_loss(logits, voxels, **loss_kwargs),
+                                         self.optimizers().optimizer, self.hparams.gradient_clip_val, capture=on_cuda)
+        optimizer = self.optimizers()
+        # Lightning's manual loop counts optimiser steps (global_step) through these two hooks of its
+        # optimiser wrapper; the step itself is the torch optimiser's, inside WholeStep
+        optimizer._on_before_step()
+        loss, logits = self._whole_step(batch["images"], batch["voxels"])
+        optimizer._on_after_step()
+        # as Lightning's automatic loop: step schedules every step, epoch ones after the epoch's last batch
+        interval = self._schedule_interval()
+        if interval == "step" or (interval == "epoch" and self.trainer.fit_loop.epoch_loop._num_ready_batches_reached()):
+            self.lr_schedulers().step()
+        return loss, logits
+
+    def _schedule_interval(self) -> str | None:
+        return (self.hparams.scheduler or {}).get("interval", "epoch") if self.hparams.scheduler else None
+
     def on_train_epoch_end(self) -> None:
         # every rank sees the same number of samples (EpochShuffleSampler): the mean of rank means is the mean
-        count = max(self._train_iou_count, 1)
-        self.log("train/loss", self._train_loss_sum / count, sync_dist=True)
-        self.log("train/iou", self._train_iou_sum / count, prog_bar=True, sync_dist=True)
-        self._train_iou_sum, self._train_iou_count, self._train_loss_sum = 0.0, 0, 0.0
+        sums = self._train_sums
+        count = max(sums["count"], 1)
+        self.log("train/loss", sums["loss"] / count, sync_dist=True)
+        self.log("train/iou", sums["iou"] / count, prog_bar=True, sync_dist=True)
+        self._train_sums = _zero_sums()
 
     def configure_callbacks(self) -> list[L.Callback]:
         # once per trainer: trainer.test() after fit() asks again, and a second one would be logged
@@ -167,7 +226,8 @@ class ReconstructionModule(L.LightningModule):
 
     def _eval_update(self, stage: str, batch: dict) -> None:
         """Accumulate ``stage`` ("val" or "test") loss (weighted by batch size), IoU, per-category IoU."""
-        loss, probs = self._step(batch)
+        loss, logits = self._step(batch)
+        probs = torch.sigmoid(logits.detach().float())
         getattr(self, f"{stage}_loss").update(loss, weight=len(batch["voxels"]))
         getattr(self, f"{stage}_iou").update(probs, batch["voxels"])
         if self.categories:

@@ -54,9 +54,17 @@ def resolve_resume(cfg: DictConfig) -> tuple[DictConfig, str | None]:
 def build(cfg: DictConfig):
     """Instantiate (datamodule, module, trainer, throughput callback) from the config."""
     datamodule = hydra.utils.instantiate(cfg.data, _recursive_=True)
+    trainer_cfg = resolve_trainer(cfg.trainer)
+    module_cfg = _plain(cfg.get("module"))
+    if module_cfg.get("cuda_graph"):
+        # the module's own whole step clips (Lightning clips only in its automatic optimisation)
+        if trainer_cfg.get("gradient_clip_algorithm") not in (None, "norm"):
+            raise ValueError("module.cuda_graph=true clips the gradient norm; trainer.gradient_clip_algorithm="
+                             f"{trainer_cfg.gradient_clip_algorithm} is not supported with it")
+        module_cfg["gradient_clip_val"] = trainer_cfg.get("gradient_clip_val")
+        trainer_cfg.gradient_clip_val = None
     module = ReconstructionModule(net=_plain(cfg.model), optimizer=_plain(cfg.optimizer),
-                                  scheduler=_plain(cfg.scheduler) or None, data=_plain(cfg.data),
-                                  **_plain(cfg.get("module")))
+                                  scheduler=_plain(cfg.scheduler) or None, data=_plain(cfg.data), **module_cfg)
     # logger=<option> is a dict of named loggers (tensorboard, csv; logger=many has both)
     logger = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c] or False
     callbacks = [hydra.utils.instantiate(c) for name, c in (cfg.get("callbacks") or {}).items()
@@ -65,7 +73,7 @@ def build(cfg: DictConfig):
     throughput = TrainThroughput()
     # every checkpoint written atomically (temp file, fsync, rename), whatever other plugins are configured
     plugins = [hydra.utils.instantiate(p) for p in (cfg.trainer.get("plugins") or [])] + [AtomicCheckpointIO()]
-    trainer = hydra.utils.instantiate(resolve_trainer(cfg.trainer), callbacks=callbacks + [throughput, PredictionSpread()],
+    trainer = hydra.utils.instantiate(trainer_cfg, callbacks=callbacks + [throughput, PredictionSpread()],
                                       logger=logger, plugins=plugins)
     return datamodule, module, trainer, throughput
 

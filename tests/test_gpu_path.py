@@ -133,3 +133,58 @@ def test_training_steps_make_no_host_device_sync(data_dir, tmp_path):
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert window.steps >= 10
+
+
+# --- module.cuda_graph: the whole step as CUDA graphs (r2n2/step.py) --------------------------------
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: CUDA graph capture")
+def test_captured_whole_step_equals_the_eager_step():
+    """WholeStep with capture (a graph per view count, replayed) against the same steps eagerly, on
+    two copies of the default network (dropout off): the same losses and weights after 12 steps of
+    1 and 3 views, with clipping and a per-step learning-rate schedule filling the tensor rate."""
+    import copy
+
+    from r2n2.losses import voxel_loss
+    from r2n2.models import SeedModel
+    from r2n2.step import WARMUP, WholeStep
+
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    torch.manual_seed(0)
+    nets = [SeedModel(dropout=0.0).cuda().train()]
+    nets.append(copy.deepcopy(nets[0]))
+    steps, schedules = [], []
+    for net, capture in zip(nets, (False, True)):
+        opt = torch.optim.Adam(net.parameters(), lr=1e-3, weight_decay=1e-4)
+        schedules.append(torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-3, total_steps=12))
+        steps.append(WholeStep(net, lambda lg, vx: voxel_loss(lg, vx, soft_iou_weight=1.0), opt, 1.0, capture))
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    losses = ([], [])
+    for i in range(12):
+        views = 1 if i % 2 else 3  # two shapes: two graphs, each captured after WARMUP eager steps
+        images = torch.randn(4, views, 3, 127, 127, device="cuda", generator=gen)
+        voxels = (torch.rand(4, 32, 32, 32, device="cuda", generator=gen) < 0.2).to(torch.uint8)
+        for k in (0, 1):
+            loss, _ = steps[k](images, voxels)
+            losses[k].append(float(loss))
+            schedules[k].step()
+    assert len(steps[1]._graphs) == 2 and 12 > 2 * WARMUP
+    torch.testing.assert_close(torch.tensor(losses[1]), torch.tensor(losses[0]), rtol=1e-4, atol=1e-5)
+    for (name, a), b in zip(nets[0].state_dict().items(), nets[1].state_dict().values()):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: CUDA graph capture")
+def test_cuda_graph_run_trains_as_lightnings_automatic_optimisation_on_the_gpu(data_dir, tmp_path):
+    """The CPU test of tests/test_whole_step.py on the GPU, where the step is captured (fp32)."""
+    from test_whole_step import _fit
+
+    from r2n2.step import WARMUP
+
+    gpu = ["trainer.accelerator=gpu", "trainer.precision=32", "data.views_per_sample=1", "trainer.max_epochs=6"]
+    weights_a, losses_a, _, steps_a, _ = _fit(data_dir, tmp_path, "auto", gpu)
+    weights_w, losses_w, _, steps_w, _ = _fit(data_dir, tmp_path, "graph", [*gpu, "module.cuda_graph=true"])
+    assert steps_w == steps_a > WARMUP + 4 and _fit.module._whole_step._graphs  # captured, then replayed
+    torch.testing.assert_close(torch.tensor(losses_w), torch.tensor(losses_a), rtol=1e-3, atol=1e-4)
+    for k in weights_a:
+        torch.testing.assert_close(weights_w[k], weights_a[k], rtol=1e-3, atol=1e-4, msg=k)

@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from r2n2.metrics import VoxelIoU, voxel_iou
+from r2n2.metrics import VoxelIoU, voxel_iou, voxel_iou_from_logits
 
 G = 32
 A, B, C = (0, 0, 0), (5, 6, 7), (31, 31, 31)  # three voxels of a 32^3 grid
@@ -108,6 +108,21 @@ def test_against_numpy(t):
     m = VoxelIoU(thresholds=(0.2, 0.3, 0.4, 0.5))
     m.update(probs, target.bool())
     assert m.compute()[VoxelIoU.key(t)].item() == pytest.approx(ref.mean(), rel=1e-6)
+
+
+@pytest.mark.parametrize("t", [0.3, 0.5])
+def test_iou_from_logits_equals_iou_of_probabilities(t):
+    """The training step's IoU thresholds logits at log(t / (1 - t)): the same per-sample IoU as
+    thresholding sigmoid(logits) at t, on uint8 and float targets, empty grids included."""
+    probs, target = random_batch(10, seed=1)
+    logits = torch.logit(probs.clamp(1e-6, 1 - 1e-6))
+    logits[0] = -20.0  # an empty prediction (sigmoid(-20) < t)
+    ref = voxel_iou(torch.sigmoid(logits), target, t)
+    assert len(set(np.round(ref.numpy(), 3))) > 5 and ref[2] == 1.0  # not degenerate; both empty -> 1
+    torch.testing.assert_close(voxel_iou_from_logits(logits, target, t), ref, rtol=0, atol=0)
+    torch.testing.assert_close(voxel_iou_from_logits(logits, target.to(torch.uint8), t), ref, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="threshold"):
+        voxel_iou_from_logits(logits, target, 1.0)
 
 
 # --- per category -------------------------------------------------------------------------------------

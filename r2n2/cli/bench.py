@@ -4,7 +4,8 @@ For each batch size it measures steady-state training samples/s (after warm-up, 
 the device) of
 
     (a) a bare PyTorch loop over the same network, precision, memory format and compilation, on one
-        batch already on the device (forward, BCE, backward, gradient clipping, Adam);
+        batch already on the device (forward, BCE, backward, gradient clipping, Adam; with
+        ``module.cuda_graph=true`` the same whole step as the module's, captured on CUDA);
     (b) the real path: ``Trainer.fit`` with the real DataModule, cache and worker processes, built by
         the same ``r2n2.training.build`` as ``train.py`` (validation and checkpoints off);
     (c) the DataLoader alone (its batches as they reach the device: uint8, pinned on CUDA);
@@ -15,13 +16,14 @@ bench.json, and names the device.
     r2n2-bench                                           # the default model and batch, GPU if present
     r2n2-bench --batch-sizes 8 256 model=r2n2_res_gru    # any model=, any batch sizes
     r2n2-bench --batch-sizes 256 module.compile=true module.channels_last=true
-    r2n2-bench --probe --batch-sizes 8 --warmup 20 --steps 200   # the loop's own cost, launch-bound
+    r2n2-bench --probe --batch-sizes 8 --warmup 20 --steps 200 --rounds 5   # the loop's own cost
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from pathlib import Path
 
@@ -85,8 +87,34 @@ def bare_loop(cfg, batch: dict, device: torch.device, precision: str, warmup: in
     images = to_images(batch["rgba"].to(device))
     target = batch["voxels"].to(device).float()
     dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(str(precision))
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)
     clip = cfg.trainer.get("gradient_clip_val")
+
+    if module_cfg.get("cuda_graph"):  # the module's own whole step, captured on CUDA (r2n2/step.py)
+        from r2n2.step import WholeStep
+
+        whole = WholeStep(net, lambda logits, voxels: voxel_loss(logits, voxels, **loss_kwargs), optimizer, clip,
+                          capture=device.type == "cuda")
+
+        def step():
+            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                whole(images, target)
+    else:
+        step = _eager_step(net, images, target, loss_kwargs, optimizer, dtype, clip, device)
+    for _ in range(warmup):
+        step()
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _sync(device)
+    return steps * len(target) / (time.perf_counter() - start)
+
+
+def _eager_step(net, images, target, loss_kwargs, optimizer, dtype, clip, device):
+    """A training step as Lightning's automatic optimisation does it, fp16's gradient scaler included."""
+    from r2n2.losses import voxel_loss
+
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)
 
     def step():
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
@@ -100,14 +128,7 @@ def bare_loop(cfg, batch: dict, device: torch.device, precision: str, warmup: in
         scaler.step(optimizer)
         scaler.update()
 
-    for _ in range(warmup):
-        step()
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    _sync(device)
-    return steps * len(target) / (time.perf_counter() - start)
+    return step
 
 
 def _plain(cfg) -> dict:
@@ -145,8 +166,10 @@ def loader_only(datamodule, warmup: int, steps: int) -> float:
     return n / (time.perf_counter() - start)
 
 
-def measure(overrides: list[str], batch_size: int, warmup: int, steps: int, out: Path) -> dict:
-    """One row of the table: (a), (b), (c) at ``batch_size`` for the config ``overrides``."""
+def measure(overrides: list[str], batch_size: int, warmup: int, steps: int, out: Path, rounds: int = 1) -> dict:
+    """One row of the table: (a), (b), (c) at ``batch_size`` for the config ``overrides``; with
+    ``rounds`` > 1, (b) and (a) alternate that many times and the row holds their medians (each
+    round's pair in ``rounds``), so a slow spell of the machine falls on both."""
     import hydra
 
     from r2n2.accelerator import choose
@@ -156,25 +179,32 @@ def measure(overrides: list[str], batch_size: int, warmup: int, steps: int, out:
            "callbacks.model_checkpoint=null", "callbacks.last_checkpoint=null", "module.viz_every_n_epochs=0",
            f"data.batch_size={batch_size}", f"paths.output_dir={out / 'run'}"]
     cfg = _compose([*run, *overrides])
-    rate_b, accelerator, precision, input_path = real_path(cfg, warmup, steps)
     chosen = choose(cfg.trainer.accelerator, cfg.trainer.precision, cfg.trainer.get("benchmark", "auto"))
     device = torch.device("cuda" if chosen["accelerator"] in ("gpu", "cuda") else "cpu")
-    torch.backends.cudnn.benchmark = bool(chosen["benchmark"])
-    datamodule = hydra.utils.instantiate(cfg.data)
-    datamodule.prepare_data()
-    datamodule.setup()
-    datamodule.pin_memory = device.type == "cuda"
-    rate_c = loader_only(datamodule, warmup, steps)
-    batch = next(iter(datamodule.train_dataloader()))
-    rate_a = bare_loop(cfg, batch, device, chosen["precision"], warmup, steps)
+    pairs = []
+    for _ in range(max(1, rounds)):
+        rate_b, accelerator, precision, input_path = real_path(cfg, warmup, steps)
+        if not pairs:  # the DataLoader alone, and the bare loop's one batch, once
+            torch.backends.cudnn.benchmark = bool(chosen["benchmark"])
+            datamodule = hydra.utils.instantiate(cfg.data)
+            datamodule.prepare_data()
+            datamodule.setup()
+            datamodule.pin_memory = device.type == "cuda"
+            rate_c = loader_only(datamodule, warmup, steps)
+            batch = next(iter(datamodule.train_dataloader()))
+        pairs.append((bare_loop(cfg, batch, device, chosen["precision"], warmup, steps), rate_b))
+    rate_a = statistics.median(a for a, _ in pairs)
+    rate_b = statistics.median(b for _, b in pairs)
     module = _plain(cfg.get("module"))
     return {"model": cfg.model._target_.rsplit(".", 1)[-1], "batch": batch_size, "device": describe_machine(),
             "accelerator": accelerator, "precision": precision, "views": str(cfg.data.views_per_sample),
             "compile": module.get("compile", False), "channels_last": module.get("channels_last", "auto"),
             "num_workers": cfg.data.num_workers, "warmup_steps": warmup, "timed_steps": steps,
             "bare_loop": rate_a, "trainer_fit": rate_b, "dataloader": rate_c, "ratio": rate_b / rate_a,
-            "loop_ms_per_step": step_cost_ms(rate_a, rate_b, batch_size), "input_path": input_path,
-            "overrides": overrides}
+            "loop_ms_per_step": statistics.median(step_cost_ms(a, b, batch_size) for a, b in pairs),
+            "rounds": [{"bare_loop": a, "trainer_fit": b, "loop_ms_per_step": step_cost_ms(a, b, batch_size)}
+                       for a, b in pairs],
+            "input_path": input_path, "overrides": overrides}
 
 
 def step_cost_ms(bare: float, fit: float, batch: int) -> float:
@@ -185,7 +215,9 @@ def step_cost_ms(bare: float, fit: float, batch: int) -> float:
 def table(rows: list[dict]) -> str:
     lines = [f"Machine: {rows[0]['device']}; torch {torch.__version__}. Training samples/s after warm-up, "
              "synchronised. (a) bare PyTorch loop on one batch on the device, (b) Trainer.fit with the real "
-             "DataModule and cache, (c) the training input alone; (b) - (a): the loop's own cost per step.", "",
+             "DataModule and cache, (c) the training input alone; (b) - (a): the loop's own cost per step"
+             + (f"; medians of {len(rows[0]['rounds'])} alternating rounds" if len(rows[0]["rounds"]) > 1 else "")
+             + ".", "",
              "| model | batch | precision | compile | channels_last | input | (a) bare loop | (b) Trainer.fit "
              "| (c) input | b/a | (b) - (a) per step |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -202,6 +234,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--warmup", type=int, default=5, help="steps before timing starts")
     ap.add_argument("--steps", type=int, default=20, help="timed steps")
     ap.add_argument("--out", default="outputs/bench", help="folder for bench.json")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="(b) and (a) alternated this many times per row; the row gives their medians")
     ap.add_argument("--probe", action="store_true",
                     help="the launch-bound probe network (model=probe): measures the loop's own per-step cost")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides of train.py's config (model=..., data=...)")
@@ -212,7 +246,7 @@ def main(argv: list[str] | None = None) -> None:
     sizes = args.batch_sizes or [int(_compose(args.overrides).data.batch_size)]
     rows = []
     for b in sizes:
-        rows.append(measure(args.overrides, b, args.warmup, args.steps, Path(args.out)))
+        rows.append(measure(args.overrides, b, args.warmup, args.steps, Path(args.out), args.rounds))
         print(f"[r2n2-bench] batch {b}: bare {rows[-1]['bare_loop']:.1f}, Trainer.fit {rows[-1]['trainer_fit']:.1f}, "
               f"DataLoader {rows[-1]['dataloader']:.0f} samples/s", flush=True)
     out = Path(args.out)

@@ -82,6 +82,20 @@ class PackedDataset(Dataset):
         rng = np.random.default_rng([self.seed, i] if seed is None else [seed, i])
         return self.first[obj] + np.r_[slot, others[rng.permutation(len(others))[: views - 1]]]
 
+    def batch_slots(self, keys: list) -> np.ndarray:
+        """(B, V) stored-image indices of a batch of keys (all sample indices, or all ``SampleKey``s
+        of one view count), row b as ``view_slots`` of key b; one-view batches without a Python loop."""
+        if not keys:
+            return np.zeros((0, self.views), np.int64)
+        keyed = isinstance(keys[0], SampleKey)
+        views = keys[0].views if keyed else self.views
+        if views == 1:  # no draw: each sample's own view
+            idx = np.fromiter((k.index for k in keys), np.int64, len(keys)) if keyed else np.asarray(keys, np.int64)
+            return (self.first[self.samples[idx, 0]] + self.samples[idx, 1])[:, None]
+        if keyed:
+            return np.stack([self.view_slots(k.index, k.views, k.seed) for k in keys])
+        return np.stack([self.view_slots(int(i)) for i in keys])
+
     def __getitem__(self, key: int | SampleKey) -> dict:
         i, views, seed = key if isinstance(key, tuple) else (key, None, None)
         img, vox = self._arrays()

@@ -107,41 +107,25 @@ class DeviceSplit:
         self.obj = dataset.samples[:, 0]
         self.category_index = torch.from_numpy(dataset.category_index.astype(np.int64))
         # np.unpackbits' order: the first voxel is the most significant bit of the first byte
-        self._bits = torch.arange(7, -1, -1, dtype=torch.uint8, device=device)
+        self._bits = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8, device=device)
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def slots(self, keys: list) -> np.ndarray:
-        """(B, V) stored-image indices of ``keys`` (sample indices or ``SampleKey``s), as the dataset
-        picks them."""
-        if not keys:
-            return np.zeros((0, self.dataset.views), np.int64)
-        first = keys[0]
-        ds = self.dataset
-        if isinstance(first, SampleKey):
-            if first.views == 1:  # no draw: the sample's own view
-                idx = np.fromiter((k.index for k in keys), np.int64, len(keys))
-                return (ds.first[ds.samples[idx, 0]] + ds.samples[idx, 1])[:, None]
-            return np.stack([ds.view_slots(k.index, k.views, k.seed) for k in keys])
-        if ds.views == 1:
-            idx = np.asarray(keys, np.int64)
-            return (ds.first[ds.samples[idx, 0]] + ds.samples[idx, 1])[:, None]
-        return np.stack([ds.view_slots(int(i)) for i in keys])
-
     def batch(self, keys: list) -> dict:
-        slots = self.slots(keys)
+        slots = self.dataset.batch_slots(keys)
         idx = np.fromiter((k.index if isinstance(k, SampleKey) else k for k in keys), np.int64, len(keys))
         obj = self.obj[idx]
-        r = self.dataset.resolution
+        b, r = len(obj), self.dataset.resolution
         slots_t = torch.from_numpy(slots).to(self.device, non_blocking=True)
         obj_t = torch.from_numpy(obj).to(self.device, non_blocking=True)
-        rgba = self.images[slots_t.view(-1)].view(*slots.shape, *self.images.shape[1:])
-        bits = (self.voxels[obj_t].unsqueeze(-1) >> self._bits) & 1  # (B, bytes, 8)
+        rgba = self.images.index_select(0, slots_t.view(-1)).view(*slots.shape, *self.images.shape[1:])
+        # (B, bytes, 8) bits, 0 or 1, as bool then viewed as uint8 (no copy)
+        bits = (self.voxels.index_select(0, obj_t).unsqueeze(-1) & self._bits) != 0
         objects = self.dataset.objects
         batch = {
             "rgba": rgba,
-            "voxels": bits.view(len(obj), -1)[:, : r**3].view(len(obj), r, r, r),
+            "voxels": bits.view(b, -1)[:, : r**3].view(torch.uint8).view(b, r, r, r),
             "category": [objects[o]["category"] for o in obj],
             "category_index": self.category_index[torch.from_numpy(obj)].to(self.device, non_blocking=True),
             "object_id": [objects[o]["id"] for o in obj],

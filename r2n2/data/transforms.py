@@ -106,8 +106,10 @@ def to_images(rgba: torch.Tensor, augment: Augment | None = None, generator: tor
         rgba = _shift(rgba, draw.shift)
     if draw.flip is not None:
         rgba = torch.where(draw.flip[:, :, None, None, None], rgba.flip(3), rgba)
-    chw = rgba.permute(0, 1, 4, 2, 3).contiguous()  # (B, V, 4, S, S) uint8
-    rgb, alpha = chw[:, :, :3].float(), chw[:, :, 3:].float()
+    chw = rgba.permute(0, 1, 4, 2, 3)  # (B, V, 4, S, S) uint8, a view
+    # each read once, strided, into a contiguous float tensor (no contiguous uint8 copy first)
+    rgb = chw[:, :, :3].to(torch.float32, memory_format=torch.contiguous_format)
+    alpha = chw[:, :, 3:].to(torch.float32, memory_format=torch.contiguous_format)
     if draw.jitter is not None:
         rgb = _jitter(rgb / 255, alpha, draw.jitter).mul_(255)
     if draw.background is not None:
