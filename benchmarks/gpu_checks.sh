@@ -1,22 +1,26 @@
 #!/usr/bin/env bash
-# Every GPU check of issues 9 and 12 in one run on one H100/H200 (16 CPU cores), output in
+# Every GPU check of issues 23, 12 and 9 in one run on one H100/H200 (16 CPU cores), output in
 # $OUT/gpu_checks.txt (and bench_*/bench.json, eval/, compare*/ beside it). Steps, in priority order
-# (issue 12, the open one, first; the first step that needs the synthetic data generates it):
+# (issue 23, the open one, first; the first step that needs the synthetic data generates it):
 #
+#   bench    r2n2-bench at batch 8 and 256 with the defaults (data on the device, channels_last auto =
+#            on, cudnn.benchmark on): bare loop vs Trainer.fit vs the input alone, b/a, ms per step
+#   graphs   module.cuda_graph=true (the whole step as CUDA graphs) at 8 and 256; module.compile=true
+#            at 256 (issue 23, item 4: b/a >= 0.9 for the fastest mode at each size)
+#   gputests tests/test_gpu_path.py: no host-device sync per step; the captured step equals the eager
+#            one; a cuda_graph run trains as Lightning's automatic optimisation
+#   probe    r2n2-bench --probe at batch 8, 3 alternating rounds: the loop's own cost per step
+#   paper    experiment=paper for 1 epoch of its 20,000 samples at batch 8 with validation, with
+#            module.cuda_graph=true: the projected time of its 50 epochs (1M samples; target <= 10 min)
 #   budget   issue 12's 2-minute budget: python train.py at batch 64, trainer.max_time=2 min (test IoU
 #            against both mean shapes and the recognition baselines, from its metrics.json)
+#   eval     r2n2-eval of that checkpoint: the whole test split at 1..5 views with F-score (the time)
 #   levers   the 2-minute budget again, once per lever (issue 12, item 3): 1..5 views per batch (14
 #            epochs: each sample costs ~3 views), dropout 0.8; GPU_CHECKS_LEVERS="a b;c" runs other
 #            override sets (";" between runs), e.g. "data.source.views=24 trainer.max_epochs=10" (4x the
 #            rendering). Each run's line: test IoU and its own baselines (other data, other test split)
-#   bench    r2n2-bench at batch 8 and 256 with the defaults (channels_last auto = on, cudnn.benchmark
-#            on): bare loop vs Trainer.fit vs DataLoader, ratio b/a
-#   sync     the training loop under torch.cuda.set_sync_debug_mode("error") (tests/test_gpu_path.py)
-#   eval     r2n2-eval of that checkpoint: the whole test split at 1..5 views with F-score (the time)
-#   paper    experiment=paper for 1 epoch of its 20,000 samples at batch 8 with validation: the
-#            projected time of its 50 epochs
-#   compile  r2n2-bench with torch.compile (mode default) at 256 and 8, and CUDA graphs
-#            (module.compile=reduce-overhead) at 8
+#   loader   r2n2-bench at 8 and 256 on the DataLoader path (data.device_data=false), for comparison
+#   compile  r2n2-bench with torch.compile's CUDA graphs (module.compile=reduce-overhead) at 8
 #   speed    r2n2-compare --speed-only at batch 8 and 256 (seed_gru vs r2n2_res_gru)
 #   compare  r2n2-compare of seed_gru and r2n2_res_gru for GPU_CHECKS_MINUTES each (default 1)
 #   nchw     r2n2-bench at 8 and 256 with channels_last off
@@ -45,7 +49,7 @@ export PYTHONPATH="$PWD:$PWD/.gpu_pkgs${PYTHONPATH:+:$PYTHONPATH}"
 export R2N2_DATA_DIR="$WORK/data"
 PY="${PYTHON:-python}"
 DEADLINE="${GPU_CHECKS_DEADLINE:-100000}"
-STEPS=("$@"); [ ${#STEPS[@]} = 0 ] && STEPS=(budget levers bench sync eval paper compile speed compare nchw)
+STEPS=("$@"); [ ${#STEPS[@]} = 0 ] && STEPS=(bench graphs gputests probe paper budget eval levers loader compile speed compare nchw)
 
 say() { echo "$*" | tee -a "$REPORT"; }
 # step NAME COMMAND...: run it, its output into the report, its wall time and exit status after it
@@ -70,8 +74,9 @@ import json, sys
 d = json.load(open(sys.argv[1]))
 for r in d["rows"]:
     print(f"{sys.argv[1].split('/')[-2]:>16} batch {r['batch']:>4}: bare {r['bare_loop']:>9,.0f}  fit {r['trainer_fit']:>9,.0f}"
-          f"  loader {r['dataloader']:>9,.0f} samples/s  b/a {r['ratio']:.2f}  (compile {r['compile']}, "
-          f"channels_last {r['channels_last']}, {r['precision']}, {d['machine']})")
+          f"  input {r['dataloader']:>9,.0f} samples/s  b/a {r['ratio']:.2f}  (b)-(a) {r['loop_ms_per_step']:.2f} ms/step  "
+          f"({r['input_path']}, compile {r['compile']}, channels_last {r['channels_last']}, {r['precision']}, "
+          f"{d['machine']}; {' '.join(r['overrides'])})")
 EOF
   done
 }
@@ -79,11 +84,12 @@ EOF
 if [ "${GPU_CHECKS_TINY:-0}" = 1 ]; then  # a CPU rehearsal: tiny data, few steps, short budgets
   # 5 views per object: r2n2-compare draws 1..5 views per batch
   DATA=(data.source.objects_per_category=4 data.source.views=5 "data.source.categories=[chair,table,airplane]")
-  BATCHES=(2 4); SMALL=2; LARGE=4; BENCH=(--warmup 1 --steps 2); MINUTES=0.1; PAPER_SPLITS="{train:12,val:6,test:6}"
+  BATCHES=(2 4); SMALL=2; LARGE=4; BENCH=(--warmup 1 --steps 2); PROBE=(--warmup 1 --steps 2); MINUTES=0.1; PAPER_SPLITS="{train:12,val:6,test:6}"
   BUDGET=(trainer.max_time=00:00:00:20 trainer.max_epochs=2 data.batch_size=4)
   EVAL=(views=[1,2] fscore.points=256)
 else
   DATA=(); BATCHES=(8 256); SMALL=8; LARGE=256; BENCH=(--warmup 10 --steps 30); MINUTES="${GPU_CHECKS_MINUTES:-1}"
+  PROBE=(--warmup 20 --steps 300 --rounds 3)
   PAPER_SPLITS="{train:20000,val:4000,test:1000}"
   # issue 12's budget: 2 minutes on one GPU, batch 64; the cosine schedule spans max_epochs, so 40
   # epochs is a guess at what 2 minutes hold (the run says how many it did)
@@ -108,9 +114,20 @@ for s in "${STEPS[@]}"; do
   bench)  # generates and caches the default synthetic data on first use
     fits 90 "$s" && step "bench: defaults (channels_last auto = on a GPU, cudnn.benchmark on)" \
       "$PY" -m r2n2.cli.bench --batch-sizes "${BATCHES[@]}" "${BENCH[@]}" --out "$OUT/bench_default" "${COMMON[@]}" ;;
-  sync)  # no host-device sync per training step (skips itself without CUDA)
-    fits 60 "$s" && step "sync debug mode (tests/test_gpu_path.py)" \
-      "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu_path.py -k "sync or chose" -rs ;;
+  gputests)  # skip themselves without CUDA
+    fits 90 "$s" && step "GPU tests (tests/test_gpu_path.py)" \
+      "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu_path.py -rs ;;
+  graphs)
+    fits 90 "$s" && step "bench: module.cuda_graph=true (the whole step as CUDA graphs)" "$PY" -m r2n2.cli.bench \
+      --batch-sizes "${BATCHES[@]}" "${BENCH[@]}" --out "$OUT/bench_graphs" "${COMMON[@]}" module.cuda_graph=true
+    fits 90 "$s" && step "bench: torch.compile (mode default)" "$PY" -m r2n2.cli.bench --batch-sizes "$LARGE" \
+      "${BENCH[@]}" --out "$OUT/bench_compile" "${COMMON[@]}" module.compile=true ;;
+  probe)
+    fits 80 "$s" && step "bench --probe: the loop's own cost per step" "$PY" -m r2n2.cli.bench --probe \
+      --batch-sizes "$SMALL" "${PROBE[@]}" --out "$OUT/bench_probe" "${COMMON[@]}" ;;
+  loader)
+    fits 90 "$s" && step "bench: the DataLoader path (data.device_data=false)" "$PY" -m r2n2.cli.bench \
+      --batch-sizes "${BATCHES[@]}" "${BENCH[@]}" --out "$OUT/bench_loader" "${COMMON[@]}" data.device_data=false ;;
   budget)
     fits 170 "$s" && { rm -rf "$BUDGET_RUN"; step "2-minute budget: train.py ${BUDGET[*]}" "$PY" train.py "${COMMON[@]}" \
       "${BUDGET[@]}" logger=none trainer.enable_progress_bar=false hydra.run.dir="$BUDGET_RUN"; }
@@ -126,22 +143,21 @@ EOF
     [ -f "$BUDGET_RUN/checkpoints/best.ckpt" ] && fits 150 "$s" && step "r2n2-eval of the budget run (1..5 views, F-score)" \
       "$PY" -m r2n2.cli.eval ckpt="$BUDGET_RUN/checkpoints/best.ckpt" "${EVAL[@]}" progress=false hydra.run.dir="$OUT/eval" ;;
   paper)  # generating its 530 objects x 6 views per category (~90 s on 16 cores), then 1 epoch
-    fits 170 "$s" && { rm -rf "$WORK/paper"; step "experiment=paper, 1 epoch" "$PY" train.py experiment=paper "${COMMON[@]}" \
-      "data.splits=$PAPER_SPLITS" trainer.max_epochs=1 logger=none test=false trainer.enable_progress_bar=false \
-      hydra.run.dir="$WORK/paper"; }
+    fits 170 "$s" && { rm -rf "$WORK/paper"; step "experiment=paper, 1 epoch, module.cuda_graph=true" "$PY" train.py \
+      experiment=paper "${COMMON[@]}" "data.splits=$PAPER_SPLITS" trainer.max_epochs=1 logger=none test=false \
+      trainer.enable_progress_bar=false module.cuda_graph=true hydra.run.dir="$WORK/paper"; }
     [ -f "$WORK/paper/metrics.json" ] && "$PY" - "$WORK/paper/metrics.json" <<'EOF' | tee -a "$REPORT"
 import json, sys
 m = json.load(open(sys.argv[1]))
 # the epoch's own wall time (fit_seconds also holds generating and packing its larger data set)
 epoch = m["epoch_seconds_by_epoch"][0]
-print(f"experiment=paper: 1 epoch (train + validation) in {epoch:.1f} s, {m['train_samples_per_second']:.0f} "
-      f"training samples/s; 50 epochs would take about {50 * epoch / 60:.1f} min (target <= 15)")
+print(f"experiment=paper (module.cuda_graph=true): 1 epoch (train + validation) in {epoch:.1f} s, "
+      f"{m['train_samples_per_second']:.0f} training samples/s; 50 epochs would take about {50 * epoch / 60:.1f} min "
+      "(target <= 10)")
 EOF
     ;;
   compile)
-    fits 100 "$s" && step "bench: torch.compile (mode default)" "$PY" -m r2n2.cli.bench --batch-sizes "$LARGE" "$SMALL" \
-      "${BENCH[@]}" --out "$OUT/bench_compile" "${COMMON[@]}" module.compile=true
-    fits 90 "$s" && step "bench: CUDA graphs (module.compile=reduce-overhead)" "$PY" -m r2n2.cli.bench \
+    fits 90 "$s" && step "bench: CUDA graphs of torch.compile (module.compile=reduce-overhead)" "$PY" -m r2n2.cli.bench \
       --batch-sizes "$SMALL" "${BENCH[@]}" --out "$OUT/bench_cudagraphs" "${COMMON[@]}" module.compile=reduce-overhead ;;
   speed)
     fits 70 "$s" && step "r2n2-compare --speed-only" "$PY" -m r2n2.cli.compare --speed-only \
@@ -172,7 +188,7 @@ print(f"lever [{sys.argv[2]}]: test IoU@0.3 {m['test/iou']:.3f} | category mean 
       f"{m.get('val/iou', float('nan')):.3f}")
 EOF
     done ;;
-  *) say "unknown step $s (budget levers bench sync eval paper compile speed compare nchw)"; exit 2 ;;
+  *) say "unknown step $s (bench graphs gputests probe paper budget eval levers loader compile speed compare nchw)"; exit 2 ;;
   esac
 done
 

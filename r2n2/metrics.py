@@ -48,10 +48,14 @@ def voxel_iou_from_logits(logits: torch.Tensor, target: torch.Tensor, threshold:
     the threshold's logit (tests/test_metrics.py)."""
     if not 0 < threshold < 1:
         raise ValueError(f"threshold must be in (0, 1) to threshold logits, got {threshold}")
-    pred = (logits.float() >= math.log(threshold / (1 - threshold))).flatten(1)  # (B, N) bool
-    gt = (target > 0.5 if target.is_floating_point() else target.bool()).flatten(1)  # (B, N) bool
-    inter = (pred & gt).sum(1)  # (B,)
-    union = (pred | gt).sum(1)  # (B,)
+    # as 0/1 bytes with int32 counts: ~2x faster on a CPU than bool masks with int64 sums
+    pred = (logits.float() >= math.log(threshold / (1 - threshold))).flatten(1).view(torch.uint8)  # (B, N)
+    if target.dtype == torch.uint8:
+        gt = target.flatten(1)
+    else:
+        gt = (target.bool() if target.dtype == torch.bool else target > 0.5).flatten(1).view(torch.uint8)
+    inter = (pred & gt).sum(1, dtype=torch.int32)  # (B,)
+    union = pred.sum(1, dtype=torch.int32) + gt.sum(1, dtype=torch.int32) - inter  # (B,)
     return torch.where(union == 0, 1.0, inter / union.clamp(min=1))
 
 

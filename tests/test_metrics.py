@@ -120,7 +120,8 @@ def test_iou_from_logits_equals_iou_of_probabilities(t):
     ref = voxel_iou(torch.sigmoid(logits), target, t)
     assert len(set(np.round(ref.numpy(), 3))) > 5 and ref[2] == 1.0  # not degenerate; both empty -> 1
     torch.testing.assert_close(voxel_iou_from_logits(logits, target, t), ref, rtol=0, atol=0)
-    torch.testing.assert_close(voxel_iou_from_logits(logits, target.to(torch.uint8), t), ref, rtol=0, atol=0)
+    for dtype in (torch.uint8, torch.bool):
+        torch.testing.assert_close(voxel_iou_from_logits(logits, target.to(dtype), t), ref, rtol=0, atol=0)
     with pytest.raises(ValueError, match="threshold"):
         voxel_iou_from_logits(logits, target, 1.0)
 
