@@ -186,11 +186,15 @@ class R2N2DataModule(L.LightningDataModule):
                                                  seed=self.seed)
         log.info("splits: %s", {s: len(d) for s, d in self.datasets.items()})
 
+    @property
+    def _device(self) -> torch.device:
+        """The trainer's device (the CPU without a trainer)."""
+        return self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+
     def input_path(self) -> on_device.Choice:
         """The input path of this run (chosen once, for all splits, on the trainer's device) and why."""
         if self._path is None:
-            trainer = self.trainer
-            device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+            device = self._device
             self._path = on_device.choose(self.device_data, list(self.datasets.values()), device,
                                           self.device_data_fraction)
             if self._path.on_device:
@@ -201,9 +205,7 @@ class R2N2DataModule(L.LightningDataModule):
 
     def _device_split(self, split: str) -> on_device.DeviceSplit:
         if split not in self._on_device:
-            trainer = self.trainer
-            device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
-            self._on_device[split] = on_device.DeviceSplit(self.datasets[split], device)
+            self._on_device[split] = on_device.DeviceSplit(self.datasets[split], self._device)
         return self._on_device[split]
 
     def _loader(self, split: str, train: bool) -> DataLoader | on_device.DeviceBatches:
