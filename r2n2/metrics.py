@@ -23,6 +23,19 @@ from torchmetrics import Metric
 THRESHOLD = 0.3  # seed report: IoU at threshold 0.3 (3D-R2N2 used 0.4; Pix2Vox scans 0.2..0.5)
 
 
+def _iou(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    """IoU over the last dimension of 0/1 uint8 masks (broadcast against each other); 1.0 where both
+    are empty. Counted as bytes in int32: ~2x faster on a CPU than bool masks with int64 sums."""
+    inter = (pred & gt).sum(-1, dtype=torch.int32)
+    union = pred.sum(-1, dtype=torch.int32) + gt.sum(-1, dtype=torch.int32) - inter
+    return torch.where(union == 0, 1.0, inter / union.clamp(min=1))
+
+
+def _occupied(target: torch.Tensor) -> torch.Tensor:
+    """(B, *grid) {0, 1} target (bool, int or float) -> (B, N) uint8 0/1."""
+    return (target > 0.5).flatten(1).view(torch.uint8)
+
+
 def voxel_iou_thresholds(probs: torch.Tensor, target: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
     """Per-sample IoU at several thresholds.
 
@@ -31,12 +44,8 @@ def voxel_iou_thresholds(probs: torch.Tensor, target: torch.Tensor, thresholds: 
     """
     p = probs if probs.dtype in (torch.float32, torch.float64) else probs.float()  # exact compare for bf16/fp16
     t = thresholds.to(device=p.device, dtype=p.dtype)
-    gt = (target > 0.5).flatten(1)[:, None, :]  # (B, 1, N) bool
-    pred = p.flatten(1)[:, None, :] >= t[None, :, None]  # (B, T, N) bool
-    inter = (pred & gt).sum(-1)  # (B, T)
-    union = (pred | gt).sum(-1)  # (B, T)
-    iou = inter.float() / union.clamp(min=1).float()  # (B, T)
-    return torch.where(union == 0, torch.ones_like(iou), iou)
+    pred = (p.flatten(1)[:, None, :] >= t[None, :, None]).view(torch.uint8)  # (B, T, N)
+    return _iou(pred, _occupied(target)[:, None, :])  # (B, T)
 
 
 def voxel_iou_from_logits(logits: torch.Tensor, target: torch.Tensor, threshold: float = THRESHOLD) -> torch.Tensor:
@@ -48,15 +57,8 @@ def voxel_iou_from_logits(logits: torch.Tensor, target: torch.Tensor, threshold:
     the threshold's logit (tests/test_metrics.py)."""
     if not 0 < threshold < 1:
         raise ValueError(f"threshold must be in (0, 1) to threshold logits, got {threshold}")
-    # as 0/1 bytes with int32 counts: ~2x faster on a CPU than bool masks with int64 sums
     pred = (logits.float() >= math.log(threshold / (1 - threshold))).flatten(1).view(torch.uint8)  # (B, N)
-    if target.dtype == torch.uint8:
-        gt = target.flatten(1)
-    else:
-        gt = (target.bool() if target.dtype == torch.bool else target > 0.5).flatten(1).view(torch.uint8)
-    inter = (pred & gt).sum(1, dtype=torch.int32)  # (B,)
-    union = pred.sum(1, dtype=torch.int32) + gt.sum(1, dtype=torch.int32) - inter  # (B,)
-    return torch.where(union == 0, 1.0, inter / union.clamp(min=1))
+    return _iou(pred, _occupied(target))
 
 
 def voxel_iou(probs: torch.Tensor, target: torch.Tensor, threshold: float = THRESHOLD) -> torch.Tensor:

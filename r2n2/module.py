@@ -8,6 +8,7 @@ category. Everything in ``hparams`` is a plain container, so checkpoints load wi
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -187,27 +188,24 @@ class ReconstructionModule(L.LightningModule):
 
     def _manual_step(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """The whole step by hand (``cuda_graph``): as Lightning's automatic optimisation does it
-        (zero_grad, forward, loss, backward, clipping, optimiser step, a per-step schedule), captured
-        and replayed on CUDA."""
-        if self._whole_step is None:
-            on_cuda = self.device.type == "cuda"
-            loss_kwargs = self.hparams.loss or {}
-            self._whole_step = WholeStep(self.net, lambda logits, voxels: voxel_loss(logits, voxels, **loss_kwargs),
-                                         self.optimizers().optimizer, self.hparams.gradient_clip_val, capture=on_cuda)
+        (zero_grad, forward, loss, backward, clipping, optimiser step, the schedule), captured and
+        replayed on CUDA."""
         optimizer = self.optimizers()
+        if self._whole_step is None:
+            loss_fn = functools.partial(voxel_loss, **(self.hparams.loss or {}))
+            self._whole_step = WholeStep(self.net, loss_fn, optimizer.optimizer, self.hparams.gradient_clip_val,
+                                         capture=self.device.type == "cuda")
         # Lightning's manual loop counts optimiser steps (global_step) through these two hooks of its
         # optimiser wrapper; the step itself is the torch optimiser's, inside WholeStep
         optimizer._on_before_step()
         loss, logits = self._whole_step(batch["images"], batch["voxels"])
         optimizer._on_after_step()
         # as Lightning's automatic loop: step schedules every step, epoch ones after the epoch's last batch
-        interval = self._schedule_interval()
-        if interval == "step" or (interval == "epoch" and self.trainer.fit_loop.epoch_loop._num_ready_batches_reached()):
-            self.lr_schedulers().step()
+        epoch_done = self.trainer.fit_loop.epoch_loop._num_ready_batches_reached()
+        for config in self.trainer.lr_scheduler_configs:
+            if config.interval == "step" or epoch_done:
+                config.scheduler.step()
         return loss, logits
-
-    def _schedule_interval(self) -> str | None:
-        return (self.hparams.scheduler or {}).get("interval", "epoch") if self.hparams.scheduler else None
 
     def on_train_epoch_end(self) -> None:
         # every rank sees the same number of samples (EpochShuffleSampler): the mean of rank means is the mean

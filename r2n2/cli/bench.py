@@ -22,6 +22,7 @@ bench.json, and names the device.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import time
@@ -92,8 +93,7 @@ def bare_loop(cfg, batch: dict, device: torch.device, precision: str, warmup: in
     if module_cfg.get("cuda_graph"):  # the module's own whole step, captured on CUDA (r2n2/step.py)
         from r2n2.step import WholeStep
 
-        whole = WholeStep(net, lambda logits, voxels: voxel_loss(logits, voxels, **loss_kwargs), optimizer, clip,
-                          capture=device.type == "cuda")
+        whole = WholeStep(net, functools.partial(voxel_loss, **loss_kwargs), optimizer, clip, capture=device.type == "cuda")
 
         def step():
             with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
