@@ -1,6 +1,6 @@
 """module.cuda_graph (r2n2/step.py): the module's own whole step, eager where there is no CUDA device,
 trains exactly as Lightning's automatic optimisation does (same losses, weights, learning rates and
-step count after a real run: clipping, a per-step and a per-epoch schedule, 1..3 views), and what it
+step count after a real run: clipping, dropout, a per-step and a per-epoch schedule, 1..3 views), and what it
 refuses. Its captured form on a GPU: tests/test_gpu_path.py."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ def _fit(data_dir, tmp_path, name: str, overrides: list[str]) -> tuple[dict, lis
     weights); the module as ``_fit.module``."""
     args = [*tiny(data_dir, epochs=2), "logger=none", "test=false", "callbacks.model_checkpoint=null",
             "callbacks.last_checkpoint=null", "module.viz_every_n_epochs=0", "trainer.num_sanity_val_steps=0",
-            "data.views_per_sample=[1,3]", "model.dropout=0.0", f"paths.output_dir={tmp_path / name}", *overrides]
+            "data.views_per_sample=[1,3]", f"paths.output_dir={tmp_path / name}", *overrides]
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", args)
     L.seed_everything(0)
