@@ -15,9 +15,8 @@ from r2n2.metrics import THRESHOLD, voxel_iou
 
 def object_voxels(dataset: PackedDataset) -> torch.Tensor:
     """Every object's grid: (N_objects, R, R, R) float {0, 1}."""
-    _, vox = dataset._arrays()
     r = dataset.resolution
-    bits = np.unpackbits(np.asarray(vox), axis=1)[:, : r**3]
+    bits = np.unpackbits(np.asarray(dataset.voxel_bits()), axis=1)[:, : r**3]
     return torch.from_numpy(bits.reshape(-1, r, r, r).astype(np.float32))
 
 

@@ -72,10 +72,9 @@ class Fitted:
 
 def small_images(dataset: PackedDataset, slots: np.ndarray, size: int = IMAGE_SIZE, chunk: int = 512) -> torch.Tensor:
     """Stored images ``slots (N,)`` -> ``(N, 3, size, size) float``, normalised as the network input."""
-    img, _ = dataset._arrays()
     out = []
     for i in range(0, len(slots), chunk):
-        rgba = torch.from_numpy(np.ascontiguousarray(img[slots[i:i + chunk]]))[:, None]  # (B, 1, S, S, 4)
+        rgba = torch.from_numpy(dataset.images(slots[i:i + chunk]))[:, None]  # (B, 1, S, S, 4)
         out.append(F.adaptive_avg_pool2d(to_images(rgba)[:, 0], size))
     return torch.cat(out) if out else torch.zeros(0, 3, size, size)
 

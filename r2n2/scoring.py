@@ -61,9 +61,9 @@ class Samples:
 
     def rgba(self, index: np.ndarray, views: int) -> torch.Tensor:
         """The images of samples ``index``: (len(index), views, S, S, 4) uint8."""
-        img, _ = self.dataset._arrays()
         s = self.slots[index, :views]
-        rgba = torch.from_numpy(np.ascontiguousarray(img[s.ravel()])).view(*s.shape, *img.shape[1:])
+        img = self.dataset.images(s.ravel())
+        rgba = torch.from_numpy(img).view(*s.shape, *img.shape[1:])
         if self.binary_alpha:
             rgba[..., 3] = torch.where(rgba[..., 3] > 0, 255, 0).to(torch.uint8)
         return rgba

@@ -114,14 +114,11 @@ def test_probabilities_just_below_the_threshold_stay_empty(trained):
 
 
 def _write_split(folder, grids: list[np.ndarray], categories: list[str], samples: list[tuple[int, int]]):
-    """A packed split as r2n2.data.cache writes it: index.json, images.u8 (2 x 2 RGBA), voxels.u8."""
-    folder.mkdir(parents=True)
-    r = grids[0].shape[0]
+    """A packed split (r2n2.data.cache.write_split) of one 2 x 2 blank image per object."""
+    from r2n2.data.cache import write_split
+
     objects = [{"id": f"o{i}", "category": c, "first": i, "count": 1} for i, c in enumerate(categories)]
-    (folder / "index.json").write_text(json.dumps({"image_size": 2, "resolution": r, "num_images": len(grids),
-                                                   "objects": objects, "samples": samples}))
-    (folder / "images.u8").write_bytes(np.zeros((len(grids), 2, 2, 4), np.uint8).tobytes())
-    (folder / "voxels.u8").write_bytes(np.stack([np.packbits(g.reshape(-1)) for g in grids]).tobytes())
+    write_split(folder, np.zeros((len(grids), 2, 2, 4), np.uint8), np.stack(grids), objects, samples)
 
 
 def test_mean_shape_baseline_by_hand_and_blind_to_test_voxels(tmp_path):

@@ -19,16 +19,13 @@ CONF = Path(__file__).resolve().parents[1] / "conf" / "protocol"
 
 def _split(folder: Path, views: int, samples: list[list[int]]):
     """Two objects of 4 stored views each (images numbered by their index), given samples."""
+    from r2n2.data.cache import write_split
     from r2n2.data.dataset import PackedDataset
 
-    folder.mkdir(parents=True)
     objects = [{"id": f"o{i}", "category": "chair", "first": 4 * i, "count": 4} for i in range(2)]
-    (folder / "index.json").write_text(json.dumps({"image_size": 2, "resolution": 8, "num_images": 8,
-                                                   "objects": objects, "samples": samples}))
     images = np.zeros((8, 2, 2, 4), np.uint8)
     images[..., 0] = np.arange(8)[:, None, None]  # red = the stored image's index
-    (folder / "images.u8").write_bytes(images.tobytes())
-    (folder / "voxels.u8").write_bytes(np.zeros((2, 64), np.uint8).tobytes())
+    write_split(folder, images, np.zeros((2, 8, 8, 8), bool), objects, samples)
     return PackedDataset(folder, views, ["chair"])
 
 
@@ -46,17 +43,16 @@ def test_first_views_scores_one_sample_per_object_on_renderings_00_to_n(tmp_path
             assert other.view_slots(int(row)).tolist() == slots[:v].tolist()
 
 
-def _many(folder: Path, objects: int, count: int, ids=None):
-    """A split of ``objects`` objects of ``count`` stored views each, one sample per object."""
+def _many(folder: Path, objects: int, count: int, ids=None, images=None):
+    """A split of ``objects`` objects of ``count`` stored views each (``images`` or zeros), one
+    sample per object."""
+    from r2n2.data.cache import write_split
     from r2n2.data.dataset import PackedDataset
 
-    folder.mkdir(parents=True)
     ids = ids or [f"o{i}" for i in range(objects)]
     records = [{"id": ids[i], "category": "chair", "first": count * i, "count": count} for i in range(objects)]
-    (folder / "index.json").write_text(json.dumps({"image_size": 2, "resolution": 8, "num_images": objects * count,
-                                                   "objects": records, "samples": [[i, 0] for i in range(objects)]}))
-    (folder / "images.u8").write_bytes(np.zeros((objects * count, 2, 2, 4), np.uint8).tobytes())
-    (folder / "voxels.u8").write_bytes(np.zeros((objects, 64), np.uint8).tobytes())
+    images = np.zeros((objects * count, 2, 2, 4), np.uint8) if images is None else images
+    write_split(folder, images, np.zeros((objects, 8, 8, 8), bool), records, [[i, 0] for i in range(objects)])
     return PackedDataset(folder, 1, ["chair"])
 
 
@@ -88,13 +84,10 @@ def test_binary_alpha_composites_as_3d_r2n2(tmp_path):
     elsewhere (no blending); the result normalised as every input here."""
     from r2n2.data.transforms import IMAGENET_MEAN, IMAGENET_STD, to_images
 
-    ds = _many(tmp_path / "a", 1, 2)
-    img, _ = ds._arrays()
     rgba = np.zeros((2, 2, 2, 4), np.uint8)
     rgba[..., :3] = [[[[200, 10, 50], [90, 90, 90]], [[0, 0, 0], [255, 255, 0]]]]
     rgba[..., 3] = [[0, 1], [128, 255]]
-    np.memmap(ds.folder / "images.u8", np.uint8, "r+", shape=img.shape)[:] = rgba
-    ds._img = None
+    ds = _many(tmp_path / "a", 1, 2, images=rgba)
     hard = S.random_views(ds, 1, binary_alpha=True)
     got = to_images(hard.rgba(np.arange(1), 1))[0, 0].numpy()
     view = rgba[hard.slots[0, 0] - ds.first[0]].astype(np.float32)

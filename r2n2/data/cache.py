@@ -178,6 +178,29 @@ def pack(folder: Path, plan: Plan, image_size: int, resolution: int, voxel_key: 
         raise
 
 
+def write_split(folder: Path, images: np.ndarray, voxels: np.ndarray, objects: list[dict], samples,
+                resolution: int | None = None) -> Path:
+    """Write a packed split from arrays (tests and tools; ``pack`` writes one from source files).
+
+    images: (N, S, S, 4) uint8 RGBA; voxels: (M, R, R, R) {0, 1} grids, one per object; objects:
+    ``[{"id", "category", "first", "count"}]`` (object m's images are ``images[first:first + count]``);
+    samples: (K, 2) (object, view) pairs. Returns ``folder``.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True)
+    images = np.ascontiguousarray(images, dtype=np.uint8)
+    r = resolution or voxels.shape[1]
+    bits = np.stack([np.packbits(np.asarray(g, bool).reshape(-1)) for g in voxels]) if len(voxels) else \
+        np.zeros((0, r**3 // 8), np.uint8)
+    (folder / "images.u8").write_bytes(images.tobytes())
+    (folder / "voxels.u8").write_bytes(bits.tobytes())
+    index = {"version": CACHE_VERSION, "image_size": images.shape[1], "resolution": r, "num_images": len(images),
+             "objects": objects, "samples": np.asarray(samples, np.int64).reshape(-1, 2).tolist(),
+             "crc": {name: _crc(folder / name) for name in ("images.u8", "voxels.u8")}}
+    (folder / "index.json").write_text(json.dumps(index))
+    return folder
+
+
 def read_index(folder: Path, verify: bool = True) -> dict:
     """Check a cache folder and return its index; raise ``CacheInvalid`` saying what is wrong."""
     try:

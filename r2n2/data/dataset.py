@@ -69,6 +69,15 @@ class PackedDataset(Dataset):
             self._vox = np.memmap(self.folder / "voxels.u8", np.uint8, "r", shape=(len(self.objects), r**3 // 8))
         return self._img, self._vox
 
+    def images(self, slots: np.ndarray) -> np.ndarray:
+        """The stored images ``slots (n,) int``: ``(n, S, S, 4) uint8`` RGBA, a new array."""
+        img, _ = self._arrays()
+        return np.ascontiguousarray(img[np.asarray(slots, dtype=np.int64)])
+
+    def voxel_bits(self) -> np.ndarray:
+        """Every object's bit-packed grid: ``(M, ceil(R^3 / 8)) uint8``, numpy's bit order (read-only)."""
+        return self._arrays()[1]
+
     def view_slots(self, i: int, views: int | None = None, seed: int | None = None) -> np.ndarray:
         """Stored-image indices of sample ``i``'s views: (views,) int, its own view first; the others
         drawn from ``(seed, i)``, or fixed per sample when ``seed`` is None."""
@@ -98,12 +107,11 @@ class PackedDataset(Dataset):
 
     def __getitem__(self, key: int | SampleKey) -> dict:
         i, views, seed = key if isinstance(key, tuple) else (key, None, None)
-        img, vox = self._arrays()
         obj = int(self.samples[i, 0])
         r = self.resolution
         item = {
-            "rgba": img[self.view_slots(i, views, seed)],
-            "voxels": np.unpackbits(vox[obj])[: r**3].reshape(r, r, r),
+            "rgba": self.images(self.view_slots(i, views, seed)),
+            "voxels": np.unpackbits(self.voxel_bits()[obj])[: r**3].reshape(r, r, r),
             "category": self.objects[obj]["category"],
             "category_index": int(self.category_index[obj]),
             "object_id": self.objects[obj]["id"],
