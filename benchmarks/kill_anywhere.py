@@ -105,7 +105,7 @@ class Moment:
         if self.kind == "synth":
             return any(sum(1 for _ in t.rglob("*.png")) >= self.index for t in (data_dir / "synthetic").glob(".*.tmp-*"))
         if self.kind == "pack":
-            return any(True for _ in (data_dir / "cache").glob(".*.tmp/images.u8"))
+            return any(True for _ in (data_dir / "cache").glob(".*.tmp/images.z"))
         if self.kind == "ckpt":
             seen.update(p.name for p in (run_dir / "checkpoints").glob(".*.tmp"))
             return len(seen) >= self.index

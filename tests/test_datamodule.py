@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 from pathlib import Path
 
 import hydra.utils
@@ -426,3 +427,66 @@ def test_contrast_jitter_keeps_the_objects_mean_grey(dm):
 def test_to_images_rejects_float_input():
     with pytest.raises(ValueError, match=r"uint8"):
         to_images(torch.zeros(1, 1, 8, 8, 4))
+
+
+class CountingSource(ShapeNetSource):
+    """The real ShapeNet source, counting how often it lists its files."""
+
+    listings = 0
+
+    def records(self, *args, **kwargs):
+        type(self).listings += 1
+        return super().records(*args, **kwargs)
+
+
+def test_a_later_run_opens_its_caches_without_listing_the_source(root, tmp_path):
+    """Issue 24: a start that finds its caches reads the source's folders (the fingerprint), not its
+    files; a changed parameter or source lists again."""
+    def build(**kwargs) -> R2N2DataModule:
+        dm = R2N2DataModule(CountingSource(os.fspath(root)), split_fractions=FRACTIONS, batch_size=4,
+                            pack_workers=0, cache_dir=os.fspath(tmp_path / "cache"), **kwargs)
+        dm.prepare_data()
+        dm.setup("fit")
+        return dm
+
+    first = build()
+    assert CountingSource.listings == 1  # once for every split, not once per hook
+    later = build()
+    assert CountingSource.listings == 1
+    assert {s: d.folder for s, d in later.datasets.items()} == {s: d.folder for s, d in first.datasets.items()}
+    assert later.categories == first.categories == CATEGORIES
+    for a, b in zip(later.train_dataloader(), first.train_dataloader(), strict=True):
+        assert torch.equal(a["rgba"], b["rgba"]) and a["object_id"] == b["object_id"]
+    build(seed=1)
+    assert CountingSource.listings == 2
+
+
+@pytest.mark.parametrize("device_data", [True, False], ids=["device", "loader"])
+def test_a_corrupt_image_met_in_training_names_the_cache_and_is_rebuilt(shared_data, tmp_path, device_data):
+    """A byte flipped in the packed training images after the cache was built: the start passes (it
+    reads no image), the first batch holding that image stops with an error naming the cache, on
+    either input path (2 DataLoader workers, the default), and the next start rebuilds the cache and
+    trains on the images as packed before."""
+    from r2n2.data.errors import DataError
+
+    src = tmp_path / "src"
+    shutil.copytree(shared_data / "r2n2-sample", src)
+    kwargs = dict(device_data=device_data, num_workers=2, persistent_workers=True)
+    dm = make_dm(src, tmp_path / "cache", **kwargs)
+    before = [b["rgba"].clone() for b in dm.train_dataloader()]
+    folder = dm.datasets["train"].folder
+    table = np.load(folder / "images.npy")
+    with open(folder / "images.z", "r+b") as f:  # a byte inside stored image 5
+        f.seek(int(table[5, 0]) + 50)
+        byte = f.read(1)
+        f.seek(int(table[5, 0]) + 50)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    dm = make_dm(src, tmp_path / "cache", **kwargs)
+    with pytest.raises(DataError, match=f"{folder}: image 5 of the cache is corrupt"):
+        for _ in dm.train_dataloader():
+            pass
+    assert not (folder / "index.json").exists()
+    again = make_dm(src, tmp_path / "cache", **kwargs)
+    assert again.datasets["train"].folder == folder
+    for a, b in zip(again.train_dataloader(), before, strict=True):
+        assert torch.equal(a["rgba"], b)

@@ -73,16 +73,33 @@ def test_the_choice_of_path_and_its_reasons(shared_data, tmp_path):
     dm = _dm(shared_data, tmp_path / "cache")
     splits = list(dm.datasets.values())
     cpu = on_device.choose("auto", splits, torch.device("cpu"), 0.5)
-    assert cpu.on_device and "in place" in cpu.reason
+    assert cpu.on_device and "each batch decoded from the cache" in cpu.reason
     assert not on_device.choose(False, splits, torch.device("cpu"), 0.5).on_device
     with pytest.raises(ValueError, match="data.device_data must be auto, true or false"):
         on_device.choose("yes", splits, torch.device("cpu"), 0.5)
     with pytest.raises(ValueError, match="data.device_data must be auto, true or false"):
         R2N2DataModule(ShapeNetSource(os.fspath(shared_data / "r2n2-sample")), device_data="gpu")
-    # on the CPU the split is the memory-mapped cache itself: no copy
+    # on the CPU the batches are decoded as they are gathered: no copy of the split is held
     split = on_device.DeviceSplit(splits[0], torch.device("cpu"))
-    img, _ = splits[0]._arrays()
-    assert split.images.data_ptr() == img.ctypes.data
+    assert not split.resident and split.images is None
+
+
+def test_resident_images_equal_the_decoded_ones_and_are_decoded_once(shared_data, tmp_path):
+    """The images held on the device (CUDA's default; forced here on the CPU) are filled the first
+    time a batch needs them and give the same batches as decoding every batch."""
+    dm = _dm(shared_data, tmp_path / "cache", views_per_sample=[1, 3], augment=True)
+    dataset = dm.datasets["train"]
+    held = on_device.DeviceSplit(dataset, torch.device("cpu"), resident=True)
+    fresh = on_device.DeviceSplit(dataset, torch.device("cpu"))
+    assert held.images.shape == (dataset.num_images, 127, 127, 4) and not held._decoded.any()
+    loader = dm.train_dataloader()
+    for epoch in (0, 1):
+        loader.batch_sampler.sampler.set_epoch(epoch)
+        for keys in loader.batch_sampler:
+            _same(held.batch(keys), fresh.batch(keys))
+        if epoch == 0:  # every image the epoch asked for, and only those, is now on the device
+            asked = np.unique(np.concatenate([dataset.batch_slots(k).ravel() for k in loader.batch_sampler]))
+            assert held._decoded.sum() == len(asked) and held._decoded[asked].all()
 
 
 def test_a_run_logs_its_input_path_and_trains_as_the_dataloader_path(data_dir, tmp_path):

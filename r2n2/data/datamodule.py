@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -13,7 +14,8 @@ from lightning.pytorch.accelerators import CUDAAccelerator
 from torch.utils.data import BatchSampler, DataLoader
 
 from r2n2.data import device as on_device
-from r2n2.data.cache import Plan, ensure_packed
+from r2n2.atomic import atomic_write
+from r2n2.data.cache import Plan, cache_key, ensure_packed
 from r2n2.data.dataset import PackedDataset
 from r2n2.data.errors import DataError
 from r2n2.data.samplers import EpochBatchSampler, EpochShuffleSampler, ShardSampler
@@ -75,6 +77,8 @@ class R2N2DataModule(L.LightningDataModule):
     The loaders bring their own samplers (``r2n2.data.samplers``): run the Trainer with
     ``use_distributed_sampler=False`` so that Lightning does not replace them.
     on_error: ``raise`` on bad input, or ``skip`` bad samples and report them.
+    verify_cache: also check every cached image's CRC-32 when a cache is opened (reads it whole);
+        by default each image is checked when it is read, and opening reads none of them.
     """
 
     def __init__(
@@ -98,7 +102,7 @@ class R2N2DataModule(L.LightningDataModule):
         pin_memory: bool | None = None,
         persistent_workers: bool = False,
         pack_workers: int | None = None,
-        verify_cache: bool = True,
+        verify_cache: bool = False,
         device_data: bool | str = "auto",
         device_data_fraction: float = 0.5,
     ):
@@ -136,6 +140,7 @@ class R2N2DataModule(L.LightningDataModule):
         self.device_data, self.device_data_fraction = device_data, float(device_data_fraction)
         self.datasets: dict[str, PackedDataset] = {}
         self.categories: list[str] = []
+        self._folder_paths: dict[str, Path] | None = None
         self._path: on_device.Choice | None = None  # the input path, chosen at the first loader
         self._on_device: dict[str, on_device.DeviceSplit] = {}
 
@@ -144,6 +149,7 @@ class R2N2DataModule(L.LightningDataModule):
         return self.train_views[1] if split == "train" else self.eval_views
 
     def _plans(self) -> dict[str, Plan]:
+        """List the source and plan every split (what a cache is built from)."""
         errors = ErrorPolicy(self.on_error)
         records = self.source.records(errors, self.sizes)
         errors.write(self.cache_dir / "skipped-records.json", "dataset listing")
@@ -159,31 +165,68 @@ class R2N2DataModule(L.LightningDataModule):
                 plans[split] = Plan.make(by_split[split], samples, all_views=self._views(split) > 1)
         return plans
 
-    def min_views(self, split: str) -> int:
-        """The number of views of the object with the fewest in ``split`` (0 if it is empty)."""
-        plan = self._plans().get(split)
-        return min((len(r.images) for r in plan.objects), default=0) if plan else 0
+    def _folders(self) -> dict[str, Path]:
+        """The packed cache folder of every non-empty split, building those that are missing.
 
-    def _pack(self, split: str, plan: Plan) -> Path:
-        config = {"image_size": self.image_size, "resolution": self.resolution, "on_error": self.on_error,
-                  "voxel_key": self.source.voxel_key, "all_views": self._views(split) > 1}
-        return ensure_packed(self.cache_dir, split, plan, self.source.describe(), config,
-                             ErrorPolicy(self.on_error), self.pack_workers, self.verify_cache)
+        A later run lists nothing: the source's fingerprint (``Source.fingerprint``: for ShapeNet its
+        folders' modification times) and the split parameters name the caches and a small summary
+        (``splits-<key>.json``: the categories and each split's sample count); only a change of the
+        source or of the parameters lists the source and packs again."""
+        if self._folder_paths is not None:
+            return self._folder_paths
+        base = {"source": self.source.describe(), "fingerprint": self.source.fingerprint(self.sizes),
+                "fractions": self.fractions, "seed": self.seed, "split_version": self.split_version,
+                "on_error": self.on_error}
+        summary_path = self.cache_dir / f"splits-{cache_key({**base, 'sizes': self.sizes}, {})}.json"
+        plans: dict[str, Plan] | None = None
+
+        def planned() -> dict[str, Plan]:
+            nonlocal plans
+            if plans is None:
+                plans = self._plans()
+            return plans
+
+        try:
+            summary = json.loads(summary_path.read_text())
+            categories, counts = list(summary["categories"]), dict(summary["splits"])
+        except (OSError, ValueError, KeyError, TypeError):  # absent (first run), or damaged: list again
+            categories, counts = None, None
+        if counts is None:
+            counts = {split: len(plan.samples) for split, plan in planned().items()}
+            categories = self.categories
+            with atomic_write(summary_path, "w") as f:
+                json.dump({"categories": categories, "splits": counts}, f)
+        self.categories = categories
+        self._folder_paths = {
+            split: ensure_packed(self.cache_dir, split, {**base, "size": self.sizes[split]},
+                                 lambda split=split: planned()[split], self._pack_config(split),
+                                 ErrorPolicy(self.on_error), self.pack_workers, self.verify_cache)
+            for split in SPLITS if counts.get(split)
+        }
+        return self._folder_paths
+
+    def min_views(self, split: str) -> int:
+        """The number of views, in the source, of the object with the fewest in ``split`` (0 if it is
+        empty or absent)."""
+        self.setup()
+        return self.datasets[split].min_views() if split in self.datasets else 0
+
+    def _pack_config(self, split: str) -> dict:
+        return {"image_size": self.image_size, "resolution": self.resolution, "on_error": self.on_error,
+                "voxel_key": self.source.voxel_key, "all_views": self._views(split) > 1}
 
     # -- Lightning hooks --------------------------------------------------------------------
     def prepare_data(self) -> None:
         """Generate (synthetic) and pack every split once; Lightning runs this on rank 0 only."""
         self.source.prepare(self.sizes)
-        for split, plan in self._plans().items():
-            self._pack(split, plan)
+        self._folders()
 
     def setup(self, stage: str | None = None) -> None:
         """Open the packed splits (packing any that ``prepare_data`` did not)."""
         if self.datasets:
             return
-        for split, plan in self._plans().items():
-            self.datasets[split] = PackedDataset(self._pack(split, plan), self._views(split), self.categories,
-                                                 seed=self.seed)
+        for split, folder in self._folders().items():
+            self.datasets[split] = PackedDataset(folder, self._views(split), self.categories, seed=self.seed)
         log.info("splits: %s", {s: len(d) for s, d in self.datasets.items()})
 
     @property

@@ -1,4 +1,4 @@
-"""``PackedDataset``: samples of one split, read from its memory-mapped cache."""
+"""``PackedDataset``: samples of one split, read from its packed cache (``r2n2.data.cache``)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import Dataset
 
+from r2n2.data.cache import ImageStore
 from r2n2.data.samplers import SampleKey
 
 
@@ -40,7 +41,7 @@ class PackedDataset(Dataset):
         self.size, self.resolution = index["image_size"], index["resolution"]
         self.num_images = index["num_images"]
         self.objects = index["objects"]
-        self.samples = np.asarray(index["samples"], dtype=np.int64).reshape(-1, 2)
+        self.samples = np.load(self.folder / "samples.npy").reshape(-1, 2)
         self.first = np.array([o["first"] for o in self.objects], dtype=np.int64)
         self.count = np.array([o["count"] for o in self.objects], dtype=np.int64)
         self.categories = list(categories)
@@ -54,29 +55,35 @@ class PackedDataset(Dataset):
         if skipped.is_file():
             log.warning("%d bad file(s) were skipped when %s was built (list in %s)",
                         len(json.loads(skipped.read_text())), self.folder.name, skipped)
-        self._img = self._vox = None
+        self._images = ImageStore(self.folder, self.size)
+        self._vox: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getstate__(self):  # worker processes re-open the memory maps instead of copying them
-        return {**self.__dict__, "_img": None, "_vox": None}
-
-    def _arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        if self._img is None:
-            s, r = self.size, self.resolution
-            self._img = np.memmap(self.folder / "images.u8", np.uint8, "r", shape=(self.num_images, s, s, 4))
-            self._vox = np.memmap(self.folder / "voxels.u8", np.uint8, "r", shape=(len(self.objects), r**3 // 8))
-        return self._img, self._vox
+    def __getstate__(self):  # worker processes re-open the memory map instead of copying it
+        return {**self.__dict__, "_vox": None}
 
     def images(self, slots: np.ndarray) -> np.ndarray:
-        """The stored images ``slots (n,) int``: ``(n, S, S, 4) uint8`` RGBA, a new array."""
-        img, _ = self._arrays()
-        return np.ascontiguousarray(img[np.asarray(slots, dtype=np.int64)])
+        """The stored images ``slots (n,) int``: ``(n, S, S, 4) uint8`` RGBA, a new array, each image
+        decoded and checked (a corrupt one raises ``r2n2.data.cache.CorruptImage`` naming the cache)."""
+        return self._images.read(slots)
 
     def voxel_bits(self) -> np.ndarray:
         """Every object's bit-packed grid: ``(M, ceil(R^3 / 8)) uint8``, numpy's bit order (read-only)."""
-        return self._arrays()[1]
+        if self._vox is None:
+            shape = (len(self.objects), self.resolution**3 // 8)
+            self._vox = np.memmap(self.folder / "voxels.u8", np.uint8, "r", shape=shape) if shape[0] else \
+                np.zeros(shape, np.uint8)
+        return self._vox
+
+    def decoded_bytes(self) -> int:
+        """Bytes of the split's images decoded and its voxels packed: what holding it whole takes."""
+        return self.num_images * self.size * self.size * 4 + len(self.objects) * self.resolution**3 // 8
+
+    def min_views(self) -> int:
+        """The number of views, in the source, of the object with the fewest (0 if none)."""
+        return min((o.get("views", o["count"]) for o in self.objects), default=0)
 
     def view_slots(self, i: int, views: int | None = None, seed: int | None = None) -> np.ndarray:
         """Stored-image indices of sample ``i``'s views: (views,) int, its own view first; the others

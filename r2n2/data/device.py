@@ -1,15 +1,17 @@
-"""Data on the device: a packed split held whole on the training device, each batch gathered there
-by the sampler's indices, with no DataLoader, worker processes, pinned copies or inter-process
-traffic per step (airbench's way of keeping a GPU busy with a small model).
+"""Data on the device: a packed split held on the training device, each batch gathered there by the
+sampler's indices, with no DataLoader, worker processes, pinned copies or inter-process traffic per
+step (airbench's way of keeping a GPU busy with a small model).
 
 The batches are the DataLoader path's, value for value: the same samplers give the order, the view
 counts and the batch seeds (``r2n2.data.samplers``), the same ``PackedDataset.view_slots`` choose the
-extra views, and the voxels are unpacked with numpy's bit order.
+extra views, the images are the same decoded bytes and the voxels are unpacked with numpy's bit order.
 
-Where it applies (``choose``): on a CUDA device when the split's packed arrays take at most
-``fraction`` of the device's free memory (``data.device_data_fraction``, default 0.5: the network,
-its activations and the optimiser need the rest); on the CPU always, since there "on the device"
-means the memory-mapped cache itself, read in place (no copy, no memory of its own).
+Where it applies (``choose``): on a CUDA device when the split's decoded images and packed voxels
+take at most ``fraction`` of the device's free memory (``data.device_data_fraction``, default 0.5:
+the network, its activations and the optimiser need the rest); there the images are decoded into a
+device tensor the first time a batch needs them (the first epoch decodes, later ones only gather), so
+a start does not wait for the whole split. On the CPU it always applies: each batch's images are
+decoded from the compressed cache as it is gathered, and memory does not grow with the data.
 """
 
 from __future__ import annotations
@@ -25,9 +27,6 @@ from r2n2.data.samplers import SampleKey
 
 log = logging.getLogger(__name__)
 
-# bytes per copy chunk when a split moves to a GPU: bounds the host memory the copy needs
-COPY_CHUNK = 256 * 2**20
-
 
 @dataclass
 class Choice:
@@ -35,12 +34,6 @@ class Choice:
 
     on_device: bool
     reason: str
-
-
-def split_bytes(dataset: PackedDataset) -> int:
-    """Bytes of the split's packed images and voxels."""
-    img, vox = dataset._arrays()
-    return int(img.nbytes + vox.nbytes)
 
 
 def choose(setting: bool | str, datasets: list[PackedDataset], device: torch.device, fraction: float) -> Choice:
@@ -53,9 +46,9 @@ def choose(setting: bool | str, datasets: list[PackedDataset], device: torch.dev
         raise ValueError(f"data.device_data must be auto, true or false, got {setting!r}")
     if setting is False:
         return Choice(False, "data.device_data=false")
-    need = sum(split_bytes(d) for d in datasets)
+    need = sum(d.decoded_bytes() for d in datasets)
     if device.type == "cpu":
-        return Choice(True, f"the CPU reads the memory-mapped cache in place ({need / 2**30:.2f} GiB, no copy)")
+        return Choice(True, "the CPU: each batch decoded from the cache as it is gathered, no copy of the split held")
     if device.type != "cuda":
         if setting is True:
             raise ValueError(f"data.device_data=true: no on-device path for a {device.type} device")
@@ -69,19 +62,6 @@ def choose(setting: bool | str, datasets: list[PackedDataset], device: torch.dev
     return Choice(fits, why)
 
 
-def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
-    """A memory-mapped array as a tensor on ``device``: in place on the CPU (no copy), else copied in
-    chunks of ``COPY_CHUNK`` bytes, so the host never holds a second copy of the whole array."""
-    host = torch.from_numpy(np.asarray(array)) if array.flags.writeable else _readonly(array)
-    if device.type == "cpu":
-        return host
-    out = torch.empty(host.shape, dtype=host.dtype, device=device)
-    rows = max(1, COPY_CHUNK // max(1, host[0].numel() * host.element_size())) if len(host) else 1
-    for i in range(0, len(host), rows):
-        out[i : i + rows].copy_(host[i : i + rows])
-    return out
-
-
 def _readonly(array: np.ndarray) -> torch.Tensor:
     """``torch.from_numpy`` of a read-only memory map, without its warning: nothing here writes to it."""
     import warnings
@@ -92,18 +72,29 @@ def _readonly(array: np.ndarray) -> torch.Tensor:
 
 
 class DeviceSplit:
-    """One ``PackedDataset`` with its images ``(N_img, S, S, 4) uint8`` and bit-packed voxels
-    ``(M, ceil(R^3 / 8)) uint8`` on ``device``.
+    """One ``PackedDataset`` with its bit-packed voxels ``(M, ceil(R^3 / 8)) uint8`` on ``device`` and
+    its images gathered there.
+
+    resident: hold the decoded images ``(N_img, S, S, 4) uint8`` on ``device``, each decoded the first
+    time a batch needs it (the default on CUDA); False decodes every batch's images as it is gathered
+    (the default on the CPU, where the device is the host: no copy of the split is held).
 
     ``batch(keys)`` returns what ``collate`` makes of ``[dataset[k] for k in keys]``, on the device:
     ``rgba (B, V, S, S, 4) uint8``, ``voxels (B, R, R, R) uint8``, ``category_index (B,) int64``,
     ``category`` and ``object_id`` (lists of str), and ``seed`` (int) for training keys.
     """
 
-    def __init__(self, dataset: PackedDataset, device: torch.device):
+    def __init__(self, dataset: PackedDataset, device: torch.device, resident: bool | None = None):
         self.dataset, self.device = dataset, device
-        img, vox = dataset._arrays()
-        self.images, self.voxels = to_device(img, device), to_device(vox, device)
+        vox = dataset.voxel_bits()
+        host = _readonly(vox) if not vox.flags.writeable else torch.from_numpy(np.asarray(vox))
+        self.voxels = host if device.type == "cpu" else host.to(device)
+        self.resident = device.type != "cpu" if resident is None else resident
+        self.images: torch.Tensor | None = None
+        if self.resident:
+            s = dataset.size
+            self.images = torch.empty((dataset.num_images, s, s, 4), dtype=torch.uint8, device=device)
+            self._decoded = np.zeros(dataset.num_images, bool)
         self.obj = dataset.samples[:, 0]
         self.category_index = torch.from_numpy(dataset.category_index.astype(np.int64))
         # np.unpackbits' order: the first voxel is the most significant bit of the first byte
@@ -112,19 +103,34 @@ class DeviceSplit:
     def __len__(self) -> int:
         return len(self.dataset)
 
+    def _gather(self, slots: np.ndarray) -> torch.Tensor:
+        """Images ``slots (B, V)`` -> ``(B, V, S, S, 4) uint8`` on the device."""
+        flat = slots.reshape(-1)
+        if not self.resident:
+            return torch.from_numpy(self.dataset.images(flat)).view(*slots.shape, *self.images_shape)
+        missing = np.unique(flat[~self._decoded[flat]])
+        if len(missing):  # decoded once, then kept on the device
+            fresh = torch.from_numpy(self.dataset.images(missing)).to(self.device)
+            self.images.index_copy_(0, torch.from_numpy(missing).to(self.device), fresh)
+            self._decoded[missing] = True
+        index = torch.from_numpy(flat).to(self.device, non_blocking=True)
+        return self.images.index_select(0, index).view(*slots.shape, *self.images_shape)
+
+    @property
+    def images_shape(self) -> tuple[int, int, int]:
+        return (self.dataset.size, self.dataset.size, 4)
+
     def batch(self, keys: list) -> dict:
         slots = self.dataset.batch_slots(keys)
         idx = np.fromiter((k.index if isinstance(k, SampleKey) else k for k in keys), np.int64, len(keys))
         obj = self.obj[idx]
         b, r = len(obj), self.dataset.resolution
-        slots_t = torch.from_numpy(slots).to(self.device, non_blocking=True)
         obj_t = torch.from_numpy(obj).to(self.device, non_blocking=True)
-        rgba = self.images.index_select(0, slots_t.view(-1)).view(*slots.shape, *self.images.shape[1:])
         # (B, bytes, 8) bits, 0 or 1, as bool then viewed as uint8 (no copy)
         bits = (self.voxels.index_select(0, obj_t).unsqueeze(-1) & self._bits) != 0
         objects = self.dataset.objects
         batch = {
-            "rgba": rgba,
+            "rgba": self._gather(slots),
             "voxels": bits.view(b, -1)[:, : r**3].view(torch.uint8).view(b, r, r, r),
             "category": [objects[o]["category"] for o in obj],
             "category_index": self.category_index[torch.from_numpy(obj)].to(self.device, non_blocking=True),

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -49,6 +51,34 @@ class Source(Protocol):
 
     def describe(self) -> dict:
         """Plain, JSON-able identity of the source (goes into the cache key)."""
+
+    def fingerprint(self, sizes: dict[str, int | None]) -> str:
+        """A digest that changes when the data does (goes into the cache key), read without listing
+        every file where the source can (ShapeNet: its folders); see ``files_fingerprint``."""
+
+
+def stamp(path: str | os.PathLike) -> str:
+    """A file's or folder's (modification time, change time, inode), or "missing"."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return "missing"
+    return f"{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}"
+
+
+def files_fingerprint(records: list[ObjectRecord]) -> str:
+    """SHA-256 over every record (id, category, split) and each of its files' size and times: what
+    changes when any file does; it stats every file, so sources with many use their folders instead."""
+    h = hashlib.sha256()
+    for rec in records:
+        h.update(f"{rec.object_id}\0{rec.category}\0{rec.split}\n".encode())
+        for path in (rec.voxels, *rec.images):
+            try:
+                st = os.stat(path)
+                h.update(f"{path}\0{st.st_size}:{st.st_mtime_ns}\n".encode())
+            except OSError:
+                h.update(f"{path}\0missing\n".encode())
+    return h.hexdigest()
 
 
 class ErrorPolicy:

@@ -25,7 +25,7 @@ import os
 from pathlib import Path
 
 from r2n2.data.errors import DataError
-from r2n2.data.sources.base import SPLITS, ErrorPolicy, ObjectRecord
+from r2n2.data.sources.base import SPLITS, ErrorPolicy, ObjectRecord, files_fingerprint
 
 REQUIRED = ("image", "voxels", "category")
 
@@ -79,6 +79,10 @@ class ManifestSource:
             raise DataError(self.path, f"malformed CSV near line {reader.line_num if reader else 1} ({e})") from None
         except OSError as e:
             raise DataError(self.path, f"manifest CSV unreadable ({e.strerror or e})") from None
+
+    def fingerprint(self, sizes: dict[str, int | None] | None = None) -> str:
+        """Every listed file's size and time (``files_fingerprint``); faults surface when listing."""
+        return files_fingerprint(self.records(ErrorPolicy("skip"), sizes))
 
     def records(self, errors: ErrorPolicy, sizes: dict[str, int | None] | None = None) -> list[ObjectRecord]:
         objects: dict[str, dict] = {}

@@ -67,7 +67,7 @@ from r2n2.atomic import atomic_write
 from r2n2.data.categories import category_filter
 from r2n2.data.errors import DataError
 from r2n2.data.formats import RESOLUTION, load_voxels
-from r2n2.data.sources.base import SPLITS, ErrorPolicy, ObjectRecord
+from r2n2.data.sources.base import SPLITS, ErrorPolicy, ObjectRecord, files_fingerprint
 
 # Pix2Vox's image size for Pix3D (config.py: CONST.IMG_W = IMG_H = 224); the cache then resizes to 127
 CROP_SIZE = 224
@@ -230,6 +230,10 @@ class Pix3DSource:
             with atomic_write(out) as f:
                 f.write(buf.getvalue())
         return os.fspath(out)
+
+    def fingerprint(self, sizes: dict[str, int | None] | None = None) -> str:
+        """Every listed file's size and time (``files_fingerprint``); faults surface when listing."""
+        return files_fingerprint(self.records(ErrorPolicy("skip"), sizes))
 
     def records(self, errors: ErrorPolicy, sizes: dict[str, int | None] | None = None) -> list[ObjectRecord]:
         """One record per (model, split); writes missing crops and 32^3 grids (atomically, so ranks may race)."""

@@ -69,6 +69,9 @@ class SyntheticSource:
         return {"kind": "synthetic", "root": str(self.root.resolve()), "objects_per_category": self.objects_per_category,
                 "views": self.views, "seed": self.seed, "categories": self.categories}
 
+    def fingerprint(self, sizes: dict[str, int | None] | None = None) -> str:
+        return ShapeNetSource(self.folder(sizes or {}), taxonomy="ShapeNet.json").fingerprint()
+
     def records(self, errors: ErrorPolicy, sizes: dict[str, int | None] | None = None) -> list[ObjectRecord]:
         folder = self.folder(sizes or {})
         return ShapeNetSource(folder, taxonomy="ShapeNet.json").records(errors)
