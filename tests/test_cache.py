@@ -299,6 +299,20 @@ def test_the_cache_is_within_twice_the_pngs_it_was_packed_from(shared_data, tmp_
     assert len(samples) == 168 and cache <= 2 * pngs, (cache, pngs)
 
 
+def test_packing_names_the_unused_caches_of_an_older_version(shared_data, tmp_path, caplog):
+    old = tmp_path / "cache" / "train-0123456789abcdef0123"
+    old.mkdir(parents=True)
+    (old / "images.u8").write_bytes(b"\0" * 5000)
+    (old / "index.json").write_text(json.dumps({"version": 1}))
+    root = copy_sample(shared_data, tmp_path / "src", objects=OBJECTS[:1], views=2)
+    plan, source = plan_for(root)
+    with caplog.at_level(logging.WARNING, logger="r2n2.data.cache"):
+        folder = ensure_packed(tmp_path / "cache", "train", source, plan, CONFIG, ErrorPolicy("raise"))
+    assert f"{tmp_path / 'cache'} holds 1 cache folder(s) of an older version" in caplog.text
+    assert old.name in caplog.text and folder.name not in caplog.text
+    assert old.is_dir()  # named, never deleted: another checkout may still read it
+
+
 def test_leftover_temporary_folder_of_a_killed_run_is_ignored(shared_data, tmp_path):
     root = copy_sample(shared_data, tmp_path / "src", objects=OBJECTS[:1], views=2)
     plan, source = plan_for(root)

@@ -352,6 +352,23 @@ class ImageStore:
         log.error("cache %s has a corrupt image: index.json removed, so the next start rebuilds it", self.folder)
 
 
+def _warn_of_old_caches(cache_dir: Path) -> None:
+    """Say where caches of an older version lie unused (a version-1 cache is 13x its PNGs)."""
+    old = []
+    for index in cache_dir.glob("*-*/index.json"):
+        try:
+            version = json.loads(index.read_text()).get("version")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if version != CACHE_VERSION:
+            old.append(index.parent)
+    if old:
+        size = sum(p.stat().st_size for folder in old for p in folder.iterdir() if p.is_file())
+        log.warning("%s holds %d cache folder(s) of an older version (%.2f GB) that nothing reads any more: "
+                    "delete them to free the space (%s)", cache_dir, len(old), size / 1e9,
+                    ", ".join(f.name for f in old[:3]) + (", ..." if len(old) > 3 else ""))
+
+
 def ensure_packed(cache_dir: Path, split: str, identity: dict, plan: Plan | Callable[[], Plan], config: dict,
                   errors: ErrorPolicy, workers: int = 0, verify: bool = False) -> Path:
     """Return the folder of a valid cache for one split, building (or rebuilding) it if needed.
@@ -367,6 +384,7 @@ def ensure_packed(cache_dir: Path, split: str, identity: dict, plan: Plan | Call
             log.warning("cache %s is unusable (%s): rebuilding it", folder, e)
             shutil.rmtree(folder)
     plan = plan() if callable(plan) else plan
+    _warn_of_old_caches(Path(cache_dir))
     log.info("packing %d %s samples into %s", len(plan.samples), split, folder)
     pack(folder, plan, config["image_size"], config["resolution"], config.get("voxel_key"), errors, workers)
     return folder
