@@ -102,12 +102,12 @@ class ShapeNetSource:
         h = hashlib.sha256()
         if self.taxonomy is not None:
             h.update(stamp(self.taxonomy).encode())
-        for synset, name, model, split in self._listing():
-            if not self._keep(synset, name):
-                continue
-            render = self.root / self.rendering_dir / synset / model / "rendering"
-            voxels = self.root / self.voxel_dir / synset / model
-            h.update(f"{synset}/{model}\0{name}\0{split}\0{stamp(render)}\0{stamp(voxels)}\n".encode())
+        renderings = os.path.join(self.root, self.rendering_dir, "")  # plain strings: pathlib cost 3x the stats
+        voxels = os.path.join(self.root, self.voxel_dir, "")
+        lines = [f"{synset}/{model}\0{name}\0{split}\0{stamp(f'{renderings}{synset}/{model}/rendering')}\0"
+                 f"{stamp(f'{voxels}{synset}/{model}')}\n"
+                 for synset, name, model, split in self._listing() if self._keep(synset, name)]
+        h.update("".join(lines).encode())
         return h.hexdigest()
 
     def records(self, errors: ErrorPolicy, sizes: dict[str, int | None] | None = None) -> list[ObjectRecord]:
