@@ -126,7 +126,7 @@ def test_disk_full_mid_checkpoint_keeps_the_old_one(small_fs):
 
 @pytest.mark.slow
 def test_train_on_a_full_disk_says_so_leaves_nothing_torn_and_continues_with_space(small_fs, tmp_path):
-    """Data and outputs on one small tmpfs. 300 KB: packing the cache fails; 200 MB: epoch 0's two
+    """Data and outputs on one small tmpfs. 64 KB: packing the cache (~90 KB) fails; 200 MB: epoch 0's two
     checkpoints (79 MB each) fit, epoch 1's do not; 400 MB: resume= finishes the run. The sizes are
     those of the linear decoder's checkpoints (the default up-convolution one writes 36 MB, which
     would fit twice), so the test names it."""
@@ -134,7 +134,7 @@ def test_train_on_a_full_disk_says_so_leaves_nothing_torn_and_continues_with_spa
     csv = write_manifest(tmp_path / "src", objects=6, views=2)
     args = manifest_args(csv, fs / "data", epochs=2) + ["model.decoder.name=linear_conv3d"]
     run = fs / "run"
-    small_fs.resize("300k")
+    small_fs.resize("64k")
 
     def full(proc):
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
