@@ -20,6 +20,14 @@ def object_voxels(dataset: PackedDataset) -> torch.Tensor:
     return torch.from_numpy(bits.reshape(-1, r, r, r).astype(np.float32))
 
 
+def object_occupancy(dataset: PackedDataset) -> torch.Tensor:
+    """Every object's grid as occupancy: (N_objects, R, R, R) bool (an eighth of :func:`object_voxels`'
+    memory: 8.8k ShapeNet test objects take 290 MB)."""
+    r = dataset.resolution
+    bits = np.unpackbits(np.asarray(dataset.voxel_bits()), axis=1)[:, : r**3]
+    return torch.from_numpy(np.ascontiguousarray(bits).view(bool).reshape(-1, r, r, r))
+
+
 def mean_shapes(dataset: PackedDataset) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Mean occupancy over the samples of ``dataset``: global ``(R, R, R)`` and per category name."""
     grids = object_voxels(dataset)

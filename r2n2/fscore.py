@@ -174,11 +174,16 @@ def score_packed(gt_keys: list, gt_bits: np.ndarray, pred_bits: np.ndarray, shap
     return out
 
 
+def _numpy(grids) -> np.ndarray:
+    """A numpy array of ``grids`` (a torch tensor on any device, without importing torch here)."""
+    return grids.cpu().numpy() if hasattr(grids, "cpu") else np.asarray(grids)
+
+
 class FScorer:
     """F-scores computed in a pool of ``workers`` processes while the caller goes on (0 = inline).
 
     ``submit(gt_keys, gt_grids, pred_grids) -> Future`` of ``(K,)`` F-scores; grids ``(K, R, R, R)``
-    bool (numpy); ``level``: the surface definition (:data:`LEVELS`; ``"what3d"`` by default). Use as a
+    bool (numpy, or torch tensors on any device); ``level``: the surface definition (:data:`LEVELS`; ``"what3d"`` by default). Use as a
     context manager so the pool is shut down.
     """
 
@@ -197,6 +202,7 @@ class FScorer:
             self.pool.submit(int).result()  # start the processes now, before the caller's threads do work
 
     def submit(self, gt_keys, gt_grids: np.ndarray, pred_grids: np.ndarray) -> Future:
+        gt_grids, pred_grids = _numpy(gt_grids), _numpy(pred_grids)
         shape = tuple(pred_grids.shape[1:])
         args = (list(gt_keys), np.packbits(gt_grids.reshape(len(gt_grids), -1), axis=1),
                 np.packbits(pred_grids.reshape(len(pred_grids), -1), axis=1), shape, self.n, self.distance, self.level)

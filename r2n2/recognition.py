@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from r2n2.baselines import object_voxels
+from r2n2.baselines import object_occupancy
 from r2n2.data.dataset import PackedDataset
 from r2n2.data.transforms import to_images
 
@@ -43,13 +43,21 @@ RIDGE = 1e-2  # ridge strength, relative to the mean feature variance (features 
 NAMES = ("clustering", "retrieval", "oracle nearest neighbour")
 
 
+# rows per block of the large products (image features, retrieval similarities, the oracle's IoUs):
+# memory stays bounded at ShapeNet's size (735k training and 210k test images, 30k training objects)
+CHUNK = 4096
+
+
 @dataclass
 class Fitted:
     """What the baselines learned from the training split.
 
-    centroids: (k, R, R, R) float cluster mean occupancies; shapes: (N_obj, R, R, R) {0, 1} training
+    centroids: (k, R, R, R) float cluster mean occupancies; shapes: (N_obj, R, R, R) bool training
     grids; filters: the random filters; mean, std: feature standardisation; w_cluster: (D, k) and
-    w_object: (D, N_obj) ridge weights; bank: (N_img, N_obj) unit embeddings of the training images,
+    w_object: (D, N_obj) ridge weights; bank: (N_img, D) the training images' features divided by
+    the length of their embedding ``f @ w_object``, and gram = ``w_object @ w_object.T`` (D, D), so
+    that ``(f @ gram) @ bank.T`` ranks the training images as the cosine of the embeddings does,
+    without any (images x objects) array (735k x 30k float64 = 180 GB at ShapeNet's size);
     bank_obj: (N_img,) their objects.
     """
 
@@ -60,23 +68,47 @@ class Fitted:
     std: torch.Tensor
     w_cluster: torch.Tensor
     w_object: torch.Tensor
+    gram: torch.Tensor
     bank: torch.Tensor
     bank_obj: np.ndarray
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return (random_features(x, self.filters) - self.mean) / self.std
 
-    def embed(self, f: torch.Tensor) -> torch.Tensor:
-        return F.normalize(f @ self.w_object, dim=1)
+    def nearest(self, f: torch.Tensor) -> np.ndarray:
+        """Index of the training image whose embedding is nearest (cosine) to each of ``f (N, D)``'s:
+        (N,) int, the first of equals. cos(e_t, e_j) = f_t G f_j / (|e_t| |e_j|) with G = W W^T, and
+        |e_t| is the same for every j, so the argmax of ``(f_t G) . bank_j`` is the nearest."""
+        q = f.to(self.bank.device) @ self.gram  # (N, D)
+        best = torch.full((len(q),), -torch.inf, dtype=q.dtype, device=q.device)
+        index = torch.zeros(len(q), dtype=torch.int64, device=q.device)
+        for j in range(0, len(self.bank), CHUNK):
+            value, arg = (q @ self.bank[j:j + CHUNK].T).max(1)
+            better = value > best  # strictly: an equal value later keeps the first
+            best, index = torch.where(better, value, best), torch.where(better, arg + j, index)
+        return index.cpu().numpy()
 
 
-def small_images(dataset: PackedDataset, slots: np.ndarray, size: int = IMAGE_SIZE, chunk: int = 512) -> torch.Tensor:
-    """Stored images ``slots (N,)`` -> ``(N, 3, size, size) float``, normalised as the network input."""
-    out = []
-    for i in range(0, len(slots), chunk):
-        rgba = torch.from_numpy(dataset.images(slots[i:i + chunk]))[:, None]  # (B, 1, S, S, 4)
-        out.append(F.adaptive_avg_pool2d(to_images(rgba)[:, 0], size))
+def small_images(dataset: PackedDataset, slots: np.ndarray, size: int = IMAGE_SIZE, chunk: int = 512,
+                 device: torch.device | str = "cpu") -> torch.Tensor:
+    """Stored images ``slots (N,)`` -> ``(N, 3, size, size) float`` (on the CPU), normalised as the
+    network input; composited and pooled on ``device``, the next chunk read meanwhile."""
+    from r2n2.scoring import read_ahead
+
+    chunks = [slots[i:i + chunk] for i in range(0, len(slots), chunk)]
+    out = [F.adaptive_avg_pool2d(to_images(torch.from_numpy(rgba)[:, None].to(device))[:, 0], size).cpu()
+           for rgba in read_ahead(dataset.images, chunks)]  # rgba: (B, S, S, 4)
     return torch.cat(out) if out else torch.zeros(0, 3, size, size)
+
+
+def image_features(dataset: PackedDataset, slots: np.ndarray, filters: torch.Tensor,
+                   device: torch.device | str = "cpu") -> torch.Tensor:
+    """:func:`random_features` of the stored images ``slots (N,)``, :data:`CHUNK` images at a time:
+    (N, D) float64 (the whole split at once would hold (N, 192, 16, 16) float32: 72 GB for ShapeNet's
+    training images)."""
+    out = [random_features(small_images(dataset, slots[i:i + CHUNK], device=device), filters)
+           for i in range(0, len(slots), CHUNK)]
+    return torch.cat(out) if out else torch.zeros(0, FILTERS * 2 * POOL * POOL, dtype=torch.float64)
 
 
 def own_view_slots(dataset: PackedDataset) -> np.ndarray:
@@ -92,20 +124,21 @@ def random_features(x: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
 
 
 def ridge(f: torch.Tensor, labels: np.ndarray, classes: int) -> torch.Tensor:
-    """Least squares onto one-hot ``labels`` with an L2 penalty: (D, classes) float64."""
-    y = torch.zeros(len(labels), classes, dtype=torch.float64)
-    y[torch.arange(len(labels)), torch.from_numpy(labels)] = 1
+    """Least squares onto one-hot ``labels`` with an L2 penalty: (D, classes) float64. ``f.T @ onehot``
+    is summed per class (index_add) instead of built: the one-hot matrix of ShapeNet's training
+    images and objects would be 735k x 30k float64."""
+    fy = torch.zeros(classes, f.shape[1], dtype=torch.float64).index_add_(0, torch.from_numpy(labels), f).T
     gram = f.T @ f
     gram.diagonal().add_(RIDGE * float(gram.diagonal().mean()))
-    return torch.linalg.solve(gram, f.T @ y)
+    return torch.linalg.solve(gram, fy)
 
 
-def fit(train: PackedDataset, clusters: int = CLUSTERS, seed: int = 0) -> Fitted:
+def fit(train: PackedDataset, clusters: int = CLUSTERS, seed: int = 0, device: torch.device | str = "cpu") -> Fitted:
     """k-means of the training grids, then the two ridge classifiers on the training images'
-    random features (cluster labels, object labels)."""
+    random features (cluster labels, object labels); the images composited and pooled on ``device``."""
     from scipy.cluster.vq import kmeans2
 
-    shapes = object_voxels(train)  # (O, R, R, R) {0, 1}
+    shapes = object_occupancy(train)  # (O, R, R, R) bool
     used = np.unique(train.samples[:, 0])
     k = max(1, min(int(clusters), len(used)))
     centroids, labels = kmeans2(shapes[used].flatten(1).numpy().astype(np.float64), k, minit="++", seed=seed)
@@ -117,37 +150,47 @@ def fit(train: PackedDataset, clusters: int = CLUSTERS, seed: int = 0) -> Fitted
     filters -= filters.mean((1, 2, 3), keepdim=True)
     filters /= filters.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
     obj = train.samples[:, 0]
-    raw = random_features(small_images(train, own_view_slots(train)), filters)
+    raw = image_features(train, own_view_slots(train), filters, device)
     mean, std = raw.mean(0), raw.std(0).clamp(min=1e-6)
     f = (raw - mean) / std
+    del raw
     w_cluster, w_object = ridge(f, cluster_of[obj], k), ridge(f, obj, len(shapes))
-    bank = F.normalize(f @ w_object, dim=1)
+    gram = w_object @ w_object.T
+    length = torch.cat([((f[i:i + CHUNK] @ gram) * f[i:i + CHUNK]).sum(1) for i in range(0, len(f), CHUNK)]).sqrt()
+    bank = f / length.clamp(min=1e-12)[:, None]  # F.normalize's floor
     log.info("recognition baselines fitted: %d clusters, %d training images", k, len(f))
-    return Fitted(centroids, shapes, filters, mean, std, w_cluster, w_object, bank, obj.copy())
+    return Fitted(centroids, shapes, filters, mean, std, w_cluster, w_object, gram, bank, obj.copy())
 
 
 @torch.no_grad()
-def predict(fitted: Fitted, dataset: PackedDataset, slots: np.ndarray, obj: np.ndarray) -> dict[str, tuple]:
+def predict(fitted: Fitted, dataset: PackedDataset, slots: np.ndarray, obj: np.ndarray,
+            device: torch.device | str = "cpu") -> dict[str, tuple]:
     """The three baselines for the images ``slots (N,)`` of objects ``obj (N,)`` of ``dataset``.
 
     Returns {name: (table (P, R, R, R) float, index (N,) int)}: sample i is predicted ``table[index[i]]``.
+    The retrieval's and the oracle's products run on ``device``, in blocks.
     """
-    f = fitted.features(small_images(dataset, slots))
+    fitted.bank, fitted.gram = fitted.bank.to(device), fitted.gram.to(device)
+    f = (image_features(dataset, slots, fitted.filters, device) - fitted.mean) / fitted.std
     cluster = (f @ fitted.w_cluster).argmax(1).numpy()
-    nearest = (fitted.embed(f) @ fitted.bank.T).argmax(1).numpy()
+    nearest = np.concatenate([fitted.nearest(f[i:i + CHUNK]) for i in range(0, len(f), CHUNK)] or [np.zeros(0, int)])
     return {"clustering": (fitted.centroids, cluster),
             "retrieval": (fitted.shapes, fitted.bank_obj[nearest]),
-            "oracle nearest neighbour": (fitted.shapes, oracle(fitted.shapes, object_voxels(dataset))[obj])}
+            "oracle nearest neighbour": (fitted.shapes, oracle(fitted.shapes, object_occupancy(dataset), device)[obj])}
 
 
-def oracle(train_shapes: torch.Tensor, test_shapes: torch.Tensor) -> np.ndarray:
-    """For each test grid, the index of the training grid with the highest IoU: (N_test,) int."""
-    a = test_shapes.flatten(1).float()  # (T, V)
-    b = train_shapes.flatten(1).float()  # (O, V)
-    inter = a @ b.T  # (T, O)
-    union = a.sum(1, keepdim=True) + b.sum(1)[None] - inter
-    iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(inter))
-    return iou.argmax(1).numpy()
+def oracle(train_shapes: torch.Tensor, test_shapes: torch.Tensor, device: torch.device | str = "cpu") -> np.ndarray:
+    """For each test grid, the index of the training grid with the highest IoU: (N_test,) int. On
+    ``device``, :data:`CHUNK` test grids at a time (counts of 0/1 voxels: exact in float32)."""
+    b = train_shapes.flatten(1).float().to(device)  # (O, V)
+    out = []
+    for i in range(0, len(test_shapes), CHUNK):
+        a = test_shapes[i:i + CHUNK].flatten(1).float().to(device)  # (T, V)
+        inter = a @ b.T  # (T, O)
+        union = a.sum(1, keepdim=True) + b.sum(1)[None] - inter
+        iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(inter))
+        out.append(iou.argmax(1).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros(0, np.int64)
 
 
 def baseline_metrics(train: PackedDataset, test: PackedDataset, threshold: float = 0.3,
@@ -158,7 +201,7 @@ def baseline_metrics(train: PackedDataset, test: PackedDataset, threshold: float
 
     fitted = fit(train, clusters, seed)
     obj = test.samples[:, 0]
-    gts = object_voxels(test) > 0.5
+    gts = object_occupancy(test)
     out = {}
     for name, (table, index) in predict(fitted, test, own_view_slots(test), obj).items():
         pairs, inverse = np.unique(np.stack([index, obj], 1), axis=0, return_inverse=True)

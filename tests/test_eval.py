@@ -87,6 +87,61 @@ def test_one_forward_for_all_view_counts_equals_a_forward_per_view_count(trained
     assert S.ViewCounts(net, [1, 3], None).shared  # the seed model runs the shared-encoder path
 
 
+def _shapenet_split(shared_data, folder, names: tuple[str, ...]):
+    """A packed split of real ShapeNet objects (../shared/data/r2n2-sample) with all 24 renderings
+    each and every (object, rendering) pair a sample: protocol=ours on ShapeNet's layout, where the
+    samples of an object share its renderings."""
+    from r2n2.data.cache import write_split
+    from r2n2.data.dataset import PackedDataset
+    from r2n2.data.formats import load_voxels
+    from r2n2.data.formats.images import read_rgba
+
+    root = shared_data / "r2n2-sample"
+    images, grids, objects = [], [], []
+    for name in names:
+        grid = next((root / "ShapeNetVox32").glob(f"*/pix2voxkeras_{name}/model.binvox"))
+        pngs = sorted((root / "ShapeNetRendering" / grid.parent.parent.name / grid.parent.name / "rendering").glob("*.png"))
+        objects.append({"id": name, "category": name, "first": len(images), "count": len(pngs)})
+        images += [read_rgba(p, 127) for p in pngs]
+        grids.append(load_voxels(grid))
+    samples = [(o, v) for o, rec in enumerate(objects) for v in range(rec["count"])]
+    write_split(folder, np.stack(images), np.stack(grids), objects, samples)
+    return PackedDataset(folder, 5, sorted(names))
+
+
+@pytest.mark.slow
+def test_each_rendering_is_encoded_once_and_the_figures_are_the_plain_forwards(trained, shared_data, tmp_path):
+    """Real ShapeNet renderings, 1 and 5 views: the scorer encodes each distinct rendering once (48
+    for 48 samples, not 48 x 5) and gives exactly the IoU (and the F-score) of a plain forward of each
+    sample's own 5 views. Samples are scored in a shuffled order, so a view mapped to another sample's
+    rendering, or a feature row read before it is written, changes the figures."""
+    net, _ = _tiny_split(trained, 1)
+    split = _shapenet_split(shared_data, tmp_path / "s", ("chair", "airplane"))
+    ours = S.all_samples(split, 5)
+    order = np.random.default_rng(0).permutation(len(ours))
+    samples = S.Samples(split, ours.rows[order], ours.obj[order], ours.slots[order])
+    assert len(np.unique(samples.slots)) == 48  # every rendering seen, by up to 5 samples each
+    encoded = []
+    hook = net.encoder.register_forward_hook(lambda m, args, out: encoded.append(len(args[0])))
+    thresholds = (0.2, 0.3, 0.4)
+    try:
+        with FScorer(workers=0, n=1024) as pool:
+            fast = S.score_network(net, samples, [1, 5], thresholds, {5: (0.3,)}, pool, torch.device("cpu"), None,
+                                   batch_size=16, progress=False)
+    finally:
+        hook.remove()
+    check = S.CHECK_SAMPLES * (5 + 1 + 5)  # the structure check: 5 views shared, then plain at 1 and 5 views
+    assert sum(encoded) == check + 48, encoded
+    gts = torch.from_numpy(np.stack([split[int(r)]["voxels"] for r in samples.rows])).bool()
+    for v in (1, 5):
+        with torch.no_grad():
+            probs = torch.cat([torch.sigmoid(net(to_images(samples.rgba(np.arange(i, i + 16), v))).float())
+                               for i in range(0, len(samples), 16)])
+        np.testing.assert_array_equal(fast[v].iou, voxel_iou_thresholds(probs, gts, torch.tensor(thresholds)).numpy())
+    fs = [_reference(p, g, 1024) for p, g in zip((probs >= 0.3).numpy(), gts.numpy())]
+    np.testing.assert_allclose(fast[5].fscore[0.3], fs, atol=1e-12)
+
+
 class _Constant(torch.nn.Module):
     """Predicts p everywhere, whatever the image (a network of another shape: no encoder)."""
 
@@ -172,3 +227,85 @@ def test_the_shared_encoder_check_tests_structure_not_bf16_rounding(trained):
     batch_dependent = S.ViewCounts(net, [1, 3], torch.bfloat16)
     batch_dependent.check(images)
     assert not batch_dependent.shared
+
+
+# --- the recognition baselines at ShapeNet's size: the same answers without (images x objects) arrays --
+
+
+def test_retrieval_in_blocks_finds_the_nearest_embedding_as_before(trained, monkeypatch):
+    """recognition.fit/predict no longer build the (training images x training objects) embedding
+    bank nor the (test x training images) similarities; in blocks of 5 they return, for every test
+    image, the training image that the plain cosine of the embeddings ranks first, and the ridge
+    weights of the one-hot product."""
+    import torch.nn.functional as F
+
+    from r2n2 import recognition as R
+
+    _, test = _tiny_split(trained, 1)
+    import hydra
+
+    from r2n2.checkpoint import load_module
+
+    _, ckpt = load_module(trained[0] / "checkpoints" / "best.ckpt")
+    dm = hydra.utils.instantiate({**ckpt["hyper_parameters"]["data"], "num_workers": 0})
+    dm.setup()
+    train = dm.datasets["train"]
+    monkeypatch.setattr(R, "CHUNK", 5)  # several blocks even on the tiny split
+    fitted = R.fit(train)
+    f_train = fitted.features(R.small_images(train, R.own_view_slots(train)))
+    f_test = fitted.features(R.small_images(test, R.own_view_slots(test)))
+    # before: one-hot targets, the (images x objects) bank, the (test x images) similarities
+    obj = train.samples[:, 0]
+    onehot = torch.zeros(len(obj), len(fitted.shapes), dtype=torch.float64)
+    onehot[torch.arange(len(obj)), torch.from_numpy(obj)] = 1
+    gram = f_train.T @ f_train
+    gram.diagonal().add_(R.RIDGE * float(gram.diagonal().mean()))
+    torch.testing.assert_close(fitted.w_object, torch.linalg.solve(gram, f_train.T @ onehot), rtol=1e-9, atol=1e-12)
+    bank = F.normalize(f_train @ fitted.w_object, dim=1)
+    plain = (F.normalize(f_test @ fitted.w_object, dim=1) @ bank.T).argmax(1).numpy()
+    assert len(f_test) > R.CHUNK and len(bank) > R.CHUNK
+    assert np.array_equal(fitted.nearest(f_test), plain)
+    got = R.predict(fitted, test, R.own_view_slots(test), test.samples[:, 0])
+    assert np.array_equal(got["retrieval"][1], fitted.bank_obj[plain])
+    from r2n2.baselines import object_voxels
+
+    shapes, train_shapes = object_voxels(test).flatten(1), fitted.shapes.flatten(1).float()
+    inter = shapes @ train_shapes.T
+    iou = inter / (shapes.sum(1, keepdim=True) + train_shapes.sum(1)[None] - inter)
+    assert np.array_equal(got["oracle nearest neighbour"][1], iou.argmax(1).numpy()[test.samples[:, 0]])
+
+
+def test_iou_at_many_thresholds_by_histogram_equals_the_metric(trained):
+    """scoring.iou_at_thresholds (one bucketize and histogram) gives r2n2.metrics.voxel_iou_thresholds'
+    values exactly: a trained network's probabilities, values exactly at and just below thresholds,
+    unsorted thresholds, an empty target and prediction, bf16 input."""
+    net, split = _tiny_split(trained, 1)
+    with torch.no_grad():
+        probs = torch.sigmoid(net(to_images(S.all_samples(split, 1).rgba(np.arange(6), 1))).float())
+    gts = torch.from_numpy(np.stack([split[i]["voxels"] for i in range(6)])).bool()
+    probs[0, 0, 0, :4] = torch.tensor([0.3, 0.29995, 0.05, 0.95])
+    probs[1], gts[1] = 0.0, False  # both empty: 1
+    thresholds = torch.tensor([0.5, 0.05, 0.3, 0.29, 0.95, 0.2, 0.4])
+    for p in (probs, probs.bfloat16()):
+        expected = voxel_iou_thresholds(p, gts, thresholds)
+        assert torch.equal(S.iou_at_thresholds(p, gts, thresholds), expected)
+    assert expected[1].eq(1).all() and 0 < float(expected[0, 2]) < 1
+
+
+def test_baselines_score_the_same_with_the_fscore_on_the_device(trained):
+    """score_indexed with the batched device F-score (r2n2/fscore_device.py, queued and computed at
+    the first result; on the CPU here, as on a GPU) gives the pool's figures for a constant
+    prediction and for a training shape per sample."""
+    from r2n2.baselines import object_voxels
+    from r2n2.fscore_device import DeviceFScorer
+
+    _, split = _tiny_split(trained, 1)
+    samples = S.all_samples(split, 1)
+    shapes = object_voxels(split)
+    table = torch.cat([shapes.mean(0, keepdim=True), shapes])  # a mean shape, then the shapes themselves
+    index = np.where(np.arange(len(samples)) % 2 == 0, 0, 1 + (samples.obj + 1) % len(shapes))
+    with FScorer(workers=0, n=1024) as pool:
+        expected = S.score_indexed(table, index, samples, (0.3, 0.4), (0.3,), pool)
+    got = S.score_indexed(table, index, samples, (0.3, 0.4), (0.3,), DeviceFScorer("cpu", n=1024))
+    assert np.array_equal(got.iou, expected.iou) and np.array_equal(got.fscore[0.3], expected.fscore[0.3])
+    assert len(np.unique(expected.fscore[0.3])) > 2

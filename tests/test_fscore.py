@@ -163,3 +163,43 @@ def test_a_ground_truth_surface_is_built_once_and_reused():
     again = score_packed([3] * 4, bits(gts), bits(preds), box.shape, 256)  # another id, the same grid
     assert len(F._GT) == 1 and next(iter(F._GT.values())) is surface
     assert np.array_equal(first, again) and first[0] == first[2]
+
+
+# --- on the device, batched (issue 24): the same points, the same F-scores ------------------------------
+
+
+def test_the_device_fscore_draws_the_same_points_and_gives_the_pools_figures(shared_data, monkeypatch):
+    """r2n2/fscore_device.py (torch, many grids at once; run here on the CPU) against the reference
+    path: the very points of ``surface_points`` for every real grid (the table of PyMCubes' triangles,
+    numpy's draws), and F-scores equal to FScorer's for real pairs, a real network's prediction,
+    shifted, grown and empty grids, repeated ground truths and both empty and one empty."""
+    import torch
+
+    from r2n2 import fscore_device as D
+    from r2n2.fscore_device import DeviceFScorer, surface_samples
+
+    monkeypatch.setattr(D, "CANDIDATES", 1 << 16)  # compare the candidate pairs in several pieces
+
+    pairs = _grids(shared_data)
+    grids = [g for pair in pairs.values() for g in pair]
+    bench_pred, bench = pairs["bench prediction"]
+    empty = np.zeros_like(bench)
+    grown = bench.copy()
+    grown[1:] |= bench[:-1]
+    speck = np.zeros_like(bench)
+    speck[3, 4, 5] = True  # all its points in a few cells: thousands of candidates per point
+    preds = [bench_pred, bench, np.roll(bench, 2, axis=1), grown, empty, empty, speck, bench] + [p for p, _ in pairs.values()]
+    gts = [bench, bench, bench, bench, bench, empty, speck, speck] + [g for _, g in pairs.values()]
+    n = 1024
+    points, none = surface_samples(torch.from_numpy(np.stack(grids + [empty])), n, seed=F.PRED_SEED)
+    for i, g in enumerate(grids):
+        assert np.array_equal(points[i].numpy(), surface_points(g, n, F.PRED_SEED)), i
+    assert none.tolist() == [False] * len(grids) + [True]
+    with FScorer(workers=0, n=n) as pool:
+        expected = pool.submit(list(range(len(gts))), np.stack(gts), np.stack(preds)).result()
+    got = DeviceFScorer("cpu", n=n).submit(list(range(len(gts))), torch.from_numpy(np.stack(gts)),
+                                           torch.from_numpy(np.stack(preds))).result()
+    assert np.array_equal(got, expected), np.abs(got - expected).max()
+    assert expected[4] == 0 and expected[5] == 1 and expected[6] > 0.9 and 0 < expected[0] < expected[1]
+    with pytest.raises(ValueError, match="level"):
+        DeviceFScorer("cpu", level="half")

@@ -19,6 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from r2n2.atomic import atomic_write
+from r2n2.baselines import object_occupancy
 from r2n2.checkpoint import CheckpointError, load_module
 from r2n2.data.errors import DataError
 from r2n2.malloc import keep_freed_memory
@@ -43,7 +44,16 @@ def evaluate(cfg: DictConfig) -> dict:
     from r2n2 import scoring as S
     from r2n2.fscore import FScorer
 
-    scorer = FScorer(cfg.fscore.workers, cfg.fscore.points, cfg.fscore.distance, cfg.fscore.level)  # first: its processes fork
+    where = cfg.fscore.get("on", "auto")
+    if where not in ("auto", "pool", "device"):
+        raise ValueError(f"fscore.on={where!r}: expected auto, pool or device")
+    device = _device(cfg)
+    if where == "device" or (where == "auto" and device.type == "cuda" and cfg.fscore.level == "what3d"):
+        from r2n2.fscore_device import DeviceFScorer
+
+        scorer = DeviceFScorer(device, cfg.fscore.points, cfg.fscore.distance, cfg.fscore.level)
+    else:
+        scorer = FScorer(cfg.fscore.workers, cfg.fscore.points, cfg.fscore.distance, cfg.fscore.level)  # first: its processes fork
     try:
         return _evaluate(cfg, scorer)
     finally:
@@ -58,8 +68,7 @@ def _evaluate(cfg: DictConfig, scorer) -> dict:
     data_cfg = _data_config(cfg, ckpt["hyper_parameters"].get("data"))
     if not data_cfg:
         raise CheckpointError(f"{cfg.ckpt}: holds no data config; choose one, e.g. data=shapenet data.source.root=...")
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if cfg.device == "auto" else cfg.device))
+    device = _device(cfg)
     precision = str(cfg.precision)
     if precision == "auto":
         from r2n2.accelerator import choose
@@ -91,23 +100,31 @@ def _evaluate(cfg: DictConfig, scorer) -> dict:
     result = {"checkpoint": str(cfg.ckpt), "protocol": OmegaConf.to_container(proto), "split": cfg.split,
               "num_samples": len(samples), "threshold": t, "thresholds": list(thresholds), "model": {},
               "baselines": {}}
+    val_samples = S.all_samples(dm1.datasets["val"], 1) if proto.choose_threshold == "val" and "val" in dm1.datasets \
+        and cfg.split != "val" else None
+    scored = tuple(sorted(set(thresholds) | {float(g) for g in E.SELECTION_GRID}))
+    # the val-chosen threshold and the figures are read at 1 view: score it even where `views` leaves it out
+    run_views = sorted(set(views) | {1})
+    fscores = len(run_views) + (val_samples is not None)  # per sample: t at each view count (+ val's t at 1)
+    baselines = 5 if cfg.recognition else 2
+    progress = S.Progress((S.network_work(val_samples, [1], 0) if val_samples is not None else 0)
+                          + S.network_work(samples, run_views, fscores) + 2 * baselines * len(samples),
+                          f"r2n2-eval {cfg.split} ({len(samples)} samples x {len(run_views)} view counts)", cfg.progress)
     selection = None
-    if proto.choose_threshold == "val" and "val" in dm1.datasets and cfg.split != "val":
-        val = S.score_network(module.net, S.all_samples(dm1.datasets["val"], 1), [1], E.SELECTION_GRID, {},
-                              None, device, dtype, cfg.batch_size, cfg.progress, "val (threshold)")[1]
+    if val_samples is not None:
+        val = S.score_network(module.net, val_samples, [1], E.SELECTION_GRID, {}, None, device, dtype,
+                              cfg.batch_size, progress)[1]
         mean = val.iou.mean(0)
         best = int(np.argmax(mean))
         selection = {"chosen_on": "val", "threshold": float(E.SELECTION_GRID[best]), "val_iou": float(mean[best]),
                      "grid": [float(g) for g in E.SELECTION_GRID]}
-    scored = tuple(sorted(set(thresholds) | {float(g) for g in E.SELECTION_GRID}))
-    fscore_at = {v: (t,) for v in views}
+    fscore_at = {v: (t,) for v in run_views}
     if selection is not None:
         fscore_at[1] = tuple(sorted({t, selection["threshold"]}))
-    # the val-chosen threshold and the figures are read at 1 view: score it even where `views` leaves it out
-    run_views = sorted(set(views) | {1})
-    fscore_at.setdefault(1, (t,))
-    res = S.score_network(module.net, samples, run_views, scored, fscore_at, scorer, device, dtype, cfg.batch_size,
-                          cfg.progress, f"{cfg.split} ({len(samples)} samples x {len(run_views)} view counts)")
+        if selection["threshold"] == t:
+            progress.add(-len(samples))  # one F-score at 1 view, not two
+    res = S.score_network(module.net, samples, run_views, scored, fscore_at, scorer, device, dtype,
+                          cfg.batch_size, progress)
     for v in views:
         r = res[v]
         scores = E.Scores(cats, thresholds, np.stack([r.iou_at(x) for x in thresholds], 1), r.fscore[t], t)
@@ -127,9 +144,11 @@ def _evaluate(cfg: DictConfig, scorer) -> dict:
             selection["per_views"][str(v)] = {"threshold": tb, "test_iou": means[tb]}
     result["threshold_selection"] = selection
 
-    for name, (table, index) in _baseline_predictions(dm1.datasets["train"], samples, cfg).items():
-        r = S.score_indexed(table, index, samples, thresholds, (t,), scorer)
+    gts = object_occupancy(samples.dataset)
+    for name, (table, index) in _baseline_predictions(dm1.datasets["train"], samples, cfg, device).items():
+        r = S.score_indexed(table, index, samples, thresholds, (t,), scorer, progress, gts)
         result["baselines"][name] = E.Scores(cats, thresholds, r.iou, r.fscore[t], t).summary()
+    progress.close()  # (left open on an error: the bar shows where it stopped)
 
     report = E.markdown_report(result)
     with atomic_write(out_dir / "eval.json", "w") as f:
@@ -141,6 +160,11 @@ def _evaluate(cfg: DictConfig, scorer) -> dict:
     print(report)
     print(f"[r2n2-eval] wrote {out_dir / 'eval.json'}, {out_dir / 'eval.md'}")
     return result
+
+
+def _device(cfg: DictConfig) -> torch.device:
+    return torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
+                        ("cpu" if cfg.device == "auto" else cfg.device))
 
 
 def _data_config(cfg: DictConfig, trained: dict | None) -> dict | None:
@@ -180,7 +204,7 @@ def _samples(proto: DictConfig, split, views: int):
     return S.random_views(split, views, int(proto.get("view_seed", 0)), binary)
 
 
-def _baseline_predictions(train, samples, cfg: DictConfig) -> dict:
+def _baseline_predictions(train, samples, cfg: DictConfig, device) -> dict:
     """{name: (table (P, R, R, R), index (N,))}: the predictors that see no image, then (with
     ``recognition=true``) the recognition baselines of ``r2n2.recognition``."""
     from r2n2.baselines import mean_shape_for, mean_shapes
@@ -192,8 +216,8 @@ def _baseline_predictions(train, samples, cfg: DictConfig) -> dict:
     if cfg.recognition:
         from r2n2 import recognition
 
-        fitted = recognition.fit(train)
-        out.update(recognition.predict(fitted, samples.dataset, samples.slots[:, 0], samples.obj))
+        fitted = recognition.fit(train, device=device)
+        out.update(recognition.predict(fitted, samples.dataset, samples.slots[:, 0], samples.obj, device))
     return out
 
 
@@ -201,7 +225,6 @@ def _figures(out_dir: Path, module, samples, first, scored, t: float, device, dt
     """iou_vs_threshold.png (1 view, the 0.05 grid), worst.png and best.png (1 view at ``t``) and the
     same samples in reconstructions.html."""
     from r2n2 import viewer, viz
-    from r2n2.baselines import object_voxels
     from r2n2.data.transforms import to_images
     from r2n2.evaluation import SELECTION_GRID
     from r2n2.scoring import ViewCounts
@@ -211,13 +234,13 @@ def _figures(out_dir: Path, module, samples, first, scored, t: float, device, dt
     viz.save(viz.iou_threshold_figure(np.array(SELECTION_GRID), curves, cats), out_dir / "iou_vs_threshold.png")
     order = np.argsort(first.iou_at(t), kind="stable")
     k = min(int(cfg.figure_samples), len(order))
-    grids = object_voxels(samples.dataset)
+    grids = object_occupancy(samples.dataset)  # (M, R, R, R) bool
     rows = []  # also as reconstructions.html: rotatable 3D voxels (r2n2/viewer.py)
     for name, idx in (("worst", order[:k]), ("best", order[::-1][:k].copy())):
         images = to_images(samples.rgba(idx, 1).to(device))
         probs = ViewCounts(module.net.eval().to(device), [1], dtype)(images)[1].cpu()
         titles = [f"{name} ({cats[i]})" for i in idx]
-        gts = grids[torch.from_numpy(samples.obj[idx])]
+        gts = grids[torch.from_numpy(samples.obj[idx])].float()
         viz.save(viz.reconstruction_figure(images[:, 0].cpu(), gts, probs, t, titles), out_dir / f"{name}.png")
         rows += viewer.samples(titles, samples.rgba(idx, 1), gts, probs, t)
     viewer.write_page(out_dir / "reconstructions.html", rows, "r2n2-eval: worst and best reconstructions",
