@@ -22,9 +22,9 @@ warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/submitit_\w+' is 
 
 def user_error(e: BaseException) -> str | None:
     """The one-line message for an error caused by the user's input, or None for anything else (a bug)."""
-    from r2n2.checkpoint import CheckpointError
+    from r2n2.train.checkpoint import CheckpointError
     from r2n2.data.errors import DataError
-    from r2n2.resume import ResumeError
+    from r2n2.train.resume import ResumeError
 
     if isinstance(e, (DataError, CheckpointError, ResumeError)):
         return str(e)
@@ -39,8 +39,8 @@ def main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from r2n2.distributed import close_process_group
-    from r2n2.training import MONITOR, train
+    from r2n2.train.distributed import close_process_group
+    from r2n2.train.run import MONITOR, train
 
     try:
         metrics = train(cfg)

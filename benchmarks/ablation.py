@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from r2n2.machine import describe_machine
+from r2n2.utils.machine import describe_machine
 from recipe_ablation import DATA_32x24  # beside this script: the data of its table
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -17,7 +17,7 @@ import torch
 
 from r2n2.data.datamodule import R2N2DataModule
 from r2n2.data.sources import ShapeNetSource, SyntheticSource
-from r2n2.machine import describe_machine
+from r2n2.utils.machine import describe_machine
 
 
 def timed(fn, min_seconds: float) -> float:

@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from r2n2.machine import describe_machine
+from r2n2.utils.machine import describe_machine
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,7 +9,7 @@ renderings) at views 1..5 and prints two tables:
 
 1. per part, each timed alone on one thread of work (no pool): the encoder as issue 9 ran it (each
    sample's 5 views in its batch) and as issue 24 runs it (each distinct rendering once,
-   ``r2n2.scoring.EncodedViews``), the GRU + decoder, IoU, one F-score, and the recognition
+   ``r2n2.evaluation.scoring.EncodedViews``), the GRU + decoder, IoU, one F-score, and the recognition
    baselines' fit and predictions; then extrapolated to the tenth-size ShapeNet stand-in's test split
    (21,144 samples, val 10,560) and to ShapeNet's (210k);
 2. end to end with the F-score pool: ``score_network`` as issue 9 left it against today's, with the
@@ -28,15 +28,15 @@ import hydra
 import numpy as np
 import torch
 
-from r2n2 import scoring as S
-from r2n2.baselines import object_occupancy
-from r2n2.checkpoint import load_module
+from r2n2.evaluation import scoring as S
+from r2n2.evaluation.baselines import object_occupancy
+from r2n2.train.checkpoint import load_module
 from r2n2.data.dataset import PackedDataset
 from r2n2.data.transforms import to_images
-from r2n2.evaluation import SELECTION_GRID
-from r2n2.fscore import FScorer, fscore_points, surface_points
-from r2n2.machine import describe_machine
-from r2n2.metrics import voxel_iou_thresholds
+from r2n2.evaluation.report import SELECTION_GRID
+from r2n2.evaluation.fscore import FScorer, fscore_points, surface_points
+from r2n2.utils.machine import describe_machine
+from r2n2.evaluation.metrics import voxel_iou_thresholds
 
 # the splits the costs are extrapolated to: the tenth-size stand-in (docs/scale.md) and ShapeNet
 SPLITS = {"tenth-size stand-in": (21_144, 10_560, 73_546), "ShapeNet": (211_440, 105_600, 735_460)}
@@ -135,7 +135,7 @@ def parts(net, samples: S.Samples, views: list[int], thresholds, points: int, dt
 
 
 def baselines(train: PackedDataset, samples: S.Samples) -> dict:
-    from r2n2 import recognition
+    from r2n2.evaluation import recognition
 
     fitted, t_fit = _timed(recognition.fit, train)
     _, t_pred = _timed(recognition.predict, fitted, samples.dataset, samples.slots[:, 0], samples.obj)

@@ -459,7 +459,7 @@ def tiny_checkpoint(path: Path) -> Path:
     (hidden size 2: ~0.5 MB instead of 26 MB, so 10,000 mutations stay fast)."""
     import lightning as L
 
-    from r2n2.module import ReconstructionModule
+    from r2n2.train.module import ReconstructionModule
 
     module = ReconstructionModule(net={"_target_": "r2n2.models.SeedModel", "hidden_size": 2},
                                   optimizer={"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3})
@@ -516,7 +516,7 @@ def _read_manifest(path):
 
 
 def _read_checkpoint(path):
-    from r2n2.checkpoint import load_module
+    from r2n2.train.checkpoint import load_module
 
     return load_module(path)
 
@@ -607,7 +607,7 @@ def _on_alarm(signum, frame):
 
 def classify(read: Callable[[Path], object], path: Path, timeout: float = 10.0) -> tuple[str, str]:
     """Read ``path``; return ``("clean" | "accepted" | "escape", detail)``."""
-    from r2n2.checkpoint import CheckpointError
+    from r2n2.train.checkpoint import CheckpointError
     from r2n2.data.errors import DataError
 
     old = signal.signal(signal.SIGALRM, _on_alarm)
@@ -688,7 +688,7 @@ def _child(args) -> None:
     """Run one parser in this process, under an address-space limit, and print its row as JSON."""
     import faulthandler
 
-    import r2n2.checkpoint  # noqa: F401 - import torch before measuring the start-up size
+    import r2n2.train.checkpoint  # noqa: F401 - import torch before measuring the start-up size
     import r2n2.data.formats  # noqa: F401
 
     faulthandler.enable()  # a crash in a C extension prints where it happened
@@ -713,7 +713,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.child:
         return _child(args)
-    from r2n2.machine import describe_machine
+    from r2n2.utils.machine import describe_machine
 
     print(f"fuzzing {', '.join(args.parsers)}: {args.examples} inputs each; {describe_machine()}")
     print(f"{'parser':<11} {'inputs':>7} {'clean errors':>13} {'accepted':>9} {'escapes':>8} {'max time':>9} "

@@ -105,8 +105,8 @@ import torch, lightning, hydra, omegaconf
 print('torch', torch.__version__, '| lightning', lightning.__version__, '| hydra', hydra.__version__)
 print('cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '-',
       '| bf16', torch.cuda.is_available() and torch.cuda.is_bf16_supported())
-from r2n2.machine import describe_machine; print('machine:', describe_machine())
-from r2n2.accelerator import choose; print('auto choice:', choose())"
+from r2n2.utils.machine import describe_machine; print('machine:', describe_machine())
+from r2n2.train.accelerator import choose; print('auto choice:', choose())"
 command -v nvidia-smi >/dev/null && step "nvidia-smi" nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 
 for s in "${STEPS[@]}"; do

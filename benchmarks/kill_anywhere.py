@@ -33,7 +33,7 @@ from pathlib import Path
 
 import lightning as L
 
-from r2n2.training import TIMING_KEYS  # differ between any two runs
+from r2n2.train.run import TIMING_KEYS  # differ between any two runs
 
 ROOT = Path(__file__).resolve().parents[1]
 PHASE_FILE = "phase"
@@ -208,7 +208,7 @@ def main() -> None:
     chosen = [(i, m) for i, m in enumerate(moments(opts.seed)) if not opts.only or i + 1 in opts.only]
     with ThreadPoolExecutor(opts.jobs) as pool:
         rows = list(pool.map(one, *zip(*chosen)))
-    from r2n2.machine import describe_machine
+    from r2n2.utils.machine import describe_machine
 
     print(f"\nMachine: {describe_machine()}. {len(rows)} kills, {time.perf_counter() - start:.0f} s in all.\n")
     cols = ["moment", "kill", "on disk", "continued with", "exit", "weights equal", "metrics equal"]

@@ -1,4 +1,4 @@
-"""CPU training with glibc's default malloc thresholds against ``r2n2.malloc`` (freed memory kept).
+"""CPU training with glibc's default malloc thresholds against ``r2n2.train.malloc`` (freed memory kept).
 
     python benchmarks/malloc_speed.py [--rounds 3] [--batch 16] [--steps 30] [overrides ...]
 
@@ -33,7 +33,7 @@ def one(system: bool, batch: int, steps: int, overrides: list[str]) -> dict:
             raise SystemExit(f"r2n2-bench failed:\n{proc.stderr[-3000:]}")
         row = json.loads((Path(out) / "bench.json").read_text())["rows"][0]
     stats = dict(re.findall(r"(\w+)=([\d.]+)", proc.stderr.strip().splitlines()[-1]))
-    return {"malloc": "glibc defaults" if system else "r2n2.malloc", "bare": row["bare_loop"],
+    return {"malloc": "glibc defaults" if system else "r2n2.train.malloc", "bare": row["bare_loop"],
             "fit": row["trainer_fit"], "faults": int(stats["faults"]), "sys": float(stats["sys"]),
             "user": float(stats["user"]), "rss_mb": int(stats["rss_kb"]) / 1024}
 
@@ -50,7 +50,7 @@ def main() -> None:
         for system in (True, False):
             rows.append({"round": r + 1, **one(system, args.batch, args.steps, args.overrides)})
             print(json.dumps(rows[-1]), flush=True)
-    from r2n2.machine import describe_machine
+    from r2n2.utils.machine import describe_machine
 
     print(f"\nMachine: {describe_machine()}. r2n2-bench at batch {args.batch}, {args.steps} timed steps, "
           "training samples/s; faults, CPU seconds and peak memory of the whole bench process.\n")
@@ -61,7 +61,7 @@ def main() -> None:
               f"{x['user']:.1f} | {x['rss_mb']:,.0f} |")
     for key in ("bare", "fit"):
         ratios = [b[key] / a[key] for a, b in zip(rows[::2], rows[1::2])]
-        print(f"\n{key}: r2n2.malloc / glibc defaults, median of {len(ratios)} rounds: {statistics.median(ratios):.2f} "
+        print(f"\n{key}: r2n2.train.malloc / glibc defaults, median of {len(ratios)} rounds: {statistics.median(ratios):.2f} "
               f"({', '.join(f'{r:.2f}' for r in ratios)})")
 
 

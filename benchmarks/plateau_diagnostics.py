@@ -77,7 +77,7 @@ def main() -> None:
     fixed = collate([val[int(i)] for i in torch.linspace(0, len(val) - 1, 32).long()])
     fixed["images"] = to_images(fixed["rgba"])
     train_mean = dm.datasets["train"]
-    from r2n2.baselines import mean_shapes
+    from r2n2.evaluation.baselines import mean_shapes
 
     mean_shape = mean_shapes(train_mean)[0].clamp(1e-4, 1 - 1e-4)
     mean_loss = float(F.binary_cross_entropy(mean_shape.expand_as(fixed["voxels"]), fixed["voxels"]))

@@ -10,7 +10,7 @@ Rich draws its live display as at a console; the output is read and dropped), ro
     python benchmarks/progress_bar_cost.py [--rounds 3] [--steps 3000]
 
 Rows: no bar; Lightning's TQDM bar (what train.py uses when stdout is a file); Rich at Lightning's
-default refresh rate (100 redraws/s); Rich as ``r2n2.run_callbacks.progress_bar`` builds it.
+default refresh rate (100 redraws/s); Rich as ``r2n2.train.run_callbacks.progress_bar`` builds it.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CHILD = r"""
 import sys, time, torch, lightning.pytorch as L
 from lightning.pytorch.callbacks import RichProgressBar
-from r2n2.run_callbacks import progress_bar
+from r2n2.train.run_callbacks import progress_bar
 
 kind, steps = sys.argv[1], int(sys.argv[2])
 torch.set_num_threads(1)

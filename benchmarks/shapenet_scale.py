@@ -7,7 +7,7 @@ objects), and the table of what they cost.
 
 The stand-in is ``../shared/tools/shapenet_standin.py`` (the 3D-R2N2 layout, object counts per
 category as the real release times --scale, a Pix2Vox-style ShapeNet.json split 70/10/20). Each run is
-a child process building its job exactly as ``train.py`` does (``r2n2.training.build``), with a
+a child process building its job exactly as ``train.py`` does (``r2n2.train.run.build``), with a
 callback that marks its first training step; a sampler thread reads its RssAnon (memory that cannot
 be dropped) and RssFile (pages of files, the memory-mapped cache among them) every 50 ms, and the
 peaks of both are reported. Prints a markdown table and writes scale.json in --work.
@@ -58,8 +58,8 @@ def child(args) -> None:
     import lightning as L
     from hydra import compose, initialize_config_dir
 
-    from r2n2.malloc import keep_freed_memory
-    from r2n2.training import build
+    from r2n2.train.malloc import keep_freed_memory
+    from r2n2.train.run import build
 
     imported = time.perf_counter()
 

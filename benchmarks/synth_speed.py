@@ -18,7 +18,7 @@ from pathlib import Path
 
 from r2n2.data.synth import CATEGORIES, generate_dataset
 from r2n2.data.synth.generate import DEFAULT_OBJECTS_PER_CATEGORY, DEFAULT_VIEWS
-from r2n2.machine import describe_machine
+from r2n2.utils.machine import describe_machine
 
 
 def main() -> None:

@@ -35,10 +35,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from r2n2.atomic import atomic_write
-from r2n2.checkpoint import CheckpointError, load_module
+from r2n2.utils.atomic import atomic_write
+from r2n2.train.checkpoint import CheckpointError, load_module
 from r2n2.models.recurrent import CELLS, RecurrentAggregator
-from r2n2.module import build_network
+from r2n2.train.module import build_network
 
 FORMAT = "r2n2-weights"
 VERSION = 1

@@ -36,10 +36,10 @@ def test_trainer_slurm_takes_nodes_and_gpus_from_the_allocation(monkeypatch):
     assert (trainer.devices, trainer.num_nodes, trainer.strategy, trainer.accelerator) == (4, 2, "ddp", "gpu")
     assert trainer.sync_batchnorm and trainer.use_distributed_sampler is False  # our unpadded samplers
     (env,) = [hydra.utils.instantiate(p) for p in trainer.plugins]
-    assert isinstance(env, SLURMEnvironment) and env.auto_requeue is False  # r2n2.cluster.SlurmRequeue does it
+    assert isinstance(env, SLURMEnvironment) and env.auto_requeue is False  # r2n2.train.cluster.SlurmRequeue does it
     assert _compose(["trainer=slurm", "trainer.num_nodes=8"]).trainer.num_nodes == 8
     callbacks = _compose([]).callbacks
-    assert callbacks.slurm_requeue._target_ == "r2n2.cluster.SlurmRequeue" and callbacks.slurm_requeue.signum == "SIGUSR1"
+    assert callbacks.slurm_requeue._target_ == "r2n2.train.cluster.SlurmRequeue" and callbacks.slurm_requeue.signum == "SIGUSR1"
 
 
 # train.py silences this on purpose: our files share the plugin's config names to be merged over its schema
@@ -59,7 +59,7 @@ def test_submitit_launchers_and_optuna_search_compose():
     assert sweeper.storage == "sqlite:////scratch/search/optuna.db"  # the study lives in the sweep folder
     assert sweeper.sampler._target_ == "optuna.samplers.TPESampler"
     assert set(sweeper.params) == {"optimizer.lr", "optimizer.weight_decay", "model.hidden_size", "data.batch_size"}
-    assert cfg.hydra.callbacks.optuna_resume._target_ == "r2n2.sweep.ResumeOptunaStudy"
+    assert cfg.hydra.callbacks.optuna_resume._target_ == "r2n2.train.sweep.ResumeOptunaStudy"
     # without a sweep dir given, a stable folder per study (no timestamp), so a rerun finds it
     assert _compose(["hparams_search=optuna"]).hydra.sweep.dir == "multirun/train/optuna-r2n2"
 
@@ -73,7 +73,7 @@ def test_sbatch_template_is_valid_bash_and_asks_for_the_requeue_signal():
 
 
 def test_requeued_checkpoint_only_in_a_restarted_job_with_a_checkpoint(tmp_path, monkeypatch):
-    from r2n2.cluster import requeued_checkpoint
+    from r2n2.train.cluster import requeued_checkpoint
 
     monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
     assert requeued_checkpoint(tmp_path) is None

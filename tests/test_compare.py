@@ -11,7 +11,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from r2n2.cli.compare import MODELS
-from r2n2.training import build
+from r2n2.train.run import build
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 

@@ -46,7 +46,7 @@ def test_option_composes_and_targets_exist(group, option):
 
     walk(container)
     for t in targets:
-        assert callable(get_object(t)), t  # a class or a factory function (r2n2.run_callbacks)
+        assert callable(get_object(t)), t  # a class or a factory function (r2n2.train.run_callbacks)
 
 
 def test_default_config_resolves(tmp_path):

@@ -38,7 +38,7 @@ def _compose(data_dir: Path, out: Path, overrides: list[str]):
 
 
 def _run(cfg) -> dict:
-    from r2n2.training import train
+    from r2n2.train.run import train
 
     return train(cfg)
 
@@ -180,7 +180,7 @@ def test_rich_bar_and_summary_on_a_terminal_tqdm_otherwise(monkeypatch):
 
     from lightning.pytorch.callbacks import ModelSummary, RichModelSummary, RichProgressBar, TQDMProgressBar
 
-    from r2n2.run_callbacks import model_summary, progress_bar
+    from r2n2.train.run_callbacks import model_summary, progress_bar
 
     leader, follower = pty.openpty()
     read, write = os.pipe()
@@ -211,7 +211,7 @@ def test_rich_bar_redraws_at_most_ten_times_a_second_during_a_fit(monkeypatch):
     import rich.live
     import torch
 
-    from r2n2.run_callbacks import RICH_REFRESH_PER_SECOND, progress_bar
+    from r2n2.train.run_callbacks import RICH_REFRESH_PER_SECOND, progress_bar
 
     class Tiny(L.LightningModule):
         def __init__(self):
@@ -268,7 +268,7 @@ def test_rich_bar_redraws_at_most_ten_times_a_second_during_a_fit(monkeypatch):
 def test_extras_tags_and_ignore_warnings(tmp_path, caplog):
     import logging
 
-    from r2n2.extras import CONFIG_TREE_FILE, prepare_run
+    from r2n2.train.extras import CONFIG_TREE_FILE, prepare_run
 
     with initialize_config_dir(str(CONF), version_base="1.3"):
         cfg = compose("config", [f"paths.output_dir={tmp_path}", "tags=[ablation,bn]", "extras.ignore_warnings=true"])

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from r2n2 import scoring as S
-from r2n2.fscore import FScorer, fscore_points, score_packed, surface_points
+from r2n2.evaluation import scoring as S
+from r2n2.evaluation.fscore import FScorer, fscore_points, score_packed, surface_points
 from r2n2.data.transforms import to_images
-from r2n2.metrics import voxel_iou_thresholds
+from r2n2.evaluation.metrics import voxel_iou_thresholds
 
 
 def _real_grids(shared_data) -> dict[str, np.ndarray]:
@@ -52,7 +52,7 @@ def test_fast_fscore_equals_the_definition_on_real_grids(shared_data):
 def _tiny_split(trained, views: int):
     import hydra
 
-    from r2n2.checkpoint import load_module
+    from r2n2.train.checkpoint import load_module
 
     run_dir, _ = trained
     module, ckpt = load_module(run_dir / "checkpoints" / "best.ckpt")
@@ -179,7 +179,7 @@ def _write_split(folder, grids: list[np.ndarray], categories: list[str], samples
 def test_mean_shape_baseline_by_hand_and_blind_to_test_voxels(tmp_path):
     """Two training objects of one category, A seen once and B three times (4 samples); one test
     object. Mean = (1 A + 3 B) / 4; the test object's voxels change its IoU, never the prediction."""
-    from r2n2.baselines import baseline_iou, mean_shapes
+    from r2n2.evaluation.baselines import baseline_iou, mean_shapes
     from r2n2.data.dataset import PackedDataset
 
     a = np.zeros((8, 8, 8), bool)
@@ -239,12 +239,12 @@ def test_retrieval_in_blocks_finds_the_nearest_embedding_as_before(trained, monk
     weights of the one-hot product."""
     import torch.nn.functional as F
 
-    from r2n2 import recognition as R
+    from r2n2.evaluation import recognition as R
 
     _, test = _tiny_split(trained, 1)
     import hydra
 
-    from r2n2.checkpoint import load_module
+    from r2n2.train.checkpoint import load_module
 
     _, ckpt = load_module(trained[0] / "checkpoints" / "best.ckpt")
     dm = hydra.utils.instantiate({**ckpt["hyper_parameters"]["data"], "num_workers": 0})
@@ -267,7 +267,7 @@ def test_retrieval_in_blocks_finds_the_nearest_embedding_as_before(trained, monk
     assert np.array_equal(fitted.nearest(f_test), plain)
     got = R.predict(fitted, test, R.own_view_slots(test), test.samples[:, 0])
     assert np.array_equal(got["retrieval"][1], fitted.bank_obj[plain])
-    from r2n2.baselines import object_voxels
+    from r2n2.evaluation.baselines import object_voxels
 
     shapes, train_shapes = object_voxels(test).flatten(1), fitted.shapes.flatten(1).float()
     inter = shapes @ train_shapes.T
@@ -276,7 +276,7 @@ def test_retrieval_in_blocks_finds_the_nearest_embedding_as_before(trained, monk
 
 
 def test_iou_at_many_thresholds_by_histogram_equals_the_metric(trained):
-    """scoring.iou_at_thresholds (one bucketize and histogram) gives r2n2.metrics.voxel_iou_thresholds'
+    """scoring.iou_at_thresholds (one bucketize and histogram) gives r2n2.evaluation.metrics.voxel_iou_thresholds'
     values exactly: a trained network's probabilities, values exactly at and just below thresholds,
     unsorted thresholds, an empty target and prediction, bf16 input."""
     net, split = _tiny_split(trained, 1)
@@ -293,11 +293,11 @@ def test_iou_at_many_thresholds_by_histogram_equals_the_metric(trained):
 
 
 def test_baselines_score_the_same_with_the_fscore_on_the_device(trained):
-    """score_indexed with the batched device F-score (r2n2/fscore_device.py, queued and computed at
+    """score_indexed with the batched device F-score (r2n2/evaluation/fscore_device.py, queued and computed at
     the first result; on the CPU here, as on a GPU) gives the pool's figures for a constant
     prediction and for a training shape per sample."""
-    from r2n2.baselines import object_voxels
-    from r2n2.fscore_device import DeviceFScorer
+    from r2n2.evaluation.baselines import object_voxels
+    from r2n2.evaluation.fscore_device import DeviceFScorer
 
     _, split = _tiny_split(trained, 1)
     samples = S.all_samples(split, 1)

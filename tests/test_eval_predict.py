@@ -14,8 +14,8 @@ import pytest
 import torch
 from helpers.reference import naive_binvox
 
-from r2n2 import evaluation as E
-from r2n2.fscore import fscore_points, surface_points, voxel_fscore
+from r2n2.evaluation import report as E
+from r2n2.evaluation.fscore import fscore_points, surface_points, voxel_fscore
 
 BIN = Path(sys.executable).parent
 
@@ -72,7 +72,7 @@ def test_eval_chooses_the_threshold_on_val(trained, evaluated):
     """The chosen threshold is the argmax of val IoU, recomputed here from val predictions."""
     import hydra
 
-    from r2n2.checkpoint import load_module
+    from r2n2.train.checkpoint import load_module
 
     run_dir, _ = trained
     _, result, _ = evaluated
@@ -80,9 +80,9 @@ def test_eval_chooses_the_threshold_on_val(trained, evaluated):
     dm = hydra.utils.instantiate(ckpt["hyper_parameters"]["data"])
     dm.setup()
     from r2n2.data.transforms import to_images
-    from r2n2.metrics import voxel_iou_thresholds
+    from r2n2.evaluation.metrics import voxel_iou_thresholds
 
-    probs, gts = [], []  # a plain forward over the val loader: independent of r2n2.scoring
+    probs, gts = [], []  # a plain forward over the val loader: independent of r2n2.evaluation.scoring
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         for batch in dm.val_dataloader():
             probs.append(torch.sigmoid(module.net.eval()(to_images(batch["rgba"])).float()))

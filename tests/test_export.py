@@ -50,7 +50,7 @@ def real_views(shared_data) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def reference(ckpt, real_views) -> dict[int, np.ndarray]:
     """PyTorch's logits from the checkpoint's network for the first 1..5 views: {views: (2, 32, 32, 32)}."""
-    from r2n2.checkpoint import load_module
+    from r2n2.train.checkpoint import load_module
 
     module, _ = load_module(ckpt)
     with torch.no_grad():

@@ -17,8 +17,8 @@ import pytest
 import torch
 from conftest import ROOT, manifest_args, run_train, tiny, write_manifest
 
-from r2n2.atomic import atomic_write
-from r2n2.checkpoint_io import AtomicCheckpointIO
+from r2n2.utils.atomic import atomic_write
+from r2n2.train.checkpoint_io import AtomicCheckpointIO
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import kill_anywhere  # noqa: E402  (the harness of benchmarks/kill_anywhere.py)
@@ -27,8 +27,8 @@ import kill_anywhere  # noqa: E402  (the harness of benchmarks/kill_anywhere.py)
 
 WRITER = """
 import sys, time, torch
-from r2n2.atomic import atomic_write
-from r2n2.checkpoint_io import AtomicCheckpointIO
+from r2n2.utils.atomic import atomic_write
+from r2n2.train.checkpoint_io import AtomicCheckpointIO
 kind, path = sys.argv[1], sys.argv[2]
 if kind == "checkpoint":  # ~400 MB: the write takes long enough to be caught in the middle
     AtomicCheckpointIO().save_checkpoint({"w": torch.ones(100_000_000)}, path)
@@ -85,7 +85,7 @@ def test_failure_mid_checkpoint_leaves_the_old_checkpoint(tmp_path):
 def test_training_writes_checkpoints_through_the_atomic_plugin(tmp_path):
     from hydra import compose, initialize_config_dir
 
-    from r2n2.training import build
+    from r2n2.train.run import build
 
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", [f"paths.output_dir={tmp_path}", "logger=none"])

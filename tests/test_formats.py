@@ -628,7 +628,7 @@ def _checkpoints(tmp_path: Path) -> dict[str, tuple[Path, str]]:
 
 
 def test_bad_checkpoints_say_what_is_wrong_without_pytorchs_advice(tmp_path):
-    from r2n2.checkpoint import CheckpointError, load_checkpoint
+    from r2n2.train.checkpoint import CheckpointError, load_checkpoint
 
     for name, (path, fault) in _checkpoints(tmp_path).items():
         with pytest.raises(CheckpointError) as err:

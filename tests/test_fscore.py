@@ -1,4 +1,4 @@
-"""F-score@1% (r2n2/fscore.py) against an independent reference of what3d's definition on real grids,
+"""F-score@1% (r2n2/evaluation/fscore.py) against an independent reference of what3d's definition on real grids,
 and its ground-truth cache across evaluations (issue 22, items 2 and 3).
 
 The reference follows what3d's code step by step (github.com/lmb-freiburg/what3d, util.py, commit
@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from conftest import ROOT
 
-from r2n2 import fscore as F
-from r2n2.fscore import FScorer, fscore_points, score_packed, surface_points, voxel_fscore
+from r2n2.evaluation import fscore as F
+from r2n2.evaluation.fscore import FScorer, fscore_points, score_packed, surface_points, voxel_fscore
 
 BENCH_GT = "binvox/piaomz_Pix2Vox_Keras__bench_modelt_transposed021.binvox"
 BENCH_PRED = "binvox/piaomz_Pix2Vox_Keras__bench_predict001.binvox"  # a real network's prediction of it
@@ -169,14 +169,14 @@ def test_a_ground_truth_surface_is_built_once_and_reused():
 
 
 def test_the_device_fscore_draws_the_same_points_and_gives_the_pools_figures(shared_data, monkeypatch):
-    """r2n2/fscore_device.py (torch, many grids at once; run here on the CPU) against the reference
+    """r2n2/evaluation/fscore_device.py (torch, many grids at once; run here on the CPU) against the reference
     path: the very points of ``surface_points`` for every real grid (the table of PyMCubes' triangles,
     numpy's draws), and F-scores equal to FScorer's for real pairs, a real network's prediction,
     shifted, grown and empty grids, repeated ground truths and both empty and one empty."""
     import torch
 
-    from r2n2 import fscore_device as D
-    from r2n2.fscore_device import DeviceFScorer, surface_samples
+    from r2n2.evaluation import fscore_device as D
+    from r2n2.evaluation.fscore_device import DeviceFScorer, surface_samples
 
     monkeypatch.setattr(D, "CANDIDATES", 1 << 16)  # compare the candidate pairs in several pieces
 

@@ -25,7 +25,7 @@ import torch
 from hypothesis import given
 from PIL import Image
 
-from r2n2.checkpoint import CheckpointError, load_checkpoint
+from r2n2.train.checkpoint import CheckpointError, load_checkpoint
 from r2n2.data.errors import DataError
 from r2n2.data.formats import load_voxels, read_binvox, read_rgba
 from r2n2.data.sources import ErrorPolicy, ManifestSource, ShapeNetSource

@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import ROOT, run_train, tiny
 
-from r2n2.accelerator import choose, cpu_has_fast_bf16
+from r2n2.train.accelerator import choose, cpu_has_fast_bf16
 
 
 # --- accelerator and precision -------------------------------------------------------------------
@@ -109,7 +109,7 @@ def test_training_steps_make_no_host_device_sync(data_dir, tmp_path):
     import lightning as L
     from hydra import compose, initialize_config_dir
 
-    from r2n2.training import build
+    from r2n2.train.run import build
 
     class SyncWindow(L.Callback):
         def __init__(self):
@@ -135,7 +135,7 @@ def test_training_steps_make_no_host_device_sync(data_dir, tmp_path):
     assert window.steps >= 10
 
 
-# --- module.cuda_graph: the whole step as CUDA graphs (r2n2/step.py) --------------------------------
+# --- module.cuda_graph: the whole step as CUDA graphs (r2n2/train/step.py) --------------------------------
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: CUDA graph capture")
@@ -145,9 +145,9 @@ def test_captured_whole_step_equals_the_eager_step():
     1 and 3 views, with clipping and a per-step learning-rate schedule filling the tensor rate."""
     import copy
 
-    from r2n2.losses import voxel_loss
+    from r2n2.train.losses import voxel_loss
     from r2n2.models import SeedModel
-    from r2n2.step import WARMUP, WholeStep
+    from r2n2.train.step import WARMUP, WholeStep
 
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     torch.manual_seed(0)
@@ -179,7 +179,7 @@ def test_cuda_graph_run_trains_as_lightnings_automatic_optimisation_on_the_gpu(d
     """The CPU test of tests/test_whole_step.py on the GPU, where the step is captured (fp32)."""
     from test_whole_step import _fit
 
-    from r2n2.step import WARMUP
+    from r2n2.train.step import WARMUP
 
     gpu = ["trainer.accelerator=gpu", "trainer.precision=32", "data.views_per_sample=1", "trainer.max_epochs=6"]
     weights_a, losses_a, _, steps_a, _ = _fit(data_dir, tmp_path, "auto", gpu)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import HELPERS, manifest_args, run_train, write_manifest
 
-from r2n2.headline import SAME_GRID_IOU, PredictionSpread, degeneracy_warnings, headline
+from r2n2.evaluation.headline import SAME_GRID_IOU, PredictionSpread, degeneracy_warnings, headline
 
 
 def _spread(probs: torch.Tensor, batch: int = 3) -> dict:

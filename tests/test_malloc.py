@@ -1,4 +1,4 @@
-"""r2n2.malloc: freed CPU memory is reused instead of unmapped and faulted in again at every step.
+"""r2n2.train.malloc: freed CPU memory is reused instead of unmapped and faulted in again at every step.
 
 Each case runs in a fresh process (malloc settings are process-wide): a 64 MB float tensor is
 allocated, written and freed 16 times, as training steps do with their activations, and the
@@ -18,11 +18,11 @@ import sys
 import pytest
 
 pytestmark = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
-                                reason="r2n2.malloc sets glibc's malloc thresholds")
+                                reason="r2n2.train.malloc sets glibc's malloc thresholds")
 
 PROBE = r"""
 import json, resource, torch
-from r2n2.malloc import keep_freed_memory
+from r2n2.train.malloc import keep_freed_memory
 applied = keep_freed_memory()
 faults = []
 for _ in range(16):

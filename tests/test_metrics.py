@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from r2n2.metrics import VoxelIoU, voxel_iou, voxel_iou_from_logits
+from r2n2.evaluation.metrics import VoxelIoU, voxel_iou, voxel_iou_from_logits
 
 G = 32
 A, B, C = (0, 0, 0), (5, 6, 7), (31, 31, 31)  # three voxels of a 32^3 grid

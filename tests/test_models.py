@@ -276,7 +276,7 @@ def test_compile_setting_takes_a_torch_compile_mode_and_names_a_wrong_one():
     """module.compile: false leaves the network eager; true and a mode ("reduce-overhead" = CUDA graphs)
     compile it in place, keeping its state_dict keys, and the mode reaches the compiler (Inductor's
     config: CUDA graphs on for reduce-overhead only); anything else is an error naming the value."""
-    from r2n2.module import compile_network
+    from r2n2.train.module import compile_network
 
     net = RecurrentAggregator(5, hidden_size=4, cell="gru")
     keys = list(net.state_dict())

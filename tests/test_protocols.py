@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from r2n2 import scoring as S
+from r2n2.evaluation import scoring as S
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "protocol"
 

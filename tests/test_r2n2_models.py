@@ -15,7 +15,7 @@ from torch import nn
 from r2n2.models import R2N2, Conv3dGRU, Conv3dLSTM, R2N2Encoder, SeedModel, count_parameters
 from r2n2.models.r2n2 import R2N2_GRU_PARAMETERS, R2N2_LSTM_PARAMETERS, R2N2_RES_GRU_PARAMETERS
 from r2n2.models.r2n2_decoder import Unpool3d
-from r2n2.module import build_network
+from r2n2.train.module import build_network
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "model"
 MODELS = ["seed_gru", "seed_lstm", "r2n2_gru", "r2n2_res_gru", "r2n2_lstm"]

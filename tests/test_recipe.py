@@ -1,5 +1,5 @@
 """The recipe's training options (docs/ablation.md, section 4): the BCE + soft-IoU loss
-(r2n2/losses.py) and the one-cycle / warm-up cosine schedules (conf/scheduler/onecycle.yaml,
+(r2n2/train/losses.py) and the one-cycle / warm-up cosine schedules (conf/scheduler/onecycle.yaml,
 cosine.yaml), on real tensors and in a real tiny ``train.py`` run."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from conftest import run_train, tiny
 from hydra import compose, initialize_config_dir
 
-from r2n2.losses import soft_iou, voxel_loss
+from r2n2.train.losses import soft_iou, voxel_loss
 
 
 def _grid(seed: int, p: float = 0.2) -> torch.Tensor:

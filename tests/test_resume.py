@@ -21,7 +21,7 @@ import pytest
 import torch
 from conftest import HELPERS, ROOT, run_train, tiny
 
-from r2n2.training import TIMING_KEYS
+from r2n2.train.run import TIMING_KEYS
 
 EPOCHS = 2
 
@@ -82,7 +82,7 @@ def test_resume_is_exact_with_the_default_data_settings(data_dir, tmp_path):
 @pytest.mark.slow
 def test_resume_of_a_moved_run_folder_keeps_its_best_checkpoint(data_dir, tmp_path):
     """A run folder renamed (or copied to other storage) before resume=: Lightning would forget the
-    best val IoU and let the first resumed epoch overwrite best.ckpt (r2n2.callbacks.RunCheckpoint)."""
+    best val IoU and let the first resumed epoch overwrite best.ckpt (r2n2.train.callbacks.RunCheckpoint)."""
     _check_resume_is_exact(data_dir, tmp_path, [], move=True)
 
 

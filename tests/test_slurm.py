@@ -230,7 +230,7 @@ def _one_process(run_dir: Path, ckpt: str, stage: str) -> float:
     import lightning as L
     from omegaconf import OmegaConf
 
-    from r2n2.module import ReconstructionModule
+    from r2n2.train.module import ReconstructionModule
 
     cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
     datamodule = hydra.utils.instantiate(cfg.data)
@@ -271,7 +271,7 @@ def test_requeued_job_resumes_in_its_folder_and_ends_like_the_uninterrupted_one(
     then ``scontrol requeue`` by hand while it trains; then again while it tests, after its last
     checkpoint. Each time the job starts again with the same id in the same folder and resumes from
     last.ckpt (the last time only to test it); it ends with the uninterrupted job's weights and metrics."""
-    from r2n2.training import TIMING_KEYS
+    from r2n2.train.run import TIMING_KEYS
 
     straight_dir, _ = uninterrupted
     run_dir, out = tmp_path / "run", tmp_path / "slurm.out"

@@ -235,9 +235,9 @@ def _two_spellings_manifest(shared_data: Path, folder: Path) -> Path:
 def test_resume_of_a_run_saved_without_the_key_keeps_its_split(shared_data, tmp_path):
     """A run folder as an earlier version wrote it (.hydra/config.yaml and the checkpoint's data
     config without split_version, on a manifest without object_id or split) is restored by
-    ``resume=`` (r2n2.resume.restore_config) to version 1: the same object ids (path text: the twice
+    ``resume=`` (r2n2.train.resume.restore_config) to version 1: the same object ids (path text: the twice
     spelled voxel file stays two objects) and the same split as before."""
-    from r2n2.resume import restore_config
+    from r2n2.train.resume import restore_config
 
     csv = _two_spellings_manifest(shared_data, tmp_path / "data")
     run = tmp_path / "run"

@@ -48,7 +48,7 @@ def test_checkpoint_loads_with_weights_only(trained):
     hp = ckpt["hyper_parameters"]
     assert hp["net"]["_target_"] == "r2n2.models.SeedModel" and isinstance(hp["optimizer"], dict)
     assert "optimizer_states" in ckpt and "lr_schedulers" in ckpt and ckpt["epoch"] == 1
-    from r2n2.module import ReconstructionModule
+    from r2n2.train.module import ReconstructionModule
 
     module = ReconstructionModule(**hp)
     module.load_state_dict(ckpt["state_dict"])
@@ -124,7 +124,7 @@ def test_sweep_runs_each_job_in_its_folder_and_writes_a_summary(data_dir, tmp_pa
 @pytest.mark.slow
 def test_ddp_ranks_exit_cleanly_after_closing_the_gloo_group(tmp_path):
     """Two real gloo processes, 15 times, each running two jobs in one process as a multirun does:
-    after the collectives of a run's end, r2n2.distributed.close_process_group lets rank 1 start the
+    after the collectives of a run's end, r2n2.train.distributed.close_process_group lets rank 1 start the
     second job's group while rank 0 still works on the first (``wait_for_all``), and both exit with
     status 0. Without closing, 7 of 30 such pairs aborted at exit (exit 134, "terminate called without
     an active exception"; a SLURM CI job failed on it): 15 clean pairs by chance about 2% of the time."""
@@ -159,9 +159,9 @@ def test_ddp_two_cpu_processes_log_the_iou_one_process_computes(data_dir, tmp_pa
     from omegaconf import OmegaConf
 
     from r2n2.data.transforms import to_images
-    from r2n2.headline import PredictionSpread
-    from r2n2.metrics import VoxelIoU
-    from r2n2.module import ReconstructionModule
+    from r2n2.evaluation.headline import PredictionSpread
+    from r2n2.evaluation.metrics import VoxelIoU
+    from r2n2.train.module import ReconstructionModule
 
     run_dir = tmp_path / "ddp"
     run_train(tiny(data_dir, epochs=1) + ["trainer=ddp_cpu", "trainer.precision=32", "logger=none",
@@ -199,7 +199,7 @@ def test_scheduler_milestones_count_epochs_or_steps(interval, data_dir, tmp_path
     """scheduler.interval=step makes milestones count optimiser steps (3D-R2N2's iterations)."""
     from hydra import compose, initialize_config_dir
 
-    from r2n2.training import build
+    from r2n2.train.run import build
 
     with initialize_config_dir(str(CONF), version_base="1.3"):
         cfg = compose("config", [*tiny(data_dir, epochs=1), "logger=none", "callbacks.model_checkpoint=null",
@@ -219,7 +219,7 @@ def test_run_spread_schedule_needs_a_bounded_run(tmp_path):
     (trainer.max_epochs=-1 with trainer.max_steps=-1) gets an error naming those keys, not int(inf)."""
     from hydra import compose, initialize_config_dir
 
-    from r2n2.training import build
+    from r2n2.train.run import build
 
     with initialize_config_dir(str(CONF), version_base="1.3"):
         cfg = compose("config", ["trainer.max_epochs=-1", "trainer.max_steps=-1", "logger=none",

@@ -1,4 +1,4 @@
-"""The HTML reconstruction viewer (r2n2/viewer.py + viewer.js): self-contained, its data round-trips,
+"""The HTML reconstruction viewer (r2n2/vis/viewer.py + viewer.js): self-contained, its data round-trips,
 and it loads and draws in a real headless browser (Debian's chromium), via r2n2-predict --html too."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from r2n2 import viewer
+from r2n2.vis import viewer
 
 BIN = Path(sys.executable).parent
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

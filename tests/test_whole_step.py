@@ -1,4 +1,4 @@
-"""module.cuda_graph (r2n2/step.py): the module's own whole step, eager where there is no CUDA device,
+"""module.cuda_graph (r2n2/train/step.py): the module's own whole step, eager where there is no CUDA device,
 trains exactly as Lightning's automatic optimisation does (same losses, weights, learning rates and
 step count after a real run: clipping, dropout, a per-step and a per-epoch schedule, 1..3 views), and what it
 refuses. Its captured form on a GPU: tests/test_gpu_path.py."""
@@ -11,7 +11,7 @@ import torch
 from conftest import ROOT, tiny
 from hydra import compose, initialize_config_dir
 
-from r2n2.training import build
+from r2n2.train.run import build
 
 
 def _fit(data_dir, tmp_path, name: str, overrides: list[str]) -> tuple[dict, list[float], list[float], int, dict]:
@@ -66,7 +66,7 @@ def test_whole_step_refusals(data_dir, tmp_path):
         cfg = compose("config", [*base, "+trainer.gradient_clip_algorithm=value"])
     with pytest.raises(ValueError, match="gradient_clip_algorithm=value"):
         build(cfg)
-    from r2n2.step import make_capturable
+    from r2n2.train.step import make_capturable
 
     sgd = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1)
     with pytest.raises(ValueError, match="SGD cannot be captured"):

@@ -7,7 +7,7 @@ the device) of
         batch already on the device (forward, BCE, backward, gradient clipping, Adam; with
         ``module.cuda_graph=true`` the same whole step as the module's, captured on CUDA);
     (b) the real path: ``Trainer.fit`` with the real DataModule, cache and worker processes, built by
-        the same ``r2n2.training.build`` as ``train.py`` (validation and checkpoints off);
+        the same ``r2n2.train.run.build`` as ``train.py`` (validation and checkpoints off);
     (c) the DataLoader alone (its batches as they reach the device: uint8, pinned on CUDA);
 
 prints a table with the ratio b/a and the loop's own cost per step, (b) - (a) in ms, writes
@@ -30,9 +30,9 @@ from pathlib import Path
 
 import torch
 
-from r2n2.atomic import atomic_write
-from r2n2.machine import describe_machine
-from r2n2.malloc import keep_freed_memory
+from r2n2.utils.atomic import atomic_write
+from r2n2.utils.machine import describe_machine
+from r2n2.train.malloc import keep_freed_memory
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -76,8 +76,8 @@ def bare_loop(cfg, batch: dict, device: torch.device, precision: str, warmup: in
     import hydra
 
     from r2n2.data.transforms import to_images
-    from r2n2.losses import voxel_loss
-    from r2n2.module import build_network, compile_network, use_channels_last
+    from r2n2.train.losses import voxel_loss
+    from r2n2.train.module import build_network, compile_network, use_channels_last
 
     net = build_network(_plain(cfg.model)).to(device).train()
     module_cfg = _plain(cfg.get("module"))
@@ -90,8 +90,8 @@ def bare_loop(cfg, batch: dict, device: torch.device, precision: str, warmup: in
     dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(str(precision))
     clip = cfg.trainer.get("gradient_clip_val")
 
-    if module_cfg.get("cuda_graph"):  # the module's own whole step, captured on CUDA (r2n2/step.py)
-        from r2n2.step import WholeStep
+    if module_cfg.get("cuda_graph"):  # the module's own whole step, captured on CUDA (r2n2/train/step.py)
+        from r2n2.train.step import WholeStep
 
         whole = WholeStep(net, functools.partial(voxel_loss, **loss_kwargs), optimizer, clip, capture=device.type == "cuda")
 
@@ -112,7 +112,7 @@ def bare_loop(cfg, batch: dict, device: torch.device, precision: str, warmup: in
 
 def _eager_step(net, images, target, loss_kwargs, optimizer, dtype, clip, device):
     """A training step as Lightning's automatic optimisation does it, fp16's gradient scaler included."""
-    from r2n2.losses import voxel_loss
+    from r2n2.train.losses import voxel_loss
 
     scaler = torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)
 
@@ -140,7 +140,7 @@ def _plain(cfg) -> dict:
 def real_path(cfg, warmup: int, steps: int) -> tuple[float, str, str, str]:
     """(b): samples/s of ``Trainer.fit`` between the end of step ``warmup`` and ``warmup + steps``.
     Returns (rate, accelerator, precision, input path) as the trainer resolved them."""
-    from r2n2.training import build
+    from r2n2.train.run import build
 
     datamodule, module, trainer, _ = build(cfg)
     clock = _StepClock(warmup, steps)
@@ -172,7 +172,7 @@ def measure(overrides: list[str], batch_size: int, warmup: int, steps: int, out:
     round's pair in ``rounds``), so a slow spell of the machine falls on both."""
     import hydra
 
-    from r2n2.accelerator import choose
+    from r2n2.train.accelerator import choose
 
     run = ["logger=none", "test=false", "trainer.max_epochs=-1", f"trainer.max_steps={warmup + steps}",
            "trainer.limit_val_batches=0", "trainer.num_sanity_val_steps=0", "trainer.enable_progress_bar=false",
@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.probe:
         args.overrides = ["model=probe", *args.overrides]
-    keep_freed_memory()  # as train.py does (r2n2.extras.prepare_run)
+    keep_freed_memory()  # as train.py does (r2n2.train.extras.prepare_run)
     sizes = args.batch_sizes or [int(_compose(args.overrides).data.batch_size)]
     rows = []
     for b in sizes:

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-from r2n2.atomic import atomic_write
-from r2n2.machine import describe_machine
+from r2n2.utils.atomic import atomic_write
+from r2n2.utils.machine import describe_machine
 
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = ("seed_gru", "seed_lstm", "r2n2_gru", "r2n2_res_gru", "r2n2_lstm")
@@ -56,7 +56,7 @@ def measure(model: str, batch: int, precision: str, overrides: list[str], steps:
     from torch.utils.flop_counter import FlopCounterMode
 
     from r2n2.models import count_parameters
-    from r2n2.module import build_network
+    from r2n2.train.module import build_network
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = _autocast_dtype(precision)
@@ -113,7 +113,7 @@ def train_for(model: str, minutes: float, batch: int, precision: str, test_sampl
     trained module, its data config and the number of training samples it saw."""
     from omegaconf import OmegaConf
 
-    from r2n2.training import build
+    from r2n2.train.run import build
 
     h, rem = divmod(int(minutes * 60), 3600)
     cfg = _compose(model, [
@@ -130,13 +130,13 @@ def train_for(model: str, minutes: float, batch: int, precision: str, test_sampl
 
 def test_iou(module, data_cfg: dict, views: list[int], precision: str) -> tuple[dict, float]:
     """Test IoU@0.3 (mean over samples) at each fixed view count, and the global mean-shape baseline's.
-    Scored as r2n2-eval's protocol=ours (r2n2/scoring.py: each sample's own view first, then v - 1
+    Scored as r2n2-eval's protocol=ours (r2n2/evaluation/scoring.py: each sample's own view first, then v - 1
     other views of its object)."""
     import hydra
 
-    from r2n2 import scoring as S
-    from r2n2.metrics import THRESHOLD
-    from r2n2.training import mean_shape_baseline
+    from r2n2.evaluation import scoring as S
+    from r2n2.evaluation.metrics import THRESHOLD
+    from r2n2.train.run import mean_shape_baseline
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dm = hydra.utils.instantiate({**data_cfg, "eval_views": max(views), "num_workers": 0, "persistent_workers": False})
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for every training run")
     args = ap.parse_args(argv)
     if args.precision == "auto":
-        from r2n2.accelerator import choose
+        from r2n2.train.accelerator import choose
 
         chosen = choose(cuda=torch.cuda.is_available())["precision"]
         args.precision = "32" if chosen == "32-true" else chosen

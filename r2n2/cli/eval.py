@@ -1,4 +1,4 @@
-"""``r2n2-eval``: evaluate a checkpoint on a split, as papers report it (see ``r2n2.evaluation``).
+"""``r2n2-eval``: evaluate a checkpoint on a split, as papers report it (see ``r2n2.evaluation.report``).
 
     r2n2-eval ckpt=outputs/train/<run>/checkpoints/best.ckpt
     r2n2-eval ckpt=... data=shapenet data.source.root=/data/ShapeNet data.source.taxonomy=ShapeNet.json
@@ -18,11 +18,11 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from r2n2.atomic import atomic_write
-from r2n2.baselines import object_occupancy
-from r2n2.checkpoint import CheckpointError, load_module
+from r2n2.utils.atomic import atomic_write
+from r2n2.evaluation.baselines import object_occupancy
+from r2n2.train.checkpoint import CheckpointError, load_module
 from r2n2.data.errors import DataError
-from r2n2.malloc import keep_freed_memory
+from r2n2.train.malloc import keep_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -40,16 +40,16 @@ def _datamodule(data_cfg: dict, eval_views: int, cfg: DictConfig):
 
 
 def evaluate(cfg: DictConfig) -> dict:
-    from r2n2 import evaluation as E
-    from r2n2 import scoring as S
-    from r2n2.fscore import FScorer
+    from r2n2.evaluation import report as E
+    from r2n2.evaluation import scoring as S
+    from r2n2.evaluation.fscore import FScorer
 
     where = cfg.fscore.get("on", "auto")
     if where not in ("auto", "pool", "device"):
         raise ValueError(f"fscore.on={where!r}: expected auto, pool or device")
     device = _device(cfg)
     if where == "device" or (where == "auto" and device.type == "cuda" and cfg.fscore.level == "what3d"):
-        from r2n2.fscore_device import DeviceFScorer
+        from r2n2.evaluation.fscore_device import DeviceFScorer
 
         scorer = DeviceFScorer(device, cfg.fscore.points, cfg.fscore.distance, cfg.fscore.level)
     else:
@@ -61,8 +61,8 @@ def evaluate(cfg: DictConfig) -> dict:
 
 
 def _evaluate(cfg: DictConfig, scorer) -> dict:
-    from r2n2 import evaluation as E
-    from r2n2 import scoring as S
+    from r2n2.evaluation import report as E
+    from r2n2.evaluation import scoring as S
 
     module, ckpt = load_module(cfg.ckpt)
     data_cfg = _data_config(cfg, ckpt["hyper_parameters"].get("data"))
@@ -71,7 +71,7 @@ def _evaluate(cfg: DictConfig, scorer) -> dict:
     device = _device(cfg)
     precision = str(cfg.precision)
     if precision == "auto":
-        from r2n2.accelerator import choose
+        from r2n2.train.accelerator import choose
 
         precision = choose("gpu" if device.type == "cuda" else "cpu", cuda=device.type == "cuda")["precision"]
     dtype = torch.bfloat16 if precision in ("bf16", "bf16-mixed") else None
@@ -192,7 +192,7 @@ def _data_config(cfg: DictConfig, trained: dict | None) -> dict | None:
 
 def _samples(proto: DictConfig, split, views: int):
     """The samples ``proto`` scores (``conf/protocol``), seeing up to ``views`` views each."""
-    from r2n2 import scoring as S
+    from r2n2.evaluation import scoring as S
 
     if proto.get("composite", "blend") not in ("blend", "binary"):
         raise ValueError(f"protocol={proto.name}: composite must be blend|binary, got {proto.composite!r}")
@@ -206,15 +206,15 @@ def _samples(proto: DictConfig, split, views: int):
 
 def _baseline_predictions(train, samples, cfg: DictConfig, device) -> dict:
     """{name: (table (P, R, R, R), index (N,))}: the predictors that see no image, then (with
-    ``recognition=true``) the recognition baselines of ``r2n2.recognition``."""
-    from r2n2.baselines import mean_shape_for, mean_shapes
+    ``recognition=true``) the recognition baselines of ``r2n2.evaluation.recognition``."""
+    from r2n2.evaluation.baselines import mean_shape_for, mean_shapes
 
     overall, per_category = mean_shapes(train)
     names, index = np.unique(samples.category, return_inverse=True)
     out = {"global mean shape": (overall[None], np.zeros(len(samples), np.int64)),
            "category mean shape": (mean_shape_for(per_category, list(names)), index.reshape(-1))}
     if cfg.recognition:
-        from r2n2 import recognition
+        from r2n2.evaluation import recognition
 
         fitted = recognition.fit(train, device=device)
         out.update(recognition.predict(fitted, samples.dataset, samples.slots[:, 0], samples.obj, device))
@@ -224,10 +224,10 @@ def _baseline_predictions(train, samples, cfg: DictConfig, device) -> dict:
 def _figures(out_dir: Path, module, samples, first, scored, t: float, device, dtype, cfg) -> None:
     """iou_vs_threshold.png (1 view, the 0.05 grid), worst.png and best.png (1 view at ``t``) and the
     same samples in reconstructions.html."""
-    from r2n2 import viewer, viz
+    from r2n2.vis import figures as viz, viewer
     from r2n2.data.transforms import to_images
-    from r2n2.evaluation import SELECTION_GRID
-    from r2n2.scoring import ViewCounts
+    from r2n2.evaluation.report import SELECTION_GRID
+    from r2n2.evaluation.scoring import ViewCounts
 
     cats = samples.category
     curves = np.stack([first.iou_at(g) for g in SELECTION_GRID], 1)
@@ -235,7 +235,7 @@ def _figures(out_dir: Path, module, samples, first, scored, t: float, device, dt
     order = np.argsort(first.iou_at(t), kind="stable")
     k = min(int(cfg.figure_samples), len(order))
     grids = object_occupancy(samples.dataset)  # (M, R, R, R) bool
-    rows = []  # also as reconstructions.html: rotatable 3D voxels (r2n2/viewer.py)
+    rows = []  # also as reconstructions.html: rotatable 3D voxels (r2n2/vis/viewer.py)
     for name, idx in (("worst", order[:k]), ("best", order[::-1][:k].copy())):
         images = to_images(samples.rgba(idx, 1).to(device))
         probs = ViewCounts(module.net.eval().to(device), [1], dtype)(images)[1].cpu()
@@ -253,7 +253,7 @@ CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")
 def main(cfg: DictConfig) -> None:
-    keep_freed_memory()  # as train.py does (r2n2.extras.prepare_run)
+    keep_freed_memory()  # as train.py does (r2n2.train.extras.prepare_run)
     try:
         evaluate(cfg)
     except (CheckpointError, DataError, FileNotFoundError, ValueError) as e:  # bad input, not a bug: one line

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from r2n2.checkpoint import CheckpointError
+from r2n2.train.checkpoint import CheckpointError
 from r2n2.data.errors import DataError
 from r2n2.export import ATOL, CHECK_VIEWS, FORMATS, IMAGE_SIZE, ExportCheckError, export_onnx, \
     export_torchscript, export_weights, load_network, write_checked

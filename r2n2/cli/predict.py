@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from r2n2.atomic import atomic_write
-from r2n2.checkpoint import CheckpointError
+from r2n2.utils.atomic import atomic_write
+from r2n2.train.checkpoint import CheckpointError
 from r2n2.data.errors import DataError
-from r2n2.metrics import THRESHOLD
+from r2n2.evaluation.metrics import THRESHOLD
 
 
 def frame_views(paths: list[str], size: int = 127) -> torch.Tensor:
@@ -73,7 +73,7 @@ def predict(ckpt: str, images: list[str], out: str, threshold: float = THRESHOLD
     from r2n2.data.formats.binvox import Binvox, write_binvox
     from r2n2.data.transforms import to_images
     from r2n2.export import load_network
-    from r2n2.viz import prediction_figure, save
+    from r2n2.vis.figures import prediction_figure, save
 
     net, info = load_network(ckpt)  # a training checkpoint or an r2n2-export weights file
     rgba = frame_views(images, info["image_size"])
@@ -91,7 +91,7 @@ def predict(ckpt: str, images: list[str], out: str, threshold: float = THRESHOLD
     faces = write_obj(out_dir / "prediction.obj", probs, threshold)
     save(prediction_figure(views[0], probs, threshold, [Path(p).name for p in images]), out_dir / "prediction.png")
     if html:
-        from r2n2 import viewer
+        from r2n2.vis import viewer
 
         rows = viewer.samples([", ".join(Path(p).name for p in images)], rgba, None, probs[None], threshold)
         viewer.write_page(out_dir / "prediction.html", rows, "r2n2-predict", f"Model: {ckpt}.")

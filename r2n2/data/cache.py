@@ -42,7 +42,7 @@ from typing import Callable
 import numpy as np
 from tqdm.auto import tqdm
 
-from r2n2.atomic import atomic_write
+from r2n2.utils.atomic import atomic_write
 from r2n2.data.errors import DataError
 from r2n2.data.formats import load_voxels, read_rgba
 from r2n2.data.sources.base import ErrorPolicy, ObjectRecord

@@ -14,7 +14,7 @@ from lightning.pytorch.accelerators import CUDAAccelerator
 from torch.utils.data import BatchSampler, DataLoader
 
 from r2n2.data import device as on_device
-from r2n2.atomic import atomic_write
+from r2n2.utils.atomic import atomic_write
 from r2n2.data.cache import Plan, cache_key, ensure_packed
 from r2n2.data.dataset import PackedDataset
 from r2n2.data.errors import DataError

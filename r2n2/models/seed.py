@@ -1,7 +1,7 @@
 """The seed report's model: 3D-R2N2 encoder per view -> GRU(128) over views -> Dropout(0.5) -> decoder.
 
 ``SeedModel(images: (B, V, 3, 127, 127) float) -> logits: (B, 32, 32, 32) float``; no sigmoid (train
-with BCE-with-logits; apply ``torch.sigmoid`` before :class:`r2n2.metrics.VoxelIoU`).
+with BCE-with-logits; apply ``torch.sigmoid`` before :class:`r2n2.evaluation.metrics.VoxelIoU`).
 
 Parameters of the default model (norm none, GRU 128, linear -> 32^3 + Conv3d(1, 1, 3)), by hand:
 

@@ -12,7 +12,7 @@ import time
 import torch
 import torch.distributed as dist
 
-from r2n2.distributed import close_process_group
+from r2n2.train.distributed import close_process_group
 
 rank, port = int(sys.argv[1]), sys.argv[2]
 os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port)

@@ -10,8 +10,8 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from r2n2.data.samplers import ShardSampler
-from r2n2.headline import PredictionSpread
-from r2n2.distributed import close_process_group
+from r2n2.evaluation.headline import PredictionSpread
+from r2n2.train.distributed import close_process_group
 
 # 301 (odd: unequal shards; more than MAX_PAIRWISE = 256, so which samples are kept matters: every
 # 2nd), fuller with the index, so that another subset gives other statistics

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from r2n2.atomic import atomic_write
+from r2n2.utils.atomic import atomic_write
 from r2n2.data.errors import DataError
 from r2n2.data.formats.limits import MAX_BINVOX_SIDE, MAX_VOXELS
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from r2n2.atomic import atomic_write
+from r2n2.utils.atomic import atomic_write
 from r2n2.data.errors import DataError
 
 log = logging.getLogger(__name__)

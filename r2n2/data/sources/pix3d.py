@@ -63,7 +63,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from r2n2.atomic import atomic_write
+from r2n2.utils.atomic import atomic_write
 from r2n2.data.categories import category_filter
 from r2n2.data.errors import DataError
 from r2n2.data.formats import RESOLUTION, load_voxels

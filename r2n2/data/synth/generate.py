@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from r2n2.atomic import atomic_write
+from r2n2.utils.atomic import atomic_write
 from r2n2.data.camera import AZIMUTH_RANGE, DIST_RATIO_RANGE, ELEVATION_RANGE, View
 from r2n2.data.synth.render import SUPERSAMPLE, render
 from r2n2.data.synth.shapes import CATEGORIES, make_object

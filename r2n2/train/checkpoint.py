@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from r2n2.module import ReconstructionModule
+from r2n2.train.module import ReconstructionModule
 
 
 class CheckpointError(ValueError):

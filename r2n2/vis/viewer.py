@@ -1,6 +1,6 @@
 """A self-contained HTML page of reconstructions: input | ground truth | prediction, as rotatable voxels.
 
-The page needs no network and no library: its renderer (``r2n2/viewer.js``, a canvas-2D voxel painter
+The page needs no network and no library: its renderer (``r2n2/vis/viewer.js``, a canvas-2D voxel painter
 of ~100 lines) and every image and grid are inlined. Drag any 3D view to rotate all of them together,
 scroll to zoom, double-click to reset. Grids are (x, y, z) with y up, as everywhere in r2n2.
 
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from r2n2.atomic import atomic_write
+from r2n2.utils.atomic import atomic_write
 
 JS = Path(__file__).with_name("viewer.js")
 

@@ -1,4 +1,4 @@
-"""``AtomicCheckpointIO``: Lightning writes every checkpoint through ``r2n2.atomic.atomic_write``.
+"""``AtomicCheckpointIO``: Lightning writes every checkpoint through ``r2n2.utils.atomic.atomic_write``.
 
 A checkpoint is serialised in memory first (a failure there never touches the disk), written to a
 hidden temporary file beside its target, fsynced and renamed over it: after a kill, a full disk or a
@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from r2n2.atomic import atomic_write
+from r2n2.utils.atomic import atomic_write
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -1,10 +1,10 @@
 """Evaluation as papers report it: IoU per category and overall at several thresholds (mean over
 samples and mean of category means), F-score@1%, for 1..5 views, against baselines that see no image
 (the training set's mean shape, globally and per category) and recognition baselines
-(``r2n2.recognition``), with the threshold chosen as the protocol says (``conf/protocol``).
+(``r2n2.evaluation.recognition``), with the threshold chosen as the protocol says (``conf/protocol``).
 
 Everything here works on plain per-sample arrays so the figures are easy to check by hand; the
-streaming scorer that produces them is ``r2n2.scoring``.
+streaming scorer that produces them is ``r2n2.evaluation.scoring``.
 """
 
 from __future__ import annotations

@@ -190,4 +190,4 @@ class VoxelIoU(Metric):
             out[self.key(t, "class_mean")] = class_mean[j]
         return out
 
-# F-score@1% (Pix2Vox++): r2n2.fscore
+# F-score@1% (Pix2Vox++): r2n2.evaluation.fscore

@@ -17,7 +17,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from r2n2.atomic import atomic_write
+from r2n2.utils.atomic import atomic_write
 
 log = logging.getLogger(__name__)
 

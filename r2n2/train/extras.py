@@ -1,7 +1,7 @@
-"""What every run does before it starts (``r2n2.training.train`` calls :func:`prepare_run`):
+"""What every run does before it starts (``r2n2.train.run.train`` calls :func:`prepare_run`):
 
 * Lightning's log lines printed once (:func:`route_lightning_logs`);
-* freed CPU memory kept for reuse instead of unmapped at every step (``r2n2.malloc``);
+* freed CPU memory kept for reuse instead of unmapped at every step (``r2n2.train.malloc``);
 * Lightning's data-loader flattening without torch's deprecated ``LeafSpec()`` (:func:`use_torch_leaf_factory`);
 * the optional extras of ``conf/extras/default.yaml`` (lightning-hydra-template's convention): the
   composed config printed as a tree with rich and saved as ``config_tree.log`` in the run folder,
@@ -16,8 +16,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from r2n2.atomic import atomic_write
-from r2n2.malloc import keep_freed_memory
+from r2n2.utils.atomic import atomic_write
+from r2n2.train.malloc import keep_freed_memory
 
 log = logging.getLogger(__name__)
 

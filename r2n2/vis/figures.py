@@ -82,7 +82,7 @@ def reconstruction_figure(
     images: (N, 3, H, W) normalised; voxels: (N, 32, 32, 32) {0, 1}; probs: (N, 32, 32, 32) in [0, 1].
     The prediction is ``probs >= threshold``; its IoU with the ground truth is in the title.
     """
-    from r2n2.metrics import voxel_iou
+    from r2n2.evaluation.metrics import voxel_iou
 
     images, voxels, probs = denormalize(images).cpu(), voxels.detach().cpu(), probs.detach().float().cpu()
     iou = voxel_iou(probs, voxels, threshold)
@@ -122,7 +122,7 @@ def save(fig: plt.Figure, path, dpi: int = 100) -> None:
     """Write ``fig`` as PNG atomically and close it."""
     import io
 
-    from r2n2.atomic import atomic_write
+    from r2n2.utils.atomic import atomic_write
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)

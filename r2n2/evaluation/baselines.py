@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from r2n2.data.dataset import PackedDataset
-from r2n2.metrics import THRESHOLD, voxel_iou
+from r2n2.evaluation.metrics import THRESHOLD, voxel_iou
 
 
 def object_voxels(dataset: PackedDataset) -> torch.Tensor:

@@ -35,7 +35,7 @@ from lightning.fabric.plugins.environments import SLURMEnvironment
 log = logging.getLogger(__name__)
 
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"  # conf/callbacks/default.yaml: last_checkpoint
-TRAIN_SCRIPT = Path(__file__).resolve().parents[1] / "train.py"  # the repository's entry point
+TRAIN_SCRIPT = Path(__file__).resolve().parents[2] / "train.py"  # the repository's entry point
 
 
 def slurm_job_id() -> str | None:

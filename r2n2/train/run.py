@@ -13,18 +13,18 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from r2n2.accelerator import resolve_trainer
-from r2n2.atomic import atomic_write
-from r2n2.baselines import baseline_iou, mean_shapes
-from r2n2.callbacks import TrainThroughput
-from r2n2.extras import prepare_run
-from r2n2.fit_record import RECORD, checkpoint_progress, read_record, write_record
-from r2n2.checkpoint import load_checkpoint
-from r2n2.checkpoint_io import AtomicCheckpointIO
-from r2n2.cluster import needs_own_run, requeued_checkpoint, train_in_child_run
-from r2n2.headline import PredictionSpread, degeneracy_warnings, headline
-from r2n2.module import ReconstructionModule
-from r2n2.resume import FINISHED_ADVICE, ResumeError, finished, restore_config
+from r2n2.train.accelerator import resolve_trainer
+from r2n2.utils.atomic import atomic_write
+from r2n2.evaluation.baselines import baseline_iou, mean_shapes
+from r2n2.train.callbacks import TrainThroughput
+from r2n2.train.extras import prepare_run
+from r2n2.train.fit_record import RECORD, checkpoint_progress, read_record, write_record
+from r2n2.train.checkpoint import load_checkpoint
+from r2n2.train.checkpoint_io import AtomicCheckpointIO
+from r2n2.train.cluster import needs_own_run, requeued_checkpoint, train_in_child_run
+from r2n2.evaluation.headline import PredictionSpread, degeneracy_warnings, headline
+from r2n2.train.module import ReconstructionModule
+from r2n2.train.resume import FINISHED_ADVICE, ResumeError, finished, restore_config
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +41,13 @@ def _plain(cfg) -> dict:
 
 def resolve_resume(cfg: DictConfig) -> tuple[DictConfig, str | None]:
     """(config to run, checkpoint to continue from). ``resume=<run>`` restores that run's saved config
-    (``r2n2.resume``), outputs going back into its folder; ``ckpt_path=<file>`` is checked to be a
+    (``r2n2.train.resume``), outputs going back into its folder; ``ckpt_path=<file>`` is checked to be a
     readable r2n2 checkpoint; otherwise (cfg, None)."""
     if cfg.get("resume"):
         return restore_config(cfg)
     if cfg.get("ckpt_path"):
         load_checkpoint(cfg.ckpt_path)  # CheckpointError naming the file if it is not one
-    # a requeued SLURM job continues from its own folder's last.ckpt (r2n2/cluster.py)
+    # a requeued SLURM job continues from its own folder's last.ckpt (r2n2/train/cluster.py)
     return cfg, cfg.get("ckpt_path") or requeued_checkpoint(cfg.paths.output_dir)
 
 
@@ -128,7 +128,7 @@ def train(cfg: DictConfig) -> dict:
 
 
 def fit_record_to_continue(cfg: DictConfig, ckpt_path: str | None) -> dict | None:
-    """The fit record (``r2n2.fit_record``) of ``ckpt_path`` when that checkpoint ended its fit and
+    """The fit record (``r2n2.train.fit_record``) of ``ckpt_path`` when that checkpoint ended its fit and
     leaves nothing to train under ``cfg``; None when there is training to do. ``ResumeError`` when
     nothing is left to train and no record says what the fit measured."""
     if not ckpt_path:
@@ -190,8 +190,8 @@ def log_final_hparams(loggers: list, cfg: DictConfig, metrics: dict) -> None:
 
 def mean_shape_baseline(datamodule) -> dict:
     """Test IoU@0.3 of the training set's mean shape, thresholded (global and per category), and of
-    the recognition baselines (clustering, retrieval, oracle nearest neighbour: r2n2/recognition.py)."""
-    from r2n2.recognition import baseline_metrics
+    the recognition baselines (clustering, retrieval, oracle nearest neighbour: r2n2/evaluation/recognition.py)."""
+    from r2n2.evaluation.recognition import baseline_metrics
 
     if not datamodule.datasets:
         datamodule.setup()

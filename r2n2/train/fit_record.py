@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from r2n2.atomic import atomic_write
+from r2n2.utils.atomic import atomic_write
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import lightning as L
 import torch
 
-from r2n2.metrics import THRESHOLD
+from r2n2.evaluation.metrics import THRESHOLD
 
 MAX_PAIRWISE = 256  # samples kept for the pairwise IoU (a 256 x 256 matrix of 32^3 grids: ~8 MB of bits)
 # "nearly the same grid for every image": the thresholded predictions of different photos overlap

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from r2n2.atomic import atomic_write
-from r2n2.checkpoint import CheckpointError, load_checkpoint
+from r2n2.utils.atomic import atomic_write
+from r2n2.train.checkpoint import CheckpointError, load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +96,40 @@ def run_folder(resume: str) -> tuple[Path, Path]:
     return run, ckpt
 
 
+# where the modules of a flat r2n2/ went when the package was grouped by concept: a run folder saved
+# before names its callbacks and plugins by the old paths (``.hydra/config.yaml``)
+MOVED_MODULES = {f"r2n2.{old}": f"r2n2.{new}" for old, new in {
+    "atomic": "utils.atomic", "machine": "utils.machine", "metrics": "evaluation.metrics",
+    "fscore": "evaluation.fscore", "fscore_device": "evaluation.fscore_device", "scoring": "evaluation.scoring",
+    "baselines": "evaluation.baselines", "recognition": "evaluation.recognition", "headline": "evaluation.headline",
+    "evaluation": "evaluation.report", "module": "train.module", "step": "train.step", "losses": "train.losses",
+    "resume": "train.resume", "checkpoint": "train.checkpoint", "checkpoint_io": "train.checkpoint_io",
+    "callbacks": "train.callbacks", "run_callbacks": "train.run_callbacks", "fit_record": "train.fit_record",
+    "cluster": "train.cluster", "distributed": "train.distributed", "accelerator": "train.accelerator",
+    "malloc": "train.malloc", "extras": "train.extras", "sweep": "train.sweep", "training": "train.run",
+    "viz": "vis.figures", "viewer": "vis.viewer",
+}.items()}
+
+
+def moved_targets(cfg: DictConfig, moves: dict[str, str] = MOVED_MODULES) -> DictConfig:
+    """``cfg`` with every ``_target_`` whose module is a key of ``moves`` (by default an old path of
+    ``MOVED_MODULES``) renamed to its value; interpolations are kept as written."""
+    def visit(node):
+        if isinstance(node, dict):
+            target = node.get("_target_")
+            module, _, name = target.rpartition(".") if isinstance(target, str) else ("", "", "")
+            if module in moves:
+                node["_target_"] = f"{moves[module]}.{name}"
+            for value in node.values():
+                visit(value)
+        elif isinstance(node, list):
+            for value in node:
+                visit(value)
+        return node
+
+    return OmegaConf.create(visit(OmegaConf.to_container(cfg, resolve=False)))
+
+
 def restore_config(cfg: DictConfig) -> tuple[DictConfig, str]:
     """The config to continue ``cfg.resume`` with, and the checkpoint to continue from.
 
@@ -109,7 +143,7 @@ def restore_config(cfg: DictConfig) -> tuple[DictConfig, str]:
     saved_file = run / ".hydra" / "config.yaml"
     if not saved_file.is_file():
         raise ResumeError(f"{saved_file}: not found: cannot restore the run's configuration")
-    saved = OmegaConf.load(saved_file)
+    saved = moved_targets(OmegaConf.load(saved_file))
     saved_choices = {}
     if (run / ".hydra" / "hydra.yaml").is_file():
         saved_choices = dict(OmegaConf.load(run / ".hydra" / "hydra.yaml").hydra.runtime.choices)
@@ -161,8 +195,8 @@ def finished(cfg: DictConfig, epoch: int, step: int) -> bool:
 def check_not_finished(ckpt: Path, cfg: DictConfig, epoch: int, step: int) -> None:
     """``ResumeError`` if the run wrote its metrics.json and a checkpoint at (``epoch``, ``step``) leaves
     nothing to train under ``cfg.trainer``. A run stopped after fitting but before metrics.json (killed
-    while testing) goes on: ``r2n2.training`` tests it with the fit's record (``r2n2.fit_record``)."""
-    metrics = Path(cfg.paths.output_dir) / "metrics.json"  # r2n2.training.METRICS_FILE
+    while testing) goes on: ``r2n2.train.run`` tests it with the fit's record (``r2n2.train.fit_record``)."""
+    metrics = Path(cfg.paths.output_dir) / "metrics.json"  # r2n2.train.run.METRICS_FILE
     if finished(cfg, epoch, step) and metrics.is_file():
         max_epochs, max_steps = cfg.trainer.get("max_epochs"), cfg.trainer.get("max_steps")
         raise ResumeError(f"{ckpt}: the run has finished (epoch {epoch + 1} of trainer.max_epochs={max_epochs}, "

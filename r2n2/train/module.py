@@ -18,11 +18,11 @@ import torch
 from lightning.pytorch.accelerators import CUDAAccelerator
 from torchmetrics import MeanMetric
 
-from r2n2.callbacks import NonFiniteLoss
-from r2n2.losses import voxel_loss
-from r2n2.metrics import THRESHOLD, VoxelIoU, voxel_iou_from_logits
+from r2n2.train.callbacks import NonFiniteLoss
+from r2n2.train.losses import voxel_loss
+from r2n2.evaluation.metrics import THRESHOLD, VoxelIoU, voxel_iou_from_logits
 from r2n2.models import count_parameters
-from r2n2.step import WholeStep
+from r2n2.train.step import WholeStep
 
 log = logging.getLogger(__name__)
 
@@ -89,12 +89,12 @@ class ReconstructionModule(L.LightningModule):
     compile: False, True or a ``torch.compile`` mode ("reduce-overhead" = with CUDA graphs): see
         ``compile_network`` (in place: checkpoint keys do not change).
     cuda_graph: the whole training step (forward, loss, backward, clipping, optimiser step) by hand,
-        replayed as one CUDA graph per input shape on a GPU (``r2n2.step.WholeStep``; eager elsewhere).
-    gradient_clip_val: the gradient norm ``cuda_graph``'s step clips to (``r2n2.training.build`` moves
+        replayed as one CUDA graph per input shape on a GPU (``r2n2.train.step.WholeStep``; eager elsewhere).
+    gradient_clip_val: the gradient norm ``cuda_graph``'s step clips to (``r2n2.train.run.build`` moves
         ``trainer.gradient_clip_val`` here: Lightning clips only in its automatic optimisation).
     channels_last: channels-last memory format for the 2D convolutions: True, False, or "auto" (on a
         CUDA GPU only, where cuDNN's channels-last kernels are the fast ones).
-    loss: kwargs of ``r2n2.losses.voxel_loss``, e.g. ``{"soft_iou_weight": 1.0}``; None = plain BCE.
+    loss: kwargs of ``r2n2.train.losses.voxel_loss``, e.g. ``{"soft_iou_weight": 1.0}``; None = plain BCE.
     A scheduler config with ``total_steps: auto`` (conf/scheduler/onecycle.yaml, cosine.yaml) gets the
     run's optimiser steps (Lightning's ``estimated_stepping_batches``); a run resumed with more epochs
     or steps (``resume=<run> trainer.max_epochs=N``) has its schedule re-spread over the new length from
@@ -102,7 +102,7 @@ class ReconstructionModule(L.LightningModule):
 
     The training step makes no host-device synchronisation: the step loss reaches the progress bar
     only on the CPU (on a GPU it is logged every ``log_every_n_steps`` and per epoch), the training IoU
-    is summed on the device, and the non-finite-loss check (``r2n2.callbacks.NonFiniteLoss``) reads
+    is summed on the device, and the non-finite-loss check (``r2n2.train.callbacks.NonFiniteLoss``) reads
     its flag asynchronously.
     """
 
@@ -113,7 +113,7 @@ class ReconstructionModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.net = build_network(net)
-        # the whole step is the module's own (r2n2.step.WholeStep), replayed as CUDA graphs on a GPU
+        # the whole step is the module's own (r2n2.train.step.WholeStep), replayed as CUDA graphs on a GPU
         self.automatic_optimization = not cuda_graph
         self._whole_step: WholeStep | None = None
         # the epoch's training IoU@0.3 and loss x samples, summed on the device (VoxelIoU.update
@@ -272,7 +272,7 @@ class ReconstructionModule(L.LightningModule):
         import matplotlib.pyplot as plt
         from lightning.pytorch.loggers import TensorBoardLogger
 
-        from r2n2.viz import reconstruction_figure, save
+        from r2n2.vis.figures import reconstruction_figure, save
 
         batch = self._viz_batch
         with torch.no_grad():
@@ -287,7 +287,7 @@ class ReconstructionModule(L.LightningModule):
         else:
             plt.close(fig)
         if writer is not None and self.current_epoch == 0:
-            from r2n2.viz import denormalize
+            from r2n2.vis.figures import denormalize
 
             writer.add_images("val/inputs", denormalize(batch["images"][:, 0]), global_step=self.global_step)
 

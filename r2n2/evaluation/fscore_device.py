@@ -1,7 +1,7 @@
 """F-score@1% of many grids at once with torch, on the evaluation's device (issue 24: 1.3M F-scores
 for ShapeNet's test split; a CPU process spends 10-17 ms on one, so 15 of them take 15-25 minutes).
 
-The same figures as :mod:`r2n2.fscore` (the reference, PyMCubes + numpy + scipy), computed otherwise:
+The same figures as :mod:`r2n2.evaluation.fscore` (the reference, PyMCubes + numpy + scipy), computed otherwise:
 
 - the mesh: PyMCubes on a padded binary grid at level 0 puts every vertex on the empty corner of a
   cube edge, so its triangles are, cube by cube in (x, y, z) order, a table lookup of the cube's 8
@@ -20,7 +20,7 @@ The same figures as :mod:`r2n2.fscore` (the reference, PyMCubes + numpy + scipy)
   last bits: never in the tests).
 
 ``tests/test_fscore.py`` checks the points equal ``surface_points``' and the F-scores equal
-:class:`r2n2.fscore.FScorer`'s on real grids and a real network's predictions, on the CPU.
+:class:`r2n2.evaluation.fscore.FScorer`'s on real grids and a real network's predictions, on the CPU.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from concurrent.futures import Future
 import numpy as np
 import torch
 
-from r2n2.fscore import DEFAULT_LEVEL, FSCORE_DISTANCE, FSCORE_POINTS, GT_SEED, PRED_SEED
+from r2n2.evaluation.fscore import DEFAULT_LEVEL, FSCORE_DISTANCE, FSCORE_POINTS, GT_SEED, PRED_SEED
 
 # PyMCubes' corner order in a cube (mcubes/src/marchingcubes.h, marching_cubes: v[0..7])
 CORNERS = ((0, 0, 0), (1, 0, 0), (1, 1, 0), (0, 1, 0), (0, 0, 1), (1, 0, 1), (1, 1, 1), (0, 1, 1))
@@ -171,7 +171,7 @@ def _mark_close(points: torch.Tensor, q: torch.Tensor, data: torch.Tensor, lo: t
 def fscores(pred: torch.Tensor, pred_empty: torch.Tensor, gt: torch.Tensor, gt_empty: torch.Tensor,
             distance: float = FSCORE_DISTANCE) -> torch.Tensor:
     """F = 2PR / (P + R) of K pairs of surface samples ``(K, n, 3)`` (``empty (K,)``: no surface):
-    ``(K,) float64``, both empty 1, one empty 0 (:func:`r2n2.fscore.fscore_points`)."""
+    ``(K,) float64``, both empty 1, one empty 0 (:func:`r2n2.evaluation.fscore.fscore_points`)."""
     precision, recall = share_within(pred, gt, distance), share_within(gt, pred, distance)
     f = torch.where(precision + recall == 0, torch.zeros_like(precision),
                     2 * precision * recall / (precision + recall).clamp(min=1e-300))
@@ -192,7 +192,7 @@ class _Deferred(Future):
 
 
 class DeviceFScorer:
-    """:class:`r2n2.fscore.FScorer`'s interface, computed on ``device`` (level "what3d" only), many
+    """:class:`r2n2.evaluation.fscore.FScorer`'s interface, computed on ``device`` (level "what3d" only), many
     pairs at once: ``submit(gt_keys, gt_grids, pred_grids) -> Future`` of ``(K,)`` F-scores (numpy),
     grids ``(K, R, R, R)`` bool (tensors or arrays); submissions are queued until :data:`BATCH` pairs
     (or a result) are waiting, so the device works on large batches. Ground-truth surfaces are kept

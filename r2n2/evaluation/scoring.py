@@ -11,7 +11,7 @@ Speed (issue 9, item 6), with the same figures as scoring every view count separ
   is run once per view count instead;
 - IoU is thresholded on the device in float32 (never float16: p = 0.29995 would round to 0.30005), at
   every threshold by one histogram (:func:`iou_at_thresholds`, the same counts);
-- F-scores run in a process pool beside the network (:class:`r2n2.fscore.FScorer`), ground-truth
+- F-scores run in a process pool beside the network (:class:`r2n2.evaluation.fscore.FScorer`), ground-truth
   surfaces computed once per object, constant and retrieved predictions scored once per distinct
   (prediction, object) pair, in chunks (:func:`score_indexed`);
 - one progress bar (:class:`Progress`) over every pass of an evaluation, with the time left.
@@ -31,11 +31,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from r2n2.baselines import object_occupancy
+from r2n2.evaluation.baselines import object_occupancy
 from r2n2.data.dataset import PackedDataset
 from r2n2.data.transforms import to_images
-from r2n2.fscore import FScorer
-from r2n2.fscore_device import DeviceFScorer
+from r2n2.evaluation.fscore import FScorer
+from r2n2.evaluation.fscore_device import DeviceFScorer
 
 log = logging.getLogger(__name__)
 
@@ -270,7 +270,7 @@ class EncodedViews:
 
 
 def iou_at_thresholds(probs: torch.Tensor, target: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
-    """``r2n2.metrics.voxel_iou_thresholds``' values, exactly (the same integer counts, the same
+    """``r2n2.evaluation.metrics.voxel_iou_thresholds``' values, exactly (the same integer counts, the same
     division), counted otherwise: each voxel's probability is placed among the sorted thresholds once
     (``bucketize``) and the counts of ``p >= t`` at every t are cumulative sums of a histogram:
     O(N log T) instead of O(N T) (7x faster at the 19 thresholds r2n2-eval scores: 1 ms instead of

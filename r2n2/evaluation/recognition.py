@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from r2n2.baselines import object_occupancy
+from r2n2.evaluation.baselines import object_occupancy
 from r2n2.data.dataset import PackedDataset
 from r2n2.data.transforms import to_images
 
@@ -93,7 +93,7 @@ def small_images(dataset: PackedDataset, slots: np.ndarray, size: int = IMAGE_SI
                  device: torch.device | str = "cpu") -> torch.Tensor:
     """Stored images ``slots (N,)`` -> ``(N, 3, size, size) float`` (on the CPU), normalised as the
     network input; composited and pooled on ``device``, the next chunk read meanwhile."""
-    from r2n2.scoring import read_ahead
+    from r2n2.evaluation.scoring import read_ahead
 
     chunks = [slots[i:i + chunk] for i in range(0, len(slots), chunk)]
     out = [F.adaptive_avg_pool2d(to_images(torch.from_numpy(rgba)[:, None].to(device))[:, 0], size).cpu()
@@ -197,7 +197,7 @@ def baseline_metrics(train: PackedDataset, test: PackedDataset, threshold: float
                      clusters: int = CLUSTERS, seed: int = 0) -> dict[str, float]:
     """Test IoU@``threshold`` (mean over samples, each sample's own view) of the three baselines:
     ``{"baseline/<name>_test_iou": float}``, for train.py's metrics.json."""
-    from r2n2.metrics import voxel_iou_thresholds
+    from r2n2.evaluation.metrics import voxel_iou_thresholds
 
     fitted = fit(train, clusters, seed)
     obj = test.samples[:, 0]

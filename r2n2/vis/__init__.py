@@ -1,0 +1,2 @@
+"""Pictures of voxel grids: matplotlib figures (``figures``) and the self-contained HTML viewer
+(``viewer``, with its renderer ``viewer.js``)."""
