@@ -28,17 +28,18 @@ import pickle
 import re
 import warnings
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Callable
+from typing import IO
 
 import numpy as np
 import torch
 from torch import nn
 
-from r2n2.utils.atomic import atomic_write
-from r2n2.train.checkpoint import CheckpointError, load_module
 from r2n2.models.recurrent import CELLS, RecurrentAggregator
-from r2n2.train.module import build_network
+from r2n2.train.checkpoint import CheckpointError, load_module
+from r2n2.train.network import build_network
+from r2n2.utils.atomic import atomic_write
 
 FORMAT = "r2n2-weights"
 VERSION = 1
@@ -72,8 +73,9 @@ def load_network(path: str | os.PathLike) -> tuple[torch.nn.Module, dict]:
         module, ckpt = load_module(path)  # a checkpoint, or the error that says what the file is not
         return module.net, {"kind": "checkpoint", "net": ckpt["hyper_parameters"]["net"], "image_size": IMAGE_SIZE}
     if obj.get("version") != VERSION or not isinstance(obj.get("net"), dict) or "_target_" not in obj["net"]:
-        raise CheckpointError(f"{path}: an r2n2 weights file of an unknown version {obj.get('version')!r} "
-                              f"or without a network config")
+        raise CheckpointError(
+            f"{path}: an r2n2 weights file of an unknown version {obj.get('version')!r} or without a network config"
+        )
     try:
         net = build_network(obj["net"])
     except Exception as e:  # the network it names cannot be built here
@@ -81,9 +83,14 @@ def load_network(path: str | os.PathLike) -> tuple[torch.nn.Module, dict]:
     try:
         net.load_state_dict({k: v.float() for k, v in obj["state_dict"].items()})
     except RuntimeError as e:
-        raise CheckpointError(f"{path}: its weights do not fit the network it names "
-                              f"({' '.join(str(e).split())[:300]})") from None
-    return net.float().eval(), {"kind": "weights", "net": obj["net"], "image_size": int(obj.get("image_size", IMAGE_SIZE))}
+        raise CheckpointError(
+            f"{path}: its weights do not fit the network it names ({' '.join(str(e).split())[:300]})"
+        ) from None
+    return net.float().eval(), {
+        "kind": "weights",
+        "net": obj["net"],
+        "image_size": int(obj.get("image_size", IMAGE_SIZE)),
+    }
 
 
 def export_weights(net: nn.Module, net_config: dict, f: IO[bytes], dtype: str = "fp32", source: str = "") -> None:
@@ -93,8 +100,15 @@ def export_weights(net: nn.Module, net_config: dict, f: IO[bytes], dtype: str = 
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
     state = {k: (v.to(DTYPES[dtype]) if v.is_floating_point() else v).contiguous() for k, v in net.state_dict().items()}
-    payload = {"format": FORMAT, "version": VERSION, "net": net_config, "state_dict": state,
-               "dtype": str(DTYPES[dtype]).removeprefix("torch."), "image_size": IMAGE_SIZE, "source": source}
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "net": net_config,
+        "state_dict": state,
+        "dtype": str(DTYPES[dtype]).removeprefix("torch."),
+        "image_size": IMAGE_SIZE,
+        "source": source,
+    }
     torch.save(payload, f)
 
 
@@ -139,8 +153,15 @@ def export_onnx(net: torch.nn.Module, f: IO[bytes]) -> None:
         # nothing in our model causes them and the check below proves the result right
         warnings.filterwarnings("ignore", message=r".*_flat_weights.*assigned during export", category=UserWarning)
         warnings.filterwarnings("ignore", message=r"_check_is_size will be removed", category=FutureWarning)
-        program = torch.onnx.export(for_export(net), (_example(),), input_names=["images"], output_names=["logits"],
-                                    dynamic_shapes={"images": {0: batch, 1: views}}, dynamo=True, verbose=False)
+        program = torch.onnx.export(
+            for_export(net),
+            (_example(),),
+            input_names=["images"],
+            output_names=["logits"],
+            dynamic_shapes={"images": {0: batch, 1: views}},
+            dynamo=True,
+            verbose=False,
+        )
     f.write(program.model_proto.SerializeToString())
 
 
@@ -174,6 +195,7 @@ def run_exported(path: str | os.PathLike, fmt: str):
         def run(x):
             with torch.no_grad():
                 return module(x).float().numpy()
+
         return run
     if fmt == "weights":
         net, _ = load_network(path)
@@ -181,12 +203,14 @@ def run_exported(path: str | os.PathLike, fmt: str):
         def run(x):
             with torch.no_grad():
                 return net(x).float().numpy()
+
         return run
     raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
 
 
-def check(net: torch.nn.Module, path: str | os.PathLike, fmt: str, views: torch.Tensor,
-          atol: float = ATOL) -> dict[int, float]:
+def check(
+    net: torch.nn.Module, path: str | os.PathLike, fmt: str, views: torch.Tensor, atol: float = ATOL
+) -> dict[int, float]:
     """Run the exported model and ``net`` on the first 1..5 views of ``views: (B, V>=5, 3, S, S)``;
     returns ``{views: max |logit difference|}`` and raises ``AssertionError`` above ``atol``."""
     run = run_exported(path, fmt)
@@ -214,8 +238,14 @@ def _reason(e: BaseException) -> str:
     return errors[-1] if errors else f"{type(e).__name__}: {' '.join(lines)}"[:400]
 
 
-def write_checked(out: str | os.PathLike, fmt: str, write: Callable[[IO[bytes]], None], net: nn.Module,
-                  views: torch.Tensor, atol: float = ATOL) -> dict[int, float]:
+def write_checked(
+    out: str | os.PathLike,
+    fmt: str,
+    write: Callable[[IO[bytes]], None],
+    net: nn.Module,
+    views: torch.Tensor,
+    atol: float = ATOL,
+) -> dict[int, float]:
     """Export with ``write(f)`` to a temporary file beside ``out``, ``check`` it against ``net`` on
     ``views: (B, V>=5, 3, S, S)`` and rename it over ``out`` only if it passes (``atomic_write``).
 
@@ -230,5 +260,6 @@ def write_checked(out: str | os.PathLike, fmt: str, write: Callable[[IO[bytes]],
         try:
             return check(net, f.name, fmt, views, atol)
         except Exception as e:
-            raise ExportCheckError(f"{out}: the {fmt} export failed its check, so nothing was written "
-                                   f"({_reason(e)})") from e
+            raise ExportCheckError(
+                f"{out}: the {fmt} export failed its check, so nothing was written ({_reason(e)})"
+            ) from e

@@ -12,7 +12,6 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 from conftest import tiny
 from hydra import compose, initialize_config_dir
@@ -32,9 +31,20 @@ def _compose(data_dir: Path, out: Path, overrides: list[str]):
     """The config of a 1-epoch tiny run into ``out``: batches of 2 (9 training, 5 validation batches),
     a small decoder (smaller checkpoints), no sanity check, no figure unless asked."""
     with initialize_config_dir(str(CONF), version_base="1.3"):
-        return compose("config", [*tiny(data_dir, epochs=1), f"paths.output_dir={out}", "data.batch_size=2",
-                                  "data.eval_batch_size=2", "model.hidden_size=8", "trainer.num_sanity_val_steps=0",
-                                  "module.viz_every_n_epochs=0", "extras.print_config=false", *overrides])
+        return compose(
+            "config",
+            [
+                *tiny(data_dir, epochs=1),
+                f"paths.output_dir={out}",
+                "data.batch_size=2",
+                "data.eval_batch_size=2",
+                "model.hidden_size=8",
+                "trainer.num_sanity_val_steps=0",
+                "module.viz_every_n_epochs=0",
+                "extras.print_config=false",
+                *overrides,
+            ],
+        )
 
 
 def _run(cfg) -> dict:
@@ -57,6 +67,7 @@ def test_real_run_prints_each_line_once_and_none_of_the_known_warnings(trained):
     # Lightning's own "INFO: ..." console copy is gone; its records go through Hydra's handlers once
     out = proc.stdout + proc.stderr
     assert not re.search(r"^INFO: ", out, re.M), out[-3000:]
+    assert "Tip:" not in out and "litlogger" not in out  # no advertisement for Lightning's cloud
     assert out.count("Seed set to 0") == 1 and out.count("Restoring states from the checkpoint path") == 1
     log = (run_dir / "train.log").read_text().splitlines()
     assert sum("Seed set to 0" in line for line in log) == 1
@@ -79,15 +90,20 @@ def test_real_run_saves_config_tree_figures_and_an_exact_model_size(trained):
     assert img.shape[0] > 100 and img.std() > 5  # a drawn figure, not a blank page
     # the summary under bf16-mixed counts the fp32 weights: 4 bytes per parameter
     params = json.loads((run_dir / "metrics.json").read_text())["parameters"]
-    assert re.search(rf"^{params * 4 / 1e6:.3f}\s+Total estimated model params size", (run_dir / "train.log").read_text(), re.M)
+    assert re.search(
+        rf"^{params * 4 / 1e6:.3f}\s+Total estimated model params size", (run_dir / "train.log").read_text(), re.M
+    )
 
 
 # --- debug=... (lightning-hydra-template's debug group), run in this process ----------------------
 
 
 def test_debug_default_is_debugger_friendly(data_dir, tmp_path):
-    cfg = _compose(data_dir, tmp_path, ["debug=default", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1",
-                                        "test=false"])
+    cfg = _compose(
+        data_dir,
+        tmp_path,
+        ["debug=default", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1", "test=false"],
+    )
     assert cfg.task_name == "debug" and cfg.logger is None and cfg.trainer.detect_anomaly
     assert cfg.trainer.accelerator == "cpu" and cfg.trainer.devices == 1 and cfg.data.num_workers == 0
     m = _run(cfg)
@@ -118,8 +134,11 @@ def test_debug_overfit_trains_on_three_batches(data_dir, tmp_path):
 
 
 def test_debug_profiler_writes_its_report_into_the_run_folder(data_dir, tmp_path):
-    cfg = _compose(data_dir, tmp_path, ["debug=profiler", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1",
-                                        "test=false"])
+    cfg = _compose(
+        data_dir,
+        tmp_path,
+        ["debug=profiler", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1", "test=false"],
+    )
     _run(cfg)
     reports = list(tmp_path.glob("fit-profile*.txt"))
     assert reports and "run_training_epoch" in reports[0].read_text()
@@ -130,14 +149,25 @@ def test_debug_profiler_writes_its_report_into_the_run_folder(data_dir, tmp_path
 
 def _csv(run: Path) -> tuple[list[str], str]:
     """(metrics.csv's columns, hparams.yaml's text) of the CSV logger."""
-    return (run / "csv" / "metrics.csv").read_text().splitlines()[0].split(","), (run / "csv" / "hparams.yaml").read_text()
+    return (run / "csv" / "metrics.csv").read_text().splitlines()[0].split(","), (
+        run / "csv" / "hparams.yaml"
+    ).read_text()
 
 
 def test_many_loggers_tensorboard_and_csv_get_metrics_hparams_and_figure(data_dir, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    cfg = _compose(data_dir, tmp_path, ["logger=many", "module.viz_every_n_epochs=1", "trainer.limit_train_batches=1",
-                                        "trainer.limit_val_batches=1", "trainer.limit_test_batches=1"])
+    cfg = _compose(
+        data_dir,
+        tmp_path,
+        [
+            "logger=many",
+            "module.viz_every_n_epochs=1",
+            "trainer.limit_train_batches=1",
+            "trainer.limit_val_batches=1",
+            "trainer.limit_test_batches=1",
+        ],
+    )
     m = _run(cfg)
     columns, hparams = _csv(tmp_path)
     assert {"train/loss_step", "val/iou", "test/iou", "lr-Adam"} <= set(columns) and "tags" in hparams
@@ -158,10 +188,21 @@ def test_early_stopping_is_optional_and_stops_on_val_iou_with_the_csv_logger(dat
     with initialize_config_dir(str(CONF), version_base="1.3"):
         assert "early_stopping" not in compose("config", []).callbacks  # off by default
     # no val IoU gain can reach 1.0: with patience 1 the run stops after its second validation
-    cfg = _compose(data_dir, tmp_path, ["callbacks=early_stopping", "callbacks.early_stopping.patience=1",
-                                        "callbacks.early_stopping.min_delta=1.0", "trainer.max_epochs=5",
-                                        "trainer.limit_train_batches=1", "trainer.limit_val_batches=1", "test=false",
-                                        "logger=csv", "module.viz_every_n_epochs=2"])
+    cfg = _compose(
+        data_dir,
+        tmp_path,
+        [
+            "callbacks=early_stopping",
+            "callbacks.early_stopping.patience=1",
+            "callbacks.early_stopping.min_delta=1.0",
+            "trainer.max_epochs=5",
+            "trainer.limit_train_batches=1",
+            "trainer.limit_val_batches=1",
+            "test=false",
+            "logger=csv",
+            "module.viz_every_n_epochs=2",
+        ],
+    )
     assert cfg.callbacks.early_stopping.monitor == "val/iou" and cfg.callbacks.early_stopping.mode == "max"
     _run(cfg)
     assert _steps(tmp_path) == 2
@@ -246,8 +287,14 @@ def test_rich_bar_redraws_at_most_ten_times_a_second_during_a_fit(monkeypatch):
         with os.fdopen(os.dup(follower), "w") as tty:
             monkeypatch.setattr("sys.stdout", tty)
             bar = progress_bar()
-            trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_model_summary=False,
-                                callbacks=[bar], accelerator="cpu")
+            trainer = L.Trainer(
+                max_epochs=1,
+                logger=False,
+                enable_checkpointing=False,
+                enable_model_summary=False,
+                callbacks=[bar],
+                accelerator="cpu",
+            )
             data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(700, 4)), batch_size=1)
             start = time.perf_counter()
             trainer.fit(Tiny(), data)
@@ -275,6 +322,6 @@ def test_extras_tags_and_ignore_warnings(tmp_path, caplog):
     with warnings.catch_warnings(record=True) as seen, caplog.at_level(logging.INFO):
         warnings.simplefilter("always")
         prepare_run(cfg)
-        warnings.warn("a warning the switch must silence", UserWarning)
+        warnings.warn("a warning the switch must silence", UserWarning, stacklevel=1)
     assert not seen and "tags: ablation, bn" in caplog.text
     assert "- ablation" in (tmp_path / CONFIG_TREE_FILE).read_text()

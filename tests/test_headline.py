@@ -11,7 +11,8 @@ import pytest
 import torch
 from conftest import HELPERS, manifest_args, run_train, write_manifest
 
-from r2n2.evaluation.headline import SAME_GRID_IOU, PredictionSpread, degeneracy_warnings, headline
+from r2n2.evaluation.headline import SAME_GRID_IOU, degeneracy_warnings, headline
+from r2n2.evaluation.spread import PredictionSpread
 
 
 def _spread(probs: torch.Tensor, batch: int = 3) -> dict:
@@ -33,8 +34,13 @@ def test_spread_under_ddp_equals_one_process(tmp_path):
     """Two real DDP processes (gloo) each see their shard of 301 test predictions; the gathered
     statistics equal one process's, including which 256 samples the pairwise IoU keeps."""
     out = tmp_path / "spread.json"
-    proc = subprocess.run([sys.executable, str(HELPERS / "spread_ddp.py"), str(out)], capture_output=True, text=True,
-                          timeout=300, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, str(HELPERS / "spread_ddp.py"), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads(out.read_text())
     assert got["n"] == [301, 301]
@@ -51,7 +57,7 @@ def test_pairwise_iou_samples_the_whole_split_not_its_first_category():
     probs = torch.zeros(600, 32, 32, 32)
     probs[:300, :8] = 0.9  # the same slab for the whole first category
     for i in range(300, 600):  # then a different small box per sample
-        probs[i, i % 30, (i // 30) % 30:(i // 30) % 30 + 2, :2] = 0.9
+        probs[i, i % 30, (i // 30) % 30 : (i // 30) % 30 + 2, :2] = 0.9
     cb = PredictionSpread()
     cb.reset(total=600)
     for chunk in probs.split(7):
@@ -73,8 +79,14 @@ def test_a_limited_test_spreads_over_the_samples_it_scores():
 
     for limit, kept in ((None, list(range(0, 600, 3))), (2, list(range(16)))):
         spread = PredictionSpread()
-        L.Trainer(accelerator="cpu", limit_test_batches=limit, logger=False, callbacks=[spread],
-                  enable_progress_bar=False, enable_model_summary=False).test(Identity(logits, batch_size=8))
+        L.Trainer(
+            accelerator="cpu",
+            limit_test_batches=limit,
+            logger=False,
+            callbacks=[spread],
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        ).test(Identity(logits, batch_size=8))
         assert spread.kept_index == kept, limit
 
 
@@ -94,8 +106,10 @@ def test_spread_of_different_predictions_by_hand():
 
 def test_headline_and_warning_below_the_global_mean_shape():
     m = {"test/iou": 0.45, "baseline/global_mean_shape_test_iou": 0.2, "baseline/category_mean_shape_test_iou": 0.56}
-    assert headline(m) == ("test IoU@0.3 0.4500 | global mean-shape baseline 0.2000 (+0.2500) | "
-                           "category mean-shape baseline 0.5600 (-0.1100)")
+    assert headline(m) == (
+        "test IoU@0.3 0.4500 | global mean-shape baseline 0.2000 (+0.2500) | "
+        "category mean-shape baseline 0.5600 (-0.1100)"
+    )
     assert degeneracy_warnings(m) == []
     low = degeneracy_warnings({**m, "test/iou": 0.1})
     assert len(low) == 1 and "below the global mean shape" in low[0]
@@ -120,5 +134,9 @@ def test_a_model_that_cannot_learn_is_flagged_in_console_metrics_and_tensorboard
         ea = EventAccumulator(str(f), size_guidance={"scalars": 0})
         ea.Reload()
         scalars |= set(ea.Tags()["scalars"])
-    assert {"hp/baseline/global_mean_shape_test_iou", "hp/baseline/category_mean_shape_test_iou",
-            "hp/test/iou", "hp/test/pred_pairwise_iou"} <= scalars, scalars
+    assert {
+        "hp/baseline/global_mean_shape_test_iou",
+        "hp/baseline/category_mean_shape_test_iou",
+        "hp/test/iou",
+        "hp/test/pred_pairwise_iou",
+    } <= scalars, scalars

@@ -3,7 +3,7 @@ backward, has the hand-counted parameters, and its recurrent unit is really recu
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -15,14 +15,14 @@ from torch import nn
 from r2n2.models import R2N2, Conv3dGRU, Conv3dLSTM, R2N2Encoder, SeedModel, count_parameters
 from r2n2.models.r2n2 import R2N2_GRU_PARAMETERS, R2N2_LSTM_PARAMETERS, R2N2_RES_GRU_PARAMETERS
 from r2n2.models.r2n2_decoder import Unpool3d
-from r2n2.train.module import build_network
+from r2n2.train.network import build_network
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "model"
 MODELS = ["seed_gru", "seed_lstm", "r2n2_gru", "r2n2_res_gru", "r2n2_lstm"]
 S = 127  # 3D-R2N2 input size
 
 
-@lru_cache(maxsize=None)
+@cache
 def build(name: str) -> nn.Module:
     """The network of conf/model/<name>.yaml, instantiated by Hydra as training does (cached: tests reset grads)."""
     torch.manual_seed(0)
@@ -56,8 +56,13 @@ def hidden_to_hidden_weights(model: nn.Module) -> set[str]:
 
 def test_configs_build_the_named_classes():
     kinds = {name: type(build(name)) for name in MODELS}
-    assert kinds == {"seed_gru": SeedModel, "seed_lstm": SeedModel, "r2n2_gru": R2N2, "r2n2_res_gru": R2N2,
-                     "r2n2_lstm": R2N2}
+    assert kinds == {
+        "seed_gru": SeedModel,
+        "seed_lstm": SeedModel,
+        "r2n2_gru": R2N2,
+        "r2n2_res_gru": R2N2,
+        "r2n2_lstm": R2N2,
+    }
     # the seed models run their recurrence as an explicit cell loop over nn.LSTM / nn.GRU parameters
     assert build("seed_lstm").recurrent.cell == "lstm" and build("seed_gru").recurrent.cell == "gru"
     assert "weight_hh_l0" in dict(build("seed_lstm").recurrent.rnn.named_parameters())
@@ -96,19 +101,30 @@ def test_forward_backward(name, views):
 def test_parameter_counts_match_the_hand_formula():
     encoder = conv2(3, 96, 7) + conv2(96, 128, 3) + conv2(128, 256, 3) + 3 * conv2(256, 256, 3)
     res_encoder = (
-        conv2(3, 96, 7) + conv2(96, 96, 3)
-        + conv2(96, 128, 3) + conv2(128, 128, 3) + conv2(96, 128, 1)
-        + conv2(128, 256, 3) + conv2(256, 256, 3) + conv2(128, 256, 1)
+        conv2(3, 96, 7)
+        + conv2(96, 96, 3)
+        + conv2(96, 128, 3)
+        + conv2(128, 128, 3)
+        + conv2(96, 128, 1)
+        + conv2(128, 256, 3)
+        + conv2(256, 256, 3)
+        + conv2(128, 256, 1)
         + 2 * conv2(256, 256, 3)
-        + 2 * conv2(256, 256, 3) + conv2(256, 256, 1)
+        + 2 * conv2(256, 256, 3)
+        + conv2(256, 256, 1)
         + 2 * conv2(256, 256, 3)
     )
     fc = 256 * 3 * 3 * 1024 + 1024  # the original's padded pooling leaves 3x3 of the 127x127 image
     gate = 1024 * 128 * 4**3 + 128 * 128 * 3**3 + 128  # FC map (no bias) + 3x3x3 conv + per-channel bias
     decoder = 2 * conv3(128, 128, 3) + conv3(128, 64, 3) + conv3(64, 32, 3) + conv3(32, 1, 3)
     res_decoder = (
-        4 * conv3(128, 128, 3) + conv3(128, 64, 3) + conv3(64, 64, 3) + conv3(128, 64, 1)
-        + conv3(64, 32, 3) + 2 * conv3(32, 32, 3) + conv3(32, 1, 3)
+        4 * conv3(128, 128, 3)
+        + conv3(128, 64, 3)
+        + conv3(64, 64, 3)
+        + conv3(128, 64, 1)
+        + conv3(64, 32, 3)
+        + 2 * conv3(32, 32, 3)
+        + conv3(32, 1, 3)
     )
     gru, res_gru, lstm = build("r2n2_gru"), build("r2n2_res_gru"), build("r2n2_lstm")
     assert count_parameters(gru.encoder) == count_parameters(lstm.encoder) == encoder + fc

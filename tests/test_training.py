@@ -19,8 +19,18 @@ def test_run_writes_checkpoints_and_metrics(trained):
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert (run_dir / "checkpoints" / "best.ckpt").is_file()
     m = json.loads((run_dir / "metrics.json").read_text())
-    for key in ("train/loss", "train/iou", "val/loss", "val/iou", "test/loss", "test/iou", "parameters",
-                "wall_seconds", "train_samples_per_second", "baseline/global_mean_shape_test_iou"):
+    for key in (
+        "train/loss",
+        "train/iou",
+        "val/loss",
+        "val/iou",
+        "test/loss",
+        "test/iou",
+        "parameters",
+        "wall_seconds",
+        "train_samples_per_second",
+        "baseline/global_mean_shape_test_iou",
+    ):
         assert key in m, key
     assert 0 <= m["test/iou"] <= 1 and m["train_samples_per_second"] > 0 and m["epochs"] == 2
     # one throughput figure per epoch, each logged to train.log (a slower second epoch shows)
@@ -29,17 +39,25 @@ def test_run_writes_checkpoints_and_metrics(trained):
     log = (run_dir / "train.log").read_text()
     assert "epoch 0: " in log and "epoch 1: " in log and "training samples/s" in log and "s in all" in log
     # the parameter count printed at start is the model's
-    from r2n2.models import SeedModel, count_parameters
     from omegaconf import OmegaConf
 
+    from r2n2.models import SeedModel, count_parameters
+
     cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
-    net = SeedModel(**{k: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v
-                       for k, v in cfg.model.items() if k != "_target_"})
+    net = SeedModel(
+        **{
+            k: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v
+            for k, v in cfg.model.items()
+            if k != "_target_"
+        }
+    )
     assert m["parameters"] == count_parameters(net)
     assert f"{count_parameters(net):,} parameters" in proc.stdout
     # the test IoU is printed next to the mean-shape baseline
-    assert f"test IoU@0.3 {m['test/iou']:.4f} | global mean-shape baseline " \
-           f"{m['baseline/global_mean_shape_test_iou']:.4f}" in proc.stdout
+    assert (
+        f"test IoU@0.3 {m['test/iou']:.4f} | global mean-shape baseline "
+        f"{m['baseline/global_mean_shape_test_iou']:.4f}" in proc.stdout
+    )
 
 
 def test_checkpoint_loads_with_weights_only(trained):
@@ -68,8 +86,19 @@ def test_tensorboard_has_scalars_images_figure_and_hparams(trained):
             tags["hparams"] |= bool(ea.PluginTagToContent("hparams"))
         except KeyError:
             pass
-    expected = {"train/loss_step", "train/iou", "val/loss", "val/iou", "val/iou@0.2", "val/iou@0.3", "val/iou@0.4",
-                "val/iou@0.5", "test/loss", "test/iou", "lr-Adam"}
+    expected = {
+        "train/loss_step",
+        "train/iou",
+        "val/loss",
+        "val/iou",
+        "val/iou@0.2",
+        "val/iou@0.3",
+        "val/iou@0.4",
+        "val/iou@0.5",
+        "test/loss",
+        "test/iou",
+        "lr-Adam",
+    }
     assert expected <= tags["scalars"], expected - tags["scalars"]
     assert {"val/reconstructions", "val/inputs"} <= tags["images"]
     assert tags["hparams"]
@@ -103,8 +132,14 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(data_dir, trained, tmp
 
 def test_sweep_runs_each_job_in_its_folder_and_writes_a_summary(data_dir, tmp_path):
     sweep = tmp_path / "sweep"
-    args = ["-m", "optimizer.lr=1e-3,3e-4", *tiny(data_dir, epochs=1), "logger=none", "test=false",
-            f"hydra.sweep.dir={sweep}"]
+    args = [
+        "-m",
+        "optimizer.lr=1e-3,3e-4",
+        *tiny(data_dir, epochs=1),
+        "logger=none",
+        "test=false",
+        f"hydra.sweep.dir={sweep}",
+    ]
     run_train(args)
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
     assert [p.name for p in jobs] == ["0", "1"]
@@ -137,8 +172,12 @@ def test_ddp_ranks_exit_cleanly_after_closing_the_gloo_group(tmp_path):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = str(s.getsockname()[1])
-        procs = [subprocess.Popen([sys.executable, str(helper), str(rank), port], stderr=subprocess.PIPE, text=True,
-                                  cwd=tmp_path) for rank in (0, 1)]
+        procs = [
+            subprocess.Popen(
+                [sys.executable, str(helper), str(rank), port], stderr=subprocess.PIPE, text=True, cwd=tmp_path
+            )
+            for rank in (0, 1)
+        ]
         results = []
         for p in procs:
             try:
@@ -159,13 +198,22 @@ def test_ddp_two_cpu_processes_log_the_iou_one_process_computes(data_dir, tmp_pa
     from omegaconf import OmegaConf
 
     from r2n2.data.transforms import to_images
-    from r2n2.evaluation.headline import PredictionSpread
     from r2n2.evaluation.metrics import VoxelIoU
+    from r2n2.evaluation.spread import PredictionSpread
     from r2n2.train.module import ReconstructionModule
 
     run_dir = tmp_path / "ddp"
-    run_train(tiny(data_dir, epochs=1) + ["trainer=ddp_cpu", "trainer.precision=32", "logger=none",
-                                          "model.encoder.norm=batch", "module.viz_every_n_epochs=0"], run_dir)
+    run_train(
+        tiny(data_dir, epochs=1)
+        + [
+            "trainer=ddp_cpu",
+            "trainer.precision=32",
+            "logger=none",
+            "model.encoder.norm=batch",
+            "module.viz_every_n_epochs=0",
+        ],
+        run_dir,
+    )
     metrics = json.loads((run_dir / "metrics.json").read_text())
     logged = metrics["val/iou"]
     assert metrics["epochs"] == 1 and metrics["val/iou_best"] == logged and metrics["train_samples_per_second"] > 0
@@ -202,11 +250,23 @@ def test_scheduler_milestones_count_epochs_or_steps(interval, data_dir, tmp_path
     from r2n2.train.run import build
 
     with initialize_config_dir(str(CONF), version_base="1.3"):
-        cfg = compose("config", [*tiny(data_dir, epochs=1), "logger=none", "callbacks.model_checkpoint=null",
-                                 "callbacks.last_checkpoint=null", "trainer.limit_val_batches=0",
-                                 "trainer.num_sanity_val_steps=0", "optimizer.lr=0.01", "scheduler=multistep", "scheduler.milestones=[2]",
-                                 "scheduler.gamma=0.1", f"scheduler.interval={interval}",
-                                 f"paths.output_dir={tmp_path}"])
+        cfg = compose(
+            "config",
+            [
+                *tiny(data_dir, epochs=1),
+                "logger=none",
+                "callbacks.model_checkpoint=null",
+                "callbacks.last_checkpoint=null",
+                "trainer.limit_val_batches=0",
+                "trainer.num_sanity_val_steps=0",
+                "optimizer.lr=0.01",
+                "scheduler=multistep",
+                "scheduler.milestones=[2]",
+                "scheduler.gamma=0.1",
+                f"scheduler.interval={interval}",
+                f"paths.output_dir={tmp_path}",
+            ],
+        )
     datamodule, module, trainer, _ = build(cfg)
     trainer.fit(module, datamodule=datamodule)
     assert trainer.global_step >= 2
@@ -222,8 +282,9 @@ def test_run_spread_schedule_needs_a_bounded_run(tmp_path):
     from r2n2.train.run import build
 
     with initialize_config_dir(str(CONF), version_base="1.3"):
-        cfg = compose("config", ["trainer.max_epochs=-1", "trainer.max_steps=-1", "logger=none",
-                                 f"paths.output_dir={tmp_path}"])
+        cfg = compose(
+            "config", ["trainer.max_epochs=-1", "trainer.max_steps=-1", "logger=none", f"paths.output_dir={tmp_path}"]
+        )
     _, module, trainer, _ = build(cfg)
     module.trainer = trainer
     with pytest.raises(ValueError, match=r"trainer\.max_epochs=-1 and trainer\.max_steps=-1"):

@@ -30,9 +30,9 @@ from pathlib import Path
 
 import torch
 
+from r2n2.train.malloc import keep_freed_memory
 from r2n2.utils.atomic import atomic_write
 from r2n2.utils.machine import describe_machine
-from r2n2.train.malloc import keep_freed_memory
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -77,7 +77,7 @@ def bare_loop(cfg, batch: dict, device: torch.device, precision: str, warmup: in
 
     from r2n2.data.transforms import to_images
     from r2n2.train.losses import voxel_loss
-    from r2n2.train.module import build_network, compile_network, use_channels_last
+    from r2n2.train.network import build_network, compile_network, use_channels_last
 
     net = build_network(_plain(cfg.model)).to(device).train()
     module_cfg = _plain(cfg.get("module"))
@@ -93,7 +93,9 @@ def bare_loop(cfg, batch: dict, device: torch.device, precision: str, warmup: in
     if module_cfg.get("cuda_graph"):  # the module's own whole step, captured on CUDA (r2n2/train/step.py)
         from r2n2.train.step import WholeStep
 
-        whole = WholeStep(net, functools.partial(voxel_loss, **loss_kwargs), optimizer, clip, capture=device.type == "cuda")
+        whole = WholeStep(
+            net, functools.partial(voxel_loss, **loss_kwargs), optimizer, clip, capture=device.type == "cuda"
+        )
 
         def step():
             with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
@@ -147,12 +149,18 @@ def real_path(cfg, warmup: int, steps: int) -> tuple[float, str, str, str]:
     trainer.callbacks.append(clock.callback)
     trainer.fit(module, datamodule=datamodule)
     path = "device" if datamodule.input_path().on_device else f"DataLoader ({cfg.data.num_workers} workers)"
-    return clock.rate(), type(trainer.accelerator).__name__.removesuffix("Accelerator").lower(), str(trainer.precision), path
+    return (
+        clock.rate(),
+        type(trainer.accelerator).__name__.removesuffix("Accelerator").lower(),
+        str(trainer.precision),
+        path,
+    )
 
 
 def loader_only(datamodule, warmup: int, steps: int) -> float:
     """(c): samples/s of iterating the training input (the DataLoader, or the batches gathered on
     the device; epochs chained as needed)."""
+
     def batches():
         while True:
             yield from datamodule.train_dataloader()
@@ -174,10 +182,20 @@ def measure(overrides: list[str], batch_size: int, warmup: int, steps: int, out:
 
     from r2n2.train.accelerator import choose
 
-    run = ["logger=none", "test=false", "trainer.max_epochs=-1", f"trainer.max_steps={warmup + steps}",
-           "trainer.limit_val_batches=0", "trainer.num_sanity_val_steps=0", "trainer.enable_progress_bar=false",
-           "callbacks.model_checkpoint=null", "callbacks.last_checkpoint=null", "module.viz_every_n_epochs=0",
-           f"data.batch_size={batch_size}", f"paths.output_dir={out / 'run'}"]
+    run = [
+        "logger=none",
+        "test=false",
+        "trainer.max_epochs=-1",
+        f"trainer.max_steps={warmup + steps}",
+        "trainer.limit_val_batches=0",
+        "trainer.num_sanity_val_steps=0",
+        "trainer.enable_progress_bar=false",
+        "callbacks.model_checkpoint=null",
+        "callbacks.last_checkpoint=null",
+        "module.viz_every_n_epochs=0",
+        f"data.batch_size={batch_size}",
+        f"paths.output_dir={out / 'run'}",
+    ]
     cfg = _compose([*run, *overrides])
     chosen = choose(cfg.trainer.accelerator, cfg.trainer.precision, cfg.trainer.get("benchmark", "auto"))
     device = torch.device("cuda" if chosen["accelerator"] in ("gpu", "cuda") else "cpu")
@@ -196,15 +214,29 @@ def measure(overrides: list[str], batch_size: int, warmup: int, steps: int, out:
     rate_a = statistics.median(a for a, _ in pairs)
     rate_b = statistics.median(b for _, b in pairs)
     module = _plain(cfg.get("module"))
-    return {"model": cfg.model._target_.rsplit(".", 1)[-1], "batch": batch_size, "device": describe_machine(),
-            "accelerator": accelerator, "precision": precision, "views": str(cfg.data.views_per_sample),
-            "compile": module.get("compile", False), "channels_last": module.get("channels_last", "auto"),
-            "num_workers": cfg.data.num_workers, "warmup_steps": warmup, "timed_steps": steps,
-            "bare_loop": rate_a, "trainer_fit": rate_b, "dataloader": rate_c, "ratio": rate_b / rate_a,
-            "loop_ms_per_step": statistics.median(step_cost_ms(a, b, batch_size) for a, b in pairs),
-            "rounds": [{"bare_loop": a, "trainer_fit": b, "loop_ms_per_step": step_cost_ms(a, b, batch_size)}
-                       for a, b in pairs],
-            "input_path": input_path, "overrides": overrides}
+    return {
+        "model": cfg.model._target_.rsplit(".", 1)[-1],
+        "batch": batch_size,
+        "device": describe_machine(),
+        "accelerator": accelerator,
+        "precision": precision,
+        "views": str(cfg.data.views_per_sample),
+        "compile": module.get("compile", False),
+        "channels_last": module.get("channels_last", "auto"),
+        "num_workers": cfg.data.num_workers,
+        "warmup_steps": warmup,
+        "timed_steps": steps,
+        "bare_loop": rate_a,
+        "trainer_fit": rate_b,
+        "dataloader": rate_c,
+        "ratio": rate_b / rate_a,
+        "loop_ms_per_step": statistics.median(step_cost_ms(a, b, batch_size) for a, b in pairs),
+        "rounds": [
+            {"bare_loop": a, "trainer_fit": b, "loop_ms_per_step": step_cost_ms(a, b, batch_size)} for a, b in pairs
+        ],
+        "input_path": input_path,
+        "overrides": overrides,
+    }
 
 
 def step_cost_ms(bare: float, fit: float, batch: int) -> float:
@@ -213,31 +245,45 @@ def step_cost_ms(bare: float, fit: float, batch: int) -> float:
 
 
 def table(rows: list[dict]) -> str:
-    lines = [f"Machine: {rows[0]['device']}; torch {torch.__version__}. Training samples/s after warm-up, "
-             "synchronised. (a) bare PyTorch loop on one batch on the device, (b) Trainer.fit with the real "
-             "DataModule and cache, (c) the training input alone; (b) - (a): the loop's own cost per step"
-             + (f"; medians of {len(rows[0]['rounds'])} alternating rounds" if len(rows[0]["rounds"]) > 1 else "")
-             + ".", "",
-             "| model | batch | precision | compile | channels_last | input | (a) bare loop | (b) Trainer.fit "
-             "| (c) input | b/a | (b) - (a) per step |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Machine: {rows[0]['device']}; torch {torch.__version__}. Training samples/s after warm-up, "
+        "synchronised. (a) bare PyTorch loop on one batch on the device, (b) Trainer.fit with the real "
+        "DataModule and cache, (c) the training input alone; (b) - (a): the loop's own cost per step"
+        + (f"; medians of {len(rows[0]['rounds'])} alternating rounds" if len(rows[0]["rounds"]) > 1 else "")
+        + ".",
+        "",
+        "| model | batch | precision | compile | channels_last | input | (a) bare loop | (b) Trainer.fit "
+        "| (c) input | b/a | (b) - (a) per step |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['batch']} | {r['precision']} | {r['compile']} | {r['channels_last']} | "
-                     f"{r['input_path']} | {r['bare_loop']:,.1f} | {r['trainer_fit']:,.1f} | {r['dataloader']:,.0f} | "
-                     f"{r['ratio']:.2f} | {r['loop_ms_per_step']:.2f} ms |")
+        lines.append(
+            f"| {r['model']} | {r['batch']} | {r['precision']} | {r['compile']} | {r['channels_last']} | "
+            f"{r['input_path']} | {r['bare_loop']:,.1f} | {r['trainer_fit']:,.1f} | {r['dataloader']:,.0f} | "
+            f"{r['ratio']:.2f} | {r['loop_ms_per_step']:.2f} ms |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="r2n2-bench", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="r2n2-bench", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--batch-sizes", type=int, nargs="+", help="default: data.batch_size of the config")
     ap.add_argument("--warmup", type=int, default=5, help="steps before timing starts")
     ap.add_argument("--steps", type=int, default=20, help="timed steps")
     ap.add_argument("--out", default="outputs/bench", help="folder for bench.json")
-    ap.add_argument("--rounds", type=int, default=1,
-                    help="(b) and (a) alternated this many times per row; the row gives their medians")
-    ap.add_argument("--probe", action="store_true",
-                    help="the launch-bound probe network (model=probe): measures the loop's own per-step cost")
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="(b) and (a) alternated this many times per row; the row gives their medians",
+    )
+    ap.add_argument(
+        "--probe",
+        action="store_true",
+        help="the launch-bound probe network (model=probe): measures the loop's own per-step cost",
+    )
     ap.add_argument("overrides", nargs="*", help="Hydra overrides of train.py's config (model=..., data=...)")
     args = ap.parse_args(argv)
     if args.probe:
@@ -247,8 +293,11 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for b in sizes:
         rows.append(measure(args.overrides, b, args.warmup, args.steps, Path(args.out), args.rounds))
-        print(f"[r2n2-bench] batch {b}: bare {rows[-1]['bare_loop']:.1f}, Trainer.fit {rows[-1]['trainer_fit']:.1f}, "
-              f"DataLoader {rows[-1]['dataloader']:.0f} samples/s", flush=True)
+        print(
+            f"[r2n2-bench] batch {b}: bare {rows[-1]['bare_loop']:.1f}, Trainer.fit {rows[-1]['trainer_fit']:.1f}, "
+            f"DataLoader {rows[-1]['dataloader']:.0f} samples/s",
+            flush=True,
+        )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_write(out / "bench.json", "w") as f:

@@ -56,7 +56,7 @@ def measure(model: str, batch: int, precision: str, overrides: list[str], steps:
     from torch.utils.flop_counter import FlopCounterMode
 
     from r2n2.models import count_parameters
-    from r2n2.train.module import build_network
+    from r2n2.train.network import build_network
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = _autocast_dtype(precision)
@@ -99,16 +99,27 @@ def measure(model: str, batch: int, precision: str, overrides: list[str], steps:
     net.eval()
     with torch.no_grad():
         infer_s = timed(forward, steps)
-    peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    return {"parameters": count_parameters(net), "train_gflop_per_sample": flops.get_total_flops() / batch / 1e9,
-            "train_samples_per_s": batch / train_s, "inference_ms_per_sample": 1000 * infer_s / batch,
-            "peak_memory_mib": peak / 2**20, "memory_kind": "GPU max allocated" if device.type == "cuda"
-            else "process peak RSS", "device": describe_machine(), "batch": batch, "precision": precision}
+    peak = (
+        torch.cuda.max_memory_allocated()
+        if device.type == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    )
+    return {
+        "parameters": count_parameters(net),
+        "train_gflop_per_sample": flops.get_total_flops() / batch / 1e9,
+        "train_samples_per_s": batch / train_s,
+        "inference_ms_per_sample": 1000 * infer_s / batch,
+        "peak_memory_mib": peak / 2**20,
+        "memory_kind": "GPU max allocated" if device.type == "cuda" else "process peak RSS",
+        "device": describe_machine(),
+        "batch": batch,
+        "precision": precision,
+    }
 
 
-def train_for(model: str, minutes: float, batch: int, precision: str, test_samples: int, run_dir: Path,
-              overrides: list[str]) -> tuple:
+def train_for(
+    model: str, minutes: float, batch: int, precision: str, test_samples: int, run_dir: Path, overrides: list[str]
+) -> tuple:
     """Train ``model`` through the same builder as train.py for a wall-clock budget. Returns the
     trained module, its data config and the number of training samples it saw."""
     from omegaconf import OmegaConf
@@ -116,13 +127,26 @@ def train_for(model: str, minutes: float, batch: int, precision: str, test_sampl
     from r2n2.train.run import build
 
     h, rem = divmod(int(minutes * 60), 3600)
-    cfg = _compose(model, [
-        "data.views_per_sample=[1,5]", f"data.batch_size={batch}",
-        f"data.splits.test={test_samples}", f"trainer.precision={precision}", "trainer.max_epochs=-1",
-        f"trainer.max_time=00:{h:02d}:{rem // 60:02d}:{rem % 60:02d}", "trainer.limit_val_batches=0",
-        "trainer.num_sanity_val_steps=0", "trainer.enable_progress_bar=false", "logger=none",
-        "callbacks.model_checkpoint=null", "callbacks.last_checkpoint=null", "scheduler=none",
-        f"paths.output_dir={run_dir}", *overrides])
+    cfg = _compose(
+        model,
+        [
+            "data.views_per_sample=[1,5]",
+            f"data.batch_size={batch}",
+            f"data.splits.test={test_samples}",
+            f"trainer.precision={precision}",
+            "trainer.max_epochs=-1",
+            f"trainer.max_time=00:{h:02d}:{rem // 60:02d}:{rem % 60:02d}",
+            "trainer.limit_val_batches=0",
+            "trainer.num_sanity_val_steps=0",
+            "trainer.enable_progress_bar=false",
+            "logger=none",
+            "callbacks.model_checkpoint=null",
+            "callbacks.last_checkpoint=null",
+            "scheduler=none",
+            f"paths.output_dir={run_dir}",
+            *overrides,
+        ],
+    )
     datamodule, module, trainer, throughput = build(cfg)
     trainer.fit(module, datamodule=datamodule)
     return module, OmegaConf.to_container(cfg.data, resolve=True), throughput.samples
@@ -142,28 +166,33 @@ def test_iou(module, data_cfg: dict, views: list[int], precision: str) -> tuple[
     dm = hydra.utils.instantiate({**data_cfg, "eval_views": max(views), "num_workers": 0, "persistent_workers": False})
     dm.setup()
     samples = S.all_samples(dm.datasets["test"], max(views))
-    results = S.score_network(module.net, samples, views, (THRESHOLD,), {}, None, device, _autocast_dtype(precision),
-                              progress=False)
+    results = S.score_network(
+        module.net, samples, views, (THRESHOLD,), {}, None, device, _autocast_dtype(precision), progress=False
+    )
     out = {str(v): float(results[v].iou_at(THRESHOLD).mean()) for v in views}
     # the baseline sees no image, so the view count does not change it
     return out, mean_shape_baseline(dm)["baseline/global_mean_shape_test_iou"]
 
 
 def markdown(rows: dict, meta: dict) -> str:
-    lines = [f"Machine: {meta['machine']}. Training budget: {meta['minutes']:g} min wall clock per model on "
-             f"the built-in synthetic dataset (random 1..5 views per batch, batch {meta['batch']}, "
-             f"{meta['precision']}, Adam 1e-3); test IoU@0.3 on {meta['test_samples']} test samples, final "
-             f"weights. Speed: random input, 1 view, batch {meta['batch']}, {meta['precision']}.",
-             "",
-             "| model | parameters | train GFLOP/sample | train samples/s | inference ms/sample | peak memory (MiB) "
-             "| training samples seen | test IoU@0.3, 1 view | test IoU@0.3, 3 views |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Machine: {meta['machine']}. Training budget: {meta['minutes']:g} min wall clock per model on "
+        f"the built-in synthetic dataset (random 1..5 views per batch, batch {meta['batch']}, "
+        f"{meta['precision']}, Adam 1e-3); test IoU@0.3 on {meta['test_samples']} test samples, final "
+        f"weights. Speed: random input, 1 view, batch {meta['batch']}, {meta['precision']}.",
+        "",
+        "| model | parameters | train GFLOP/sample | train samples/s | inference ms/sample | peak memory (MiB) "
+        "| training samples seen | test IoU@0.3, 1 view | test IoU@0.3, 3 views |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, r in rows.items():
         iou = r.get("test_iou", {})
-        lines.append(f"| {name} | {r['parameters']:,} | {r['train_gflop_per_sample']:.1f} | "
-                     f"{r['train_samples_per_s']:.1f} | {r['inference_ms_per_sample']:.1f} | "
-                     f"{r['peak_memory_mib']:,.0f} | {r.get('samples_seen', '-')} | "
-                     f"{iou.get('1', float('nan')):.3f} | {iou.get('3', float('nan')):.3f} |")
+        lines.append(
+            f"| {name} | {r['parameters']:,} | {r['train_gflop_per_sample']:.1f} | "
+            f"{r['train_samples_per_s']:.1f} | {r['inference_ms_per_sample']:.1f} | "
+            f"{r['peak_memory_mib']:,.0f} | {r.get('samples_seen', '-')} | "
+            f"{iou.get('1', float('nan')):.3f} | {iou.get('3', float('nan')):.3f} |"
+        )
     base = meta.get("baseline")
     if base is not None:
         lines += ["", f"Global mean-shape baseline on the same test samples: IoU@0.3 {base:.3f}."]
@@ -172,20 +201,40 @@ def markdown(rows: dict, meta: dict) -> str:
 
 def speed_markdown(rows: list[dict]) -> str:
     """The speed columns alone, one row per (model, batch): for ``--speed-only`` runs."""
-    lines = [f"Machine: {rows[0]['device']}. Random input, 1 view, {rows[0]['precision']}; memory: "
-             f"{rows[0]['memory_kind']}.", "",
-             "| model | batch | parameters | train GFLOP/sample | train samples/s | inference ms/sample | peak memory (MiB) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Machine: {rows[0]['device']}. Random input, 1 view, {rows[0]['precision']}; memory: "
+        f"{rows[0]['memory_kind']}.",
+        "",
+        "| model | batch | parameters | train GFLOP/sample | train samples/s | inference ms/sample "
+        "| peak memory (MiB) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['batch']} | {r['parameters']:,} | {r['train_gflop_per_sample']:.1f} | "
-                     f"{r['train_samples_per_s']:.1f} | {r['inference_ms_per_sample']:.2f} | {r['peak_memory_mib']:,.0f} |")
+        lines.append(
+            f"| {r['model']} | {r['batch']} | {r['parameters']:,} | {r['train_gflop_per_sample']:.1f} | "
+            f"{r['train_samples_per_s']:.1f} | {r['inference_ms_per_sample']:.2f} | {r['peak_memory_mib']:,.0f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def _measure_in_subprocess(model: str, batch: int, precision: str, overrides: list[str]) -> dict:
     """Measure in a fresh process, so that peak memory is this model's alone."""
-    proc = subprocess.run([sys.executable, "-m", "r2n2.cli.compare", "--measure", model, "--batch-size", str(batch),
-                           "--precision", precision, *overrides], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "r2n2.cli.compare",
+            "--measure",
+            model,
+            "--batch-size",
+            str(batch),
+            "--precision",
+            precision,
+            *overrides,
+        ],
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode != 0:
         raise SystemExit(f"r2n2-compare: measuring {model} at batch {batch} failed:\n{proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -201,14 +250,19 @@ def _write(out: Path, payload: dict, table: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="r2n2-compare", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="r2n2-compare", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     ap.add_argument("--minutes", type=float, default=4.0, help="training wall-clock budget per model")
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--precision", default="auto", choices=["auto", "32", "bf16-mixed", "16-mixed"],
-                    help="auto: as train.py's trainer.precision=auto (bf16-mixed where the device computes bf16 "
-                         "natively, else 16-mixed on a GPU and 32 on a CPU)")
+    ap.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "32", "bf16-mixed", "16-mixed"],
+        help="auto: as train.py's trainer.precision=auto (bf16-mixed where the device computes bf16 "
+        "natively, else 16-mixed on a GPU and 32 on a CPU)",
+    )
     ap.add_argument("--test-samples", type=int, default=300)
     ap.add_argument("--out", default="outputs/compare")
     ap.add_argument("--speed-only", action="store_true", help="skip training and test IoU; measure speed only")
@@ -226,26 +280,55 @@ def main(argv: list[str] | None = None) -> None:
         return
     out = Path(args.out)
     if args.speed_only:
-        rows = [{"model": name, **_measure_in_subprocess(name, b, args.precision, args.overrides)}
-                for name in args.models for b in (args.speed_batches or [args.batch_size])]
-        _write(out, {"meta": {"machine": describe_machine(), "precision": args.precision}, "speed": rows},
-               speed_markdown(rows))
+        rows = [
+            {"model": name, **_measure_in_subprocess(name, b, args.precision, args.overrides)}
+            for name in args.models
+            for b in (args.speed_batches or [args.batch_size])
+        ]
+        _write(
+            out,
+            {"meta": {"machine": describe_machine(), "precision": args.precision}, "speed": rows},
+            speed_markdown(rows),
+        )
         return
     rows, baseline = {}, None
     for name in args.models:
         print(f"+ {name}: training for {args.minutes:g} min", flush=True)
-        module, data_cfg, seen = train_for(name, args.minutes, args.batch_size, args.precision, args.test_samples,
-                                           out / "runs" / name, args.overrides)
-        speed = subprocess.run([sys.executable, "-m", "r2n2.cli.compare", "--measure", name, "--batch-size",
-                                str(args.batch_size), "--precision", args.precision, *args.overrides],
-                               check=True, capture_output=True, text=True)
+        module, data_cfg, seen = train_for(
+            name, args.minutes, args.batch_size, args.precision, args.test_samples, out / "runs" / name, args.overrides
+        )
+        speed = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "r2n2.cli.compare",
+                "--measure",
+                name,
+                "--batch-size",
+                str(args.batch_size),
+                "--precision",
+                args.precision,
+                *args.overrides,
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         row = json.loads(speed.stdout.strip().splitlines()[-1])
         row["samples_seen"] = seen
         row["test_iou"], baseline = test_iou(module, data_cfg, [1, 3], args.precision)
         rows[name] = row
-        print(f"  {name}: {row['parameters']:,} parameters, {seen} samples seen, test IoU {row['test_iou']}", flush=True)
-    meta = {"machine": describe_machine(), "minutes": args.minutes, "batch": args.batch_size, "precision": args.precision,
-            "test_samples": args.test_samples, "baseline": baseline}
+        print(
+            f"  {name}: {row['parameters']:,} parameters, {seen} samples seen, test IoU {row['test_iou']}", flush=True
+        )
+    meta = {
+        "machine": describe_machine(),
+        "minutes": args.minutes,
+        "batch": args.batch_size,
+        "precision": args.precision,
+        "test_samples": args.test_samples,
+        "baseline": baseline,
+    }
     _write(out, {"meta": meta, "models": rows}, markdown(rows, meta))
 
 

@@ -1,5 +1,5 @@
-"""F-score@1% of many grids at once with torch, on the evaluation's device (issue 24: 1.3M F-scores
-for ShapeNet's test split; a CPU process spends 10-17 ms on one, so 15 of them take 15-25 minutes).
+"""F-score@1% of many grids at once with torch, on the evaluation's device (1.3M F-scores for
+ShapeNet's test split; a CPU process spends 10-17 ms on one, so 15 of them take 15-25 minutes).
 
 The same figures as :mod:`r2n2.evaluation.fscore` (the reference, PyMCubes + numpy + scipy), computed otherwise:
 
@@ -46,7 +46,7 @@ QUERY_CHUNK, CANDIDATES = 1 << 18, 1 << 24
 BATCH = 512
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cube_table() -> tuple[np.ndarray, np.ndarray]:
     """PyMCubes' triangles of one cube at level 0 for each of the 256 patterns of empty corners
     (bit m set: corner m is empty, value 0 <= level): counts ``(256,)`` and the corner offsets of each
@@ -89,7 +89,7 @@ def surface_samples(grids: torch.Tensor, n: int = FSCORE_POINTS, seed: int = 0) 
     hollow = torch.nn.functional.pad(~grids, (1, 1, 1, 1, 1, 1), value=True)  # padded, True = empty (value 0)
     pattern = torch.zeros(k, r + 1, r + 1, r + 1, dtype=torch.int64, device=device)
     for m, (x, y, z) in enumerate(CORNERS):
-        pattern |= hollow[:, x:x + r + 1, y:y + r + 1, z:z + r + 1].long() << m
+        pattern |= hollow[:, x : x + r + 1, y : y + r + 1, z : z + r + 1].long() << m
     cubes = (counts[pattern] > 0).nonzero()  # (C, 4): grid, x, y, z in PyMCubes' loop order per grid
     per_cube = counts[pattern[cubes[:, 0], cubes[:, 1], cubes[:, 2], cubes[:, 3]]]
     cube_of = torch.repeat_interleave(torch.arange(len(cubes), device=device), per_cube)
@@ -98,8 +98,14 @@ def surface_samples(grids: torch.Tensor, n: int = FSCORE_POINTS, seed: int = 0) 
     c = cubes[cube_of]
     tri = (corners[pattern[c[:, 0], c[:, 1], c[:, 2], c[:, 3]], slot] + c[:, None, 1:]).double() / (r + 1)  # (T, 3, 3)
     a, b = tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]
-    cross = torch.stack([a[:, 1] * b[:, 2] - a[:, 2] * b[:, 1], a[:, 2] * b[:, 0] - a[:, 0] * b[:, 2],
-                         a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0]], 1)  # numpy.cross's products and order
+    cross = torch.stack(
+        [
+            a[:, 1] * b[:, 2] - a[:, 2] * b[:, 1],
+            a[:, 2] * b[:, 0] - a[:, 0] * b[:, 2],
+            a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0],
+        ],
+        1,
+    )  # numpy.cross's products and order
     area = 0.5 * torch.sqrt(cross[:, 0] * cross[:, 0] + cross[:, 1] * cross[:, 1] + cross[:, 2] * cross[:, 2])
     pick, u, v = (torch.from_numpy(x).to(device) for x in uniforms(seed, n))
     flip = u + v > 1  # fold points of the parallelogram back into the triangle
@@ -137,8 +143,9 @@ def share_within(query: torch.Tensor, data: torch.Tensor, distance: float = FSCO
     flat_data = data.reshape(-1, 3)[order]
     flat_query, query_keys = query.reshape(-1, 3), keys(query).flatten()
     found = torch.zeros(k * n, dtype=torch.bool, device=device)
-    offsets = torch.tensor([(dx * side + dy) * side + dz for dx in (-1, 0, 1) for dy in (-1, 0, 1)
-                            for dz in (-1, 0, 1)], device=device)
+    offsets = torch.tensor(
+        [(dx * side + dy) * side + dz for dx in (-1, 0, 1) for dy in (-1, 0, 1) for dz in (-1, 0, 1)], device=device
+    )
     for start in range(0, k * n, QUERY_CHUNK):
         q = torch.arange(start, min(start + QUERY_CHUNK, k * n), device=device)
         near = query_keys[q, None] + offsets  # (Q, 27) neighbouring cells
@@ -154,8 +161,15 @@ def share_within(query: torch.Tensor, data: torch.Tensor, distance: float = FSCO
     return found.view(k, n).double().mean(1) if m else torch.zeros(k, dtype=torch.float64, device=device)
 
 
-def _mark_close(points: torch.Tensor, q: torch.Tensor, data: torch.Tensor, lo: torch.Tensor, hits: torch.Tensor,
-                distance: float, found: torch.Tensor) -> None:
+def _mark_close(
+    points: torch.Tensor,
+    q: torch.Tensor,
+    data: torch.Tensor,
+    lo: torch.Tensor,
+    hits: torch.Tensor,
+    distance: float,
+    found: torch.Tensor,
+) -> None:
     """Set ``found[q[i]]`` where a data point of query i's cells (sorted rows ``lo[i, c]`` to
     ``lo[i, c] + hits[i, c]`` of ``data``) lies closer than ``distance`` to ``points[q[i]]``."""
     device = q.device
@@ -168,20 +182,28 @@ def _mark_close(points: torch.Tensor, q: torch.Tensor, data: torch.Tensor, lo: t
     found[asker[close]] = True
 
 
-def fscores(pred: torch.Tensor, pred_empty: torch.Tensor, gt: torch.Tensor, gt_empty: torch.Tensor,
-            distance: float = FSCORE_DISTANCE) -> torch.Tensor:
+def fscores(
+    pred: torch.Tensor,
+    pred_empty: torch.Tensor,
+    gt: torch.Tensor,
+    gt_empty: torch.Tensor,
+    distance: float = FSCORE_DISTANCE,
+) -> torch.Tensor:
     """F = 2PR / (P + R) of K pairs of surface samples ``(K, n, 3)`` (``empty (K,)``: no surface):
     ``(K,) float64``, both empty 1, one empty 0 (:func:`r2n2.evaluation.fscore.fscore_points`)."""
     precision, recall = share_within(pred, gt, distance), share_within(gt, pred, distance)
-    f = torch.where(precision + recall == 0, torch.zeros_like(precision),
-                    2 * precision * recall / (precision + recall).clamp(min=1e-300))
+    f = torch.where(
+        precision + recall == 0,
+        torch.zeros_like(precision),
+        2 * precision * recall / (precision + recall).clamp(min=1e-300),
+    )
     return torch.where(pred_empty | gt_empty, (pred_empty == gt_empty).double(), f)
 
 
 class _Deferred(Future):
     """A Future of :class:`DeviceFScorer` whose ``result()`` first computes what is still queued."""
 
-    def __init__(self, scorer: "DeviceFScorer"):
+    def __init__(self, scorer: DeviceFScorer):
         super().__init__()
         self.scorer = scorer
 
@@ -200,8 +222,13 @@ class DeviceFScorer:
 
     workers = 0
 
-    def __init__(self, device: torch.device | str, n: int = FSCORE_POINTS, distance: float = FSCORE_DISTANCE,
-                 level: str = DEFAULT_LEVEL):
+    def __init__(
+        self,
+        device: torch.device | str,
+        n: int = FSCORE_POINTS,
+        distance: float = FSCORE_DISTANCE,
+        level: str = DEFAULT_LEVEL,
+    ):
         if level != "what3d":
             raise ValueError(f"fscore.level={level!r}: the device F-score computes what3d's level only")
         self.device, self.n, self.distance, self.level = torch.device(device), int(n), float(distance), level
@@ -225,7 +252,9 @@ class DeviceFScorer:
 
     def submit(self, gt_keys, gt_grids, pred_grids) -> Future:
         future = _Deferred(self)
-        self.queue.append((torch.as_tensor(gt_grids).to(self.device), torch.as_tensor(pred_grids).to(self.device), future))
+        self.queue.append(
+            (torch.as_tensor(gt_grids).to(self.device), torch.as_tensor(pred_grids).to(self.device), future)
+        )
         if sum(len(g) for g, _, _ in self.queue) >= BATCH:
             self.flush()
         return future
@@ -244,14 +273,14 @@ class DeviceFScorer:
             scores = fscores(pred, pred_empty, gt, gt_empty, self.distance).cpu().numpy()
             at = 0
             for g, _, future in take:
-                future.set_result(scores[at:at + len(g)])
+                future.set_result(scores[at : at + len(g)])
                 at += len(g)
 
     def close(self) -> None:
         self.queue.clear()
         self.gts.clear()
 
-    def __enter__(self) -> "DeviceFScorer":
+    def __enter__(self) -> DeviceFScorer:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -1,9 +1,9 @@
 """Score a network (or any per-sample prediction) on evaluation samples, streaming: per-sample IoU
 at many thresholds and F-score@1%, without keeping the probabilities.
 
-Speed (issue 9, item 6), with the same figures as scoring every view count separately:
+Fast, with the same figures as scoring every view count separately:
 
-- each distinct stored image is encoded once (issue 24: the samples of an object share its renderings,
+- each distinct stored image is encoded once (the samples of an object share its renderings,
   so protocol=ours encodes as many images as it has samples, not samples x views), in chunks of
   ``batch_size`` in the order the samples first use them (:class:`EncodedViews`); the network is then
   re-run from the encoded views for 1..V views (:class:`SharedEncoder`), one batch of samples at a
@@ -22,18 +22,18 @@ from __future__ import annotations
 import logging
 import threading
 import zlib
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from r2n2.evaluation.baselines import object_occupancy
 from r2n2.data.dataset import PackedDataset
 from r2n2.data.transforms import to_images
+from r2n2.evaluation.baselines import object_occupancy
 from r2n2.evaluation.fscore import FScorer
 from r2n2.evaluation.fscore_device import DeviceFScorer
 
@@ -116,8 +116,12 @@ def random_views(dataset: PackedDataset, views: int, seed: int = 0, binary_alpha
     Returns slots ``(N, views)`` into the stored images.
     """
     objects, rows = _first_sample_of_each_object(dataset)
-    draws = [np.random.default_rng([seed, zlib.crc32(dataset.objects[o]["id"].encode())])
-             .integers(0, dataset.count[o], views) for o in objects]
+    draws = [
+        np.random.default_rng([seed, zlib.crc32(dataset.objects[o]["id"].encode())]).integers(
+            0, dataset.count[o], views
+        )
+        for o in objects
+    ]
     slots = dataset.first[objects, None] + (np.stack(draws) if draws else np.zeros((0, views), np.int64))
     return Samples(dataset, rows, objects, slots, binary_alpha)
 
@@ -230,8 +234,15 @@ class EncodedViews:
     features on ``device`` (210k test images x 256 floats: 215 MB at ShapeNet's size).
     """
 
-    def __init__(self, counts: ViewCounts, samples: Samples, views: int, chunk: int, device: torch.device,
-                 progress: "Progress | None" = None):
+    def __init__(
+        self,
+        counts: ViewCounts,
+        samples: Samples,
+        views: int,
+        chunk: int,
+        device: torch.device,
+        progress: Progress | None = None,
+    ):
         flat = samples.slots[:, :views].ravel()
         uniq, first, inverse = np.unique(flat, return_index=True, return_inverse=True)
         order = np.argsort(first, kind="stable")
@@ -239,7 +250,7 @@ class EncodedViews:
         rank[order] = np.arange(len(order))
         self.slots, self.index = uniq[order], rank[inverse.reshape(-1)].reshape(-1, views)
         self.counts, self.chunk, self.device, self.progress = counts, chunk, device, progress
-        self.reads = read_ahead(samples.images, [self.slots[i:i + chunk] for i in range(0, len(self.slots), chunk)])
+        self.reads = read_ahead(samples.images, [self.slots[i : i + chunk] for i in range(0, len(self.slots), chunk)])
         self.table: torch.Tensor | None = None
         self.done = 0
 
@@ -263,7 +274,7 @@ class EncodedViews:
         features = self.counts.encode(images)[:n]
         if self.table is None:
             self.table = features.new_empty(len(self.slots), features.shape[1])
-        self.table[self.done:self.done + n] = features
+        self.table[self.done : self.done + n] = features
         self.done += n
         if self.progress is not None:
             self.progress.update(n)
@@ -337,13 +348,22 @@ class Progress:
 def network_work(samples: Samples, views: list[int], fscores: int) -> int:
     """Steps (:class:`Progress`) of :func:`score_network`: the distinct images its first ``max(views)``
     views use, a prediction per sample and view count, and ``fscores`` F-scores per sample."""
-    return len(np.unique(samples.slots[:, :max(views)])) + len(samples) * (len(views) + fscores)
+    return len(np.unique(samples.slots[:, : max(views)])) + len(samples) * (len(views) + fscores)
 
 
-def score_network(net: nn.Module, samples: Samples, views: list[int], thresholds: tuple[float, ...],
-                  fscore_at: dict[int, tuple[float, ...]], scorer: "FScorer | DeviceFScorer | None", device: torch.device,
-                  autocast_dtype: torch.dtype | None = None, batch_size: int = 64,
-                  progress: "bool | Progress" = True, desc: str = "eval") -> dict[int, Result]:
+def score_network(
+    net: nn.Module,
+    samples: Samples,
+    views: list[int],
+    thresholds: tuple[float, ...],
+    fscore_at: dict[int, tuple[float, ...]],
+    scorer: FScorer | DeviceFScorer | None,
+    device: torch.device,
+    autocast_dtype: torch.dtype | None = None,
+    batch_size: int = 64,
+    progress: bool | Progress = True,
+    desc: str = "eval",
+) -> dict[int, Result]:
     """Run ``net`` over ``samples`` at every view count in ``views``.
 
     thresholds: IoU thresholds, scored at every view count; fscore_at: {v: thresholds} for the
@@ -352,8 +372,11 @@ def score_network(net: nn.Module, samples: Samples, views: list[int], thresholds
     """
     net.eval().to(device)
     fscore_at = fscore_at if scorer is not None else {}
-    bar = progress if isinstance(progress, Progress) else \
-        Progress(network_work(samples, views, sum(len(fscore_at.get(v, ())) for v in views)), desc, bool(progress))
+    bar = (
+        progress
+        if isinstance(progress, Progress)
+        else Progress(network_work(samples, views, sum(len(fscore_at.get(v, ())) for v in views)), desc, bool(progress))
+    )
     counts = ViewCounts(net, views, autocast_dtype)
     gts_dev = object_occupancy(samples.dataset).to(device)  # (M, R, R, R) bool: one per object
     thr = torch.tensor(thresholds, dtype=torch.float32, device=device)
@@ -403,9 +426,16 @@ def indexed_pairs(pred_index: np.ndarray, obj: np.ndarray) -> tuple[np.ndarray, 
     return pairs[:, ::-1].copy(), inverse.reshape(-1)
 
 
-def score_indexed(pred_table: torch.Tensor, pred_index: np.ndarray, samples: Samples, thresholds: tuple[float, ...],
-                  fscore_at: tuple[float, ...], scorer: "FScorer | DeviceFScorer | None", progress: Progress | None = None,
-                  gts: torch.Tensor | None = None) -> Result:
+def score_indexed(
+    pred_table: torch.Tensor,
+    pred_index: np.ndarray,
+    samples: Samples,
+    thresholds: tuple[float, ...],
+    fscore_at: tuple[float, ...],
+    scorer: FScorer | DeviceFScorer | None,
+    progress: Progress | None = None,
+    gts: torch.Tensor | None = None,
+) -> Result:
     """Score predictions drawn from a table: sample i is predicted ``pred_table[pred_index[i]]``.
 
     pred_table: (P, R, R, R) probabilities (a constant baseline: one per category) or {0, 1}
@@ -420,10 +450,10 @@ def score_indexed(pred_table: torch.Tensor, pred_index: np.ndarray, samples: Sam
     iou = np.zeros((len(pairs), len(thresholds)), np.float32)
     futures: dict[float, list] = {float(t): [] for t in (fscore_at if scorer is not None else ())}
     for i in range(0, len(pairs), PAIRS_PER_TASK):
-        chunk = pairs[i:i + PAIRS_PER_TASK]
+        chunk = pairs[i : i + PAIRS_PER_TASK]
         probs = pred_table[torch.from_numpy(chunk[:, 0])].float()
         gt = gts[torch.from_numpy(chunk[:, 1])]
-        iou[i:i + len(chunk)] = iou_at_thresholds(probs, gt, thr).numpy()
+        iou[i : i + len(chunk)] = iou_at_thresholds(probs, gt, thr).numpy()
         for t, fs in futures.items():
             fs.append(scorer.submit(chunk[:, 1].tolist(), gt, probs >= t))
             if progress is not None:

@@ -60,17 +60,20 @@ class RunCheckpoint(ModelCheckpoint):
             return str(Path(new) / Path(path).relative_to(old)) if path and Path(path).is_relative_to(old) else path
 
         log.info("%s: the run folder moved from %s; its checkpoint record follows it", self.state_key, old)
-        state.update(dirpath=new, best_model_path=moved(state.get("best_model_path", "")),
-                     kth_best_model_path=moved(state.get("kth_best_model_path", "")),
-                     last_model_path=moved(state.get("last_model_path", "")),
-                     best_k_models={moved(k): v for k, v in (state.get("best_k_models") or {}).items()})
+        state.update(
+            dirpath=new,
+            best_model_path=moved(state.get("best_model_path", "")),
+            kth_best_model_path=moved(state.get("kth_best_model_path", "")),
+            last_model_path=moved(state.get("last_model_path", "")),
+            best_k_models={moved(k): v for k, v in (state.get("best_k_models") or {}).items()},
+        )
 
 
 class TrainThroughput(L.Callback):
     """Training samples per second, counting the time from one training batch's end to the next
     (data loading included, validation excluded), summed over processes: over the whole run and per
-    epoch (logged at each epoch's end, so a slower epoch shows; issue 9: none should be slower than
-    the first). Also each epoch's wall time from its start to its end, validation included
+    epoch (logged at each epoch's end, so that an epoch slower than the first, e.g. one
+    that re-creates its workers, shows). Also each epoch's wall time from its start to its end, validation included
     (``epoch_seconds``: what a run of N epochs costs)."""
 
     def __init__(self):
@@ -98,8 +101,12 @@ class TrainThroughput(L.Callback):
             self.by_epoch.append(self._epoch_samples / self._epoch_seconds)
             self.epoch_seconds.append(time.perf_counter() - self._epoch_start)
             if trainer.is_global_zero:
-                log.info("epoch %d: %.1f training samples/s, %.1f s in all (validation included)",
-                         trainer.current_epoch, self.by_epoch[-1], self.epoch_seconds[-1])
+                log.info(
+                    "epoch %d: %.1f training samples/s, %.1f s in all (validation included)",
+                    trainer.current_epoch,
+                    self.by_epoch[-1],
+                    self.epoch_seconds[-1],
+                )
 
     @property
     def samples_per_second(self) -> float:
@@ -154,7 +161,8 @@ class NonFiniteLoss(L.Callback):
                 shown = ", ".join(ids[:16]) + (f", ... ({len(ids)} in all)" if len(ids) > 16 else "")
                 raise NonFiniteLossError(
                     f"training loss is not finite at step {step} (batch of {len(ids)}: {shown}); "
-                    "no checkpoint was written after it: resume=<run> continues from the last good one")
+                    "no checkpoint was written after it: resume=<run> continues from the last good one"
+                )
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         self.check()

@@ -1,6 +1,6 @@
 """What every run does before it starts (``r2n2.train.run.train`` calls :func:`prepare_run`):
 
-* Lightning's log lines printed once (:func:`route_lightning_logs`);
+* Lightning's log lines printed once, without its advertisements (:func:`route_lightning_logs`);
 * freed CPU memory kept for reuse instead of unmapped at every step (``r2n2.train.malloc``);
 * Lightning's data-loader flattening without torch's deprecated ``LeafSpec()`` (:func:`use_torch_leaf_factory`);
 * the optional extras of ``conf/extras/default.yaml`` (lightning-hydra-template's convention): the
@@ -16,8 +16,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from r2n2.utils.atomic import atomic_write
 from r2n2.train.malloc import keep_freed_memory
+from r2n2.utils.atomic import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -41,15 +41,26 @@ def prepare_run(cfg: DictConfig) -> None:
         print_config_tree(cfg, Path(cfg.paths.output_dir) / CONFIG_TREE_FILE)
 
 
+class _NoAdvertisement(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip:")
+
+
 def route_lightning_logs() -> None:
     """Let the root logger's handlers (Hydra's console and ``train.log``) print Lightning's records, once.
 
     ``import lightning`` attaches a console handler of its own (format ``INFO: message``) to the
     ``lightning`` logger, which also propagates to the root logger: with Hydra's job logging
     configured, every Lightning line came out twice, once bare and once timestamped. Where the root
-    logger has no handlers (a plain script without Hydra), Lightning's own handler is kept.
+    logger has no handlers (a plain script without Hydra), Lightning's own handler is kept. Lightning's
+    tips for its cloud products ("💡 Tip: ... litlogger") are dropped either way.
     """
     import lightning  # noqa: F401  (its __init__ attaches the handler this removes)
+
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _NoAdvertisement) for f in logger.filters):
+            logger.addFilter(_NoAdvertisement())
 
     if not logging.getLogger().hasHandlers():
         return
@@ -87,8 +98,10 @@ def config_tree(cfg: DictConfig):
     tree = rich.tree.Tree("CONFIG", style="dim", guide_style="dim")
     groups = [k for k in TREE_ORDER if isinstance(cfg.get(k), DictConfig)]
     groups += [k for k in cfg if k not in groups and isinstance(cfg.get(k), DictConfig)]
-    values = {k: OmegaConf.to_container(v, resolve=True) if isinstance(v, ListConfig) else v
-              for k, v in ((k, cfg.get(k)) for k in cfg if k not in groups)}
+    values = {
+        k: OmegaConf.to_container(v, resolve=True) if isinstance(v, ListConfig) else v
+        for k, v in ((k, cfg.get(k)) for k in cfg if k not in groups)
+    }
     for name, node in [(k, cfg.get(k)) for k in groups] + [("run", OmegaConf.create(values))]:
         text = OmegaConf.to_yaml(node, resolve=True)
         tree.add(str(name), style="bold", guide_style="dim").add(rich.syntax.Syntax(text, "yaml"))

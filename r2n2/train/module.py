@@ -18,10 +18,12 @@ import torch
 from lightning.pytorch.accelerators import CUDAAccelerator
 from torchmetrics import MeanMetric
 
-from r2n2.train.callbacks import NonFiniteLoss
-from r2n2.train.losses import voxel_loss
 from r2n2.evaluation.metrics import THRESHOLD, VoxelIoU, voxel_iou_from_logits
 from r2n2.models import count_parameters
+from r2n2.train.callbacks import NonFiniteLoss
+from r2n2.train.losses import voxel_loss
+from r2n2.train.network import build_network, compile_network, use_channels_last
+from r2n2.train.reconstructions import ReconstructionFigures
 from r2n2.train.step import WholeStep
 
 log = logging.getLogger(__name__)
@@ -33,41 +35,6 @@ THRESHOLDS = (0.2, 0.3, 0.4, 0.5)
 def _present(metrics: dict, prefix: str) -> dict:
     """Prefix the keys, dropping categories with no samples in this split (their IoU is NaN)."""
     return {prefix + k: v for k, v in metrics.items() if not torch.isnan(v)}
-
-
-def use_channels_last(net: torch.nn.Module, setting: bool | str, on_cuda: bool) -> bool:
-    """Put the 2D convolutions' weights in channels-last memory format if ``setting`` is True, or
-    "auto" on a CUDA GPU; the convolutions then produce channels-last activations. (The 3D parts keep
-    their layout: ``Module.to(memory_format=...)`` refuses 5D weights.) Returns whether it did."""
-    if not (setting is True or (setting == "auto" and on_cuda)):
-        return False
-    for m in net.modules():
-        if isinstance(m, torch.nn.Conv2d):
-            m.to(memory_format=torch.channels_last)
-    return True
-
-
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
-
-
-def compile_network(net: torch.nn.Module, setting: bool | str) -> bool:
-    """Run ``net`` through ``torch.compile`` in place (state_dict keys stay those of the plain network).
-
-    setting: False (eager), True (mode "default"), or a torch.compile mode: "reduce-overhead" adds CUDA
-    graphs (one launch per captured graph: what pays at small batches), "max-autotune" also searches
-    kernels. Returns whether it compiled."""
-    if setting is False or setting is None:
-        return False
-    mode = "default" if setting is True else str(setting)
-    if mode not in COMPILE_MODES:
-        raise ValueError(f"module.compile={setting!r}: expected false, true or one of {', '.join(COMPILE_MODES)}")
-    net.compile(mode=mode)
-    return True
-
-
-def build_network(net: dict) -> torch.nn.Module:
-    """Instantiate a network from a plain config dict with ``_target_`` (conf/model/*.yaml)."""
-    return hydra.utils.instantiate(net, _convert_="all")
 
 
 def _zero_sums() -> dict:
@@ -82,8 +49,9 @@ class ReconstructionModule(L.LightningModule):
     optimizer: optimizer config with ``_partial_: true`` (e.g. Adam lr 1e-3, weight decay 1e-4).
     scheduler: LR scheduler config with ``_partial_: true`` (e.g. MultiStepLR) or None; its ``interval``
         key ("epoch", the default, or "step") says whether milestones count epochs or optimiser steps.
-    viz_every_n_epochs: a figure of input, ground truth and prediction every N epochs (0 = never), to
-        TensorBoard and as ``<run>/reconstructions/epoch_NNN.png``.
+    viz_every_n_epochs, viz_samples: Figure 2 (input, ground truth and prediction of ``viz_samples``
+        validation samples of several categories) every N epochs (0 = never), to TensorBoard and as
+        ``<run>/reconstructions/epoch_NNN.png`` (``r2n2.train.reconstructions``).
     data: the data config it was trained with (kept in the checkpoint so ``r2n2-eval`` can rebuild
         the same splits; not used here).
     compile: False, True or a ``torch.compile`` mode ("reduce-overhead" = with CUDA graphs): see
@@ -106,10 +74,20 @@ class ReconstructionModule(L.LightningModule):
     its flag asynchronously.
     """
 
-    def __init__(self, net: dict, optimizer: dict, scheduler: dict | None = None, viz_every_n_epochs: int = 1,
-                 viz_samples: int = 4, data: dict | None = None, compile: bool | str = False,
-                 channels_last: bool | str = "auto", loss: dict | None = None, cuda_graph: bool = False,
-                 gradient_clip_val: float | None = None):
+    def __init__(
+        self,
+        net: dict,
+        optimizer: dict,
+        scheduler: dict | None = None,
+        viz_every_n_epochs: int = 1,
+        viz_samples: int = 4,
+        data: dict | None = None,
+        compile: bool | str = False,
+        channels_last: bool | str = "auto",
+        loss: dict | None = None,
+        cuda_graph: bool = False,
+        gradient_clip_val: float | None = None,
+    ):
         super().__init__()
         self.save_hyperparameters()
         self.net = build_network(net)
@@ -123,7 +101,6 @@ class ReconstructionModule(L.LightningModule):
         self.val_iou = VoxelIoU(THRESHOLDS)
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self.categories: list[str] = []
-        self._viz_batch: dict | None = None
 
     @property
     def num_parameters(self) -> int:
@@ -149,17 +126,25 @@ class ReconstructionModule(L.LightningModule):
         """Refuse what a captured step cannot hold; say where it runs eagerly instead."""
         trainer = self.trainer
         if trainer.world_size > 1:
-            raise ValueError(f"module.cuda_graph=true runs on one device; this run has {trainer.world_size} processes "
-                             "(DDP's gradient all-reduce is not captured here): use module.cuda_graph=false")
+            raise ValueError(
+                f"module.cuda_graph=true runs on one device; this run has {trainer.world_size} processes "
+                "(DDP's gradient all-reduce is not captured here): use module.cuda_graph=false"
+            )
         if "16-mixed" == str(trainer.precision):
-            raise ValueError("module.cuda_graph=true with trainer.precision=16-mixed: fp16's gradient scaler reads the "
-                             "gradients on the host every step, which a CUDA graph cannot; use bf16-mixed or 32")
+            raise ValueError(
+                "module.cuda_graph=true with trainer.precision=16-mixed: fp16's gradient scaler reads the "
+                "gradients on the host every step, which a CUDA graph cannot; use bf16-mixed or 32"
+            )
         if self.hparams.compile in ("reduce-overhead", "max-autotune"):
-            raise ValueError(f"module.cuda_graph=true with module.compile={self.hparams.compile}: that mode captures "
-                             "CUDA graphs of its own inside the step's graph; use module.compile=true (or false)")
+            raise ValueError(
+                f"module.cuda_graph=true with module.compile={self.hparams.compile}: that mode captures "
+                "CUDA graphs of its own inside the step's graph; use module.compile=true (or false)"
+            )
         if not isinstance(trainer.accelerator, CUDAAccelerator):
-            log.warning("module.cuda_graph=true: no CUDA device (%s), so the whole step runs eagerly, uncaptured",
-                        type(trainer.accelerator).__name__)
+            log.warning(
+                "module.cuda_graph=true: no CUDA device (%s), so the whole step runs eagerly, uncaptured",
+                type(trainer.accelerator).__name__,
+            )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """images: (B, V, 3, 127, 127) float -> logits: (B, 32, 32, 32) float."""
@@ -180,8 +165,9 @@ class ReconstructionModule(L.LightningModule):
         sums["iou"] = voxel_iou_from_logits(logits.detach(), batch["voxels"]).sum() + sums["iou"]
         sums["loss"] = loss.detach() * n + sums["loss"]
         sums["count"] += n
-        # the step loss only on the steps the loggers write (self.log costs ~1.5 ms a step on a CPU);
-        # on the progress bar on the CPU only: read every step, it would be a host-device sync on a GPU
+        # the step loss only on the steps the loggers write (self.log costs ~1.5 ms a step on a CPU;
+        # private: Lightning's own test of log_every_n_steps); on the progress bar on the CPU only, as
+        # reading it every step would sync the host with a GPU
         if self.trainer._logger_connector.should_update_logs:
             self.log("train/loss_step", loss, prog_bar=self.device.type == "cpu", on_step=True, on_epoch=False)
         return loss
@@ -193,8 +179,13 @@ class ReconstructionModule(L.LightningModule):
         optimizer = self.optimizers()
         if self._whole_step is None:
             loss_fn = functools.partial(voxel_loss, **(self.hparams.loss or {}))
-            self._whole_step = WholeStep(self.net, loss_fn, optimizer.optimizer, self.hparams.gradient_clip_val,
-                                         capture=self.device.type == "cuda")
+            self._whole_step = WholeStep(
+                self.net,
+                loss_fn,
+                optimizer.optimizer,
+                self.hparams.gradient_clip_val,
+                capture=self.device.type == "cuda",
+            )
         # Lightning's manual loop counts optimiser steps (global_step) through these two hooks of its
         # optimiser wrapper; the step itself is the torch optimiser's, inside WholeStep
         optimizer._on_before_step()
@@ -220,7 +211,7 @@ class ReconstructionModule(L.LightningModule):
         # as overriding the first
         if any(isinstance(c, NonFiniteLoss) for c in self.trainer.callbacks):
             return []
-        return [NonFiniteLoss()]
+        return [NonFiniteLoss(), ReconstructionFigures(self.hparams.viz_every_n_epochs, self.hparams.viz_samples)]
 
     def _eval_update(self, stage: str, batch: dict) -> None:
         """Accumulate ``stage`` ("val" or "test") loss (weighted by batch size), IoU, per-category IoU."""
@@ -247,49 +238,15 @@ class ReconstructionModule(L.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_update("val", batch)
-        if batch_idx == 0 and self._viz_batch is None:
-            n = self.hparams.viz_samples
-            self._viz_batch = {k: batch[k][:n] for k in ("images", "voxels", "category")}
 
     def on_validation_epoch_end(self) -> None:
         self._eval_log("val")
-        self._log_figure()
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_update("test", batch)
 
     def on_test_epoch_end(self) -> None:
         self._eval_log("test")
-
-    def _log_figure(self) -> None:
-        every = self.hparams.viz_every_n_epochs
-        if not every or self.trainer.sanity_checking or self._viz_batch is None or self.current_epoch % every:
-            return
-        if self.global_rank != 0:
-            return
-        from pathlib import Path
-
-        import matplotlib.pyplot as plt
-        from lightning.pytorch.loggers import TensorBoardLogger
-
-        from r2n2.vis.figures import reconstruction_figure, save
-
-        batch = self._viz_batch
-        with torch.no_grad():
-            probs = torch.sigmoid(self(batch["images"]).float())
-        fig = reconstruction_figure(batch["images"][:, 0], batch["voxels"], probs, titles=batch.get("category"))
-        # TensorBoard (found among any loggers) gets the figure, with or without it a PNG in the run folder
-        writer = next((lg.experiment for lg in self.loggers if isinstance(lg, TensorBoardLogger)), None)
-        if writer is not None:
-            writer.add_figure("val/reconstructions", fig, global_step=self.global_step, close=False)
-        if self.trainer.state.fn == "fit":  # a training run's epochs, into its folder (not r2n2-eval's validation)
-            save(fig, Path(self.trainer.default_root_dir) / "reconstructions" / f"epoch_{self.current_epoch:03d}.png")
-        else:
-            plt.close(fig)
-        if writer is not None and self.current_epoch == 0:
-            from r2n2.vis.figures import denormalize
-
-            writer.add_images("val/inputs", denormalize(batch["images"][:, 0]), global_step=self.global_step)
 
     def configure_optimizers(self) -> Any:
         optimizer = hydra.utils.instantiate(self.hparams.optimizer)(params=self.parameters())
@@ -307,20 +264,20 @@ class ReconstructionModule(L.LightningModule):
     def _run_steps(self) -> int:
         """The run's optimiser steps, for a schedule spread over the whole run (``total_steps: auto``).
 
-        Lightning estimates them from the training loader, which it builds (and starts iterating) here,
-        in configure_optimizers: before a resumed run's checkpoint is restored, so the loader would draw
-        the batches of epoch 0 instead of the epoch being resumed (R2N2DataModule._next_epoch). A loader
-        built for the estimate is dropped, and Lightning builds it again after the restore."""
+        Lightning's estimate builds the training loader before a resumed run's checkpoint is restored,
+        and such a loader would draw epoch 0's batches: one built here is dropped, to be rebuilt later."""
         fit_loop = self.trainer.fit_loop
         built_here = self.trainer.train_dataloader is None
         steps = self.trainer.estimated_stepping_batches
         if built_here:
-            fit_loop._combined_loader = None  # Lightning's setup_data() rebuilds it when the fit loop runs
+            fit_loop._combined_loader = None  # (private: Lightning has no public way to drop it)
         if steps == float("inf"):
-            raise ValueError(f"scheduler={self.hparams.scheduler.get('_target_', '?').rsplit('.', 1)[-1]} with "
-                             "total_steps: auto spreads over the run's optimiser steps, but trainer.max_epochs=-1 and "
-                             "trainer.max_steps=-1 leave them unbounded: set one of them (a time budget, "
-                             "trainer.max_time, stops a run but does not size it), or use scheduler=multistep|none")
+            raise ValueError(
+                f"scheduler={self.hparams.scheduler.get('_target_', '?').rsplit('.', 1)[-1]} with "
+                "total_steps: auto spreads over the run's optimiser steps, but trainer.max_epochs=-1 and "
+                "trainer.max_steps=-1 leave them unbounded: set one of them (a time budget, "
+                "trainer.max_time, stops a run but does not size it), or use scheduler=multistep|none"
+            )
         return int(steps)
 
     def on_train_start(self) -> None:
@@ -344,5 +301,10 @@ class ReconstructionModule(L.LightningModule):
         cfg["total_steps"] = total
         # last_epoch = steps taken - 1: the constructor's own first step() lands on the step reached
         config.scheduler = hydra.utils.instantiate(cfg)(optimizer=old.optimizer, last_epoch=old.last_epoch - 1)
-        log.info("scheduler: re-spread over %d optimiser steps (was %d), at step %d; interval %s",
-                 total, old.total_steps, old.last_epoch, interval)
+        log.info(
+            "scheduler: re-spread over %d optimiser steps (was %d), at step %d; interval %s",
+            total,
+            old.total_steps,
+            old.last_epoch,
+            interval,
+        )

@@ -10,13 +10,16 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from r2n2.data.samplers import ShardSampler
-from r2n2.evaluation.headline import PredictionSpread
+from r2n2.evaluation.spread import PredictionSpread
 from r2n2.train.distributed import close_process_group
 
 # 301 (odd: unequal shards; more than MAX_PAIRWISE = 256, so which samples are kept matters: every
 # 2nd), fuller with the index, so that another subset gives other statistics
 N = 301
-LOGITS = torch.randn(N, 32, 32, 32, generator=torch.Generator().manual_seed(0)) + torch.linspace(-3, 3, N)[:, None, None, None]
+LOGITS = (
+    torch.randn(N, 32, 32, 32, generator=torch.Generator().manual_seed(0))
+    + torch.linspace(-3, 3, N)[:, None, None, None]
+)
 
 
 class Identity(L.LightningModule):
@@ -38,16 +41,31 @@ class Identity(L.LightningModule):
 
 def main(out: str) -> None:
     spread = PredictionSpread()
-    trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", use_distributed_sampler=False, logger=False,
-                        callbacks=[spread], enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp",
+        use_distributed_sampler=False,
+        logger=False,
+        callbacks=[spread],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.test(Identity())
     if trainer.is_global_zero:
         one = PredictionSpread()
         one.reset(total=len(LOGITS))  # as on_test_start does for the whole split
         one.update(torch.sigmoid(LOGITS))
         with open(out, "w") as f:
-            json.dump({"ddp": spread.compute(), "one": one.compute(), "n": [spread.n, one.n],
-                       "kept": [spread.kept_index, one.kept_index]}, f)
+            json.dump(
+                {
+                    "ddp": spread.compute(),
+                    "one": one.compute(),
+                    "n": [spread.n, one.n],
+                    "kept": [spread.kept_index, one.kept_index],
+                },
+                f,
+            )
     close_process_group()  # as train.py: a gloo group left open aborts some exits
 
 
