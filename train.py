@@ -22,15 +22,17 @@ warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/submitit_\w+' is 
 
 def user_error(e: BaseException) -> str | None:
     """The one-line message for an error caused by the user's input, or None for anything else (a bug)."""
-    from r2n2.train.checkpoint import CheckpointError
     from r2n2.data.errors import DataError
+    from r2n2.train.checkpoint import CheckpointError
     from r2n2.train.resume import ResumeError
 
     if isinstance(e, (DataError, CheckpointError, ResumeError)):
         return str(e)
     if isinstance(e, OSError) and e.errno in DISK_FULL:
-        return (f"{e.filename or 'a file being written'}: {e.strerror}: free some space, then run the same command "
-                "again (resume=<run folder> continues from its last complete checkpoint)")
+        return (
+            f"{e.filename or 'a file being written'}: {e.strerror}: free some space, then run the same command "
+            "again (resume=<run folder> continues from its last complete checkpoint)"
+        )
     return None
 
 

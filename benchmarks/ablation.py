@@ -17,14 +17,20 @@ import sys
 import time
 from pathlib import Path
 
-from r2n2.utils.machine import describe_machine
 from recipe_ablation import DATA_32x24  # beside this script: the data of its table
+
+from r2n2.utils.machine import describe_machine
 
 ROOT = Path(__file__).resolve().parents[1]
 
 # the report's exact design, spelled out so every variant differs from it by what its name says
-PAPER = ["model.encoder.norm=none", "model.encoder.init=default", "model.dropout=0.5", "model.hidden_size=128",
-         "model.decoder.name=linear_conv3d"]
+PAPER = [
+    "model.encoder.norm=none",
+    "model.encoder.init=default",
+    "model.dropout=0.5",
+    "model.hidden_size=128",
+    "model.decoder.name=linear_conv3d",
+]
 VARIANTS = {
     "paper": [],
     "paper, dropout 0": ["model.dropout=0"],
@@ -35,9 +41,16 @@ VARIANTS = {
     "kaiming init + up-conv decoder": ["model.encoder.init=kaiming", "model.decoder.name=upconv"],
     "batchnorm + up-conv decoder": ["model.encoder.norm=batch", "model.decoder.name=upconv"],
 }
-KEYS = {"paper": "paper", "dropout0": "paper, dropout 0", "hidden512": "paper, hidden 512",
-        "upconv": "paper, up-conv decoder", "kaiming": "kaiming init", "batchnorm": "batchnorm",
-        "kaiming_upconv": "kaiming init + up-conv decoder", "batchnorm_upconv": "batchnorm + up-conv decoder"}
+KEYS = {
+    "paper": "paper",
+    "dropout0": "paper, dropout 0",
+    "hidden512": "paper, hidden 512",
+    "upconv": "paper, up-conv decoder",
+    "kaiming": "kaiming init",
+    "batchnorm": "batchnorm",
+    "kaiming_upconv": "kaiming init + up-conv decoder",
+    "batchnorm_upconv": "batchnorm + up-conv decoder",
+}
 
 
 def main() -> None:
@@ -50,8 +63,14 @@ def main() -> None:
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     args = ap.parse_args()
     names = [KEYS[k] for k in args.only] if args.only else list(VARIANTS)
-    common = PAPER + [f"trainer.max_epochs={args.epochs}", f"data.batch_size={args.batch_size}",
-                      "module.viz_every_n_epochs=0", "scheduler=none", *DATA_32x24, *args.overrides]
+    common = PAPER + [
+        f"trainer.max_epochs={args.epochs}",
+        f"data.batch_size={args.batch_size}",
+        "module.viz_every_n_epochs=0",
+        "scheduler=none",
+        *DATA_32x24,
+        *args.overrides,
+    ]
     rows = []
     for name in names:
         run_dir = Path(args.runs) / name.replace(" ", "_").replace(",", "").replace("+", "and")
@@ -62,8 +81,10 @@ def main() -> None:
         m = json.loads((run_dir / "metrics.json").read_text())
         m["total_seconds"] = time.perf_counter() - start
         rows.append((name, m))
-        print(f"  {name}: test IoU {m['test/iou']:.3f} (mean shape {m['baseline/global_mean_shape_test_iou']:.3f})",
-              flush=True)
+        print(
+            f"  {name}: test IoU {m['test/iou']:.3f} (mean shape {m['baseline/global_mean_shape_test_iou']:.3f})",
+            flush=True,
+        )
     base = rows[0][1]
     lines = [
         f"Budget: {args.epochs} epoch(s) of {base.get('train_samples', 'all')} training samples, batch "
@@ -76,8 +97,10 @@ def main() -> None:
         "|---|---|---|---|---|---|---|",
     ]
     for name, m in rows:
-        lines.append(f"| {name} | {m['parameters']:,} | {m['test/iou']:.3f} | {m['val/iou']:.3f} | "
-                     f"{m['test/loss']:.4f} | {m['train_samples_per_second']:.1f} | {m['total_seconds']:.0f} |")
+        lines.append(
+            f"| {name} | {m['parameters']:,} | {m['test/iou']:.3f} | {m['val/iou']:.3f} | "
+            f"{m['test/loss']:.4f} | {m['train_samples_per_second']:.1f} | {m['total_seconds']:.0f} |"
+        )
     table = "\n".join(lines)
     print("\n" + table)
     if args.out:

@@ -40,19 +40,26 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as cache:
         rows = []
         for workers in (0, 2):
-            dm = R2N2DataModule(source, cache_dir=cache, batch_size=args.batch_size, num_workers=workers,
-                                persistent_workers=workers > 0)
+            dm = R2N2DataModule(
+                source, cache_dir=cache, batch_size=args.batch_size, num_workers=workers, persistent_workers=workers > 0
+            )
             dm.prepare_data()
             dm.setup()
             ds = dm.datasets["train"]
             if workers == 0:
                 idx = torch.randperm(len(ds)).tolist()
-                rows.append(("raw items (dataset[i], uint8)", 0, timed(lambda: [ds[i] for i in idx] and len(idx), args.seconds)))
+                rows.append(
+                    ("raw items (dataset[i], uint8)", 0, timed(lambda: [ds[i] for i in idx] and len(idx), args.seconds))
+                )
             loader = dm.train_dataloader()
-            rows.append((f"train batches of {args.batch_size} (uint8 rgba, as they reach the device)", workers,
-                         timed(lambda: sum(len(b["voxels"]) for b in loader), args.seconds)))
-        print(f"\ncache reads on {describe_machine()}, "
-              f"torch {torch.__version__}; {len(ds)} training samples\n")
+            rows.append(
+                (
+                    f"train batches of {args.batch_size} (uint8 rgba, as they reach the device)",
+                    workers,
+                    timed(lambda: sum(len(b["voxels"]) for b in loader), args.seconds),
+                )
+            )
+        print(f"\ncache reads on {describe_machine()}, torch {torch.__version__}; {len(ds)} training samples\n")
         print("| what | workers | samples/s |\n|---|---|---|")
         for what, workers, rate in rows:
             print(f"| {what} | {workers} | {rate:,.0f} |")

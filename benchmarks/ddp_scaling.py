@@ -29,11 +29,24 @@ def run(ranks: int, args, data_dir: str, out: Path) -> dict:
     # trainer=ddp_cpu: the script launcher (strategy ddp, as trainer=ddp and slurm): rank 0 keeps the
     # throughput callback's figures
     trainer = ["trainer=cpu"] if ranks == 1 else ["trainer=ddp_cpu", f"trainer.devices={ranks}"]
-    cmd = [sys.executable, str(ROOT / "train.py"), *trainer, f"paths.data_dir={data_dir}",
-           f"data.source.objects_per_category={args.objects}", f"data.source.views={args.views}",
-           f"data.batch_size={args.batch_size}", f"trainer.max_epochs={args.epochs}", f"trainer.precision={args.precision}",
-           "data.num_workers=0", "logger=none", "test=false", "module.viz_every_n_epochs=0",
-           "trainer.enable_progress_bar=false", "extras.print_config=false", f"hydra.run.dir={out}"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        *trainer,
+        f"paths.data_dir={data_dir}",
+        f"data.source.objects_per_category={args.objects}",
+        f"data.source.views={args.views}",
+        f"data.batch_size={args.batch_size}",
+        f"trainer.max_epochs={args.epochs}",
+        f"trainer.precision={args.precision}",
+        "data.num_workers=0",
+        "logger=none",
+        "test=false",
+        "module.viz_every_n_epochs=0",
+        "trainer.enable_progress_bar=false",
+        "extras.print_config=false",
+        f"hydra.run.dir={out}",
+    ]
     start = time.perf_counter()
     subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     metrics = json.loads((out / "metrics.json").read_text())
@@ -60,15 +73,19 @@ def main() -> None:
             rows.append((ranks, m))
     load = os.getloadavg()[0]
     base = rows[0][1]["train_samples_per_second"]
-    print(f"Machine: {describe_machine()} (load average {load:.1f} at the end). Synthetic data, "
-          f"{args.objects} objects x {args.views} views per category, {args.epochs} epochs, {args.precision}, batch "
-          f"{args.batch_size} per rank, gloo.\n")
+    print(
+        f"Machine: {describe_machine()} (load average {load:.1f} at the end). Synthetic data, "
+        f"{args.objects} objects x {args.views} views per category, {args.epochs} epochs, {args.precision}, batch "
+        f"{args.batch_size} per rank, gloo.\n"
+    )
     print("| ranks | global batch | train samples/s | vs 1 rank | fit s | val IoU@0.3 (last) | val IoU@0.3 (best) |")
     print("|---|---|---|---|---|---|---|")
     for ranks, m in rows:
         sps = m["train_samples_per_second"]
-        print(f"| {ranks} | {ranks * args.batch_size} | {sps:.1f} | {sps / base:.2f}x | {m['fit_seconds']:.0f} "
-              f"| {m['val/iou']:.3f} | {m.get('val/iou_best', float('nan')):.3f} |")
+        print(
+            f"| {ranks} | {ranks * args.batch_size} | {sps:.1f} | {sps / base:.2f}x | {m['fit_seconds']:.0f} "
+            f"| {m['val/iou']:.3f} | {m.get('val/iou_best', float('nan')):.3f} |"
+        )
 
 
 if __name__ == "__main__":

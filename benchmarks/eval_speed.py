@@ -28,15 +28,15 @@ import hydra
 import numpy as np
 import torch
 
-from r2n2.evaluation import scoring as S
-from r2n2.evaluation.baselines import object_occupancy
-from r2n2.train.checkpoint import load_module
 from r2n2.data.dataset import PackedDataset
 from r2n2.data.transforms import to_images
-from r2n2.evaluation.report import SELECTION_GRID
+from r2n2.evaluation import scoring as S
+from r2n2.evaluation.baselines import object_occupancy
 from r2n2.evaluation.fscore import FScorer, fscore_points, surface_points
-from r2n2.utils.machine import describe_machine
 from r2n2.evaluation.metrics import voxel_iou_thresholds
+from r2n2.evaluation.report import SELECTION_GRID
+from r2n2.train.checkpoint import load_module
+from r2n2.utils.machine import describe_machine
 
 # the splits the costs are extrapolated to: the tenth-size stand-in (docs/scale.md) and ShapeNet
 SPLITS = {"tenth-size stand-in": (21_144, 10_560, 73_546), "ShapeNet": (211_440, 105_600, 735_460)}
@@ -51,14 +51,16 @@ def pre_issue9(net, split: PackedDataset, rows: np.ndarray, views: list[int], th
         ds = PackedDataset(split.folder, v, split.categories, seed=split.seed)
         ious, fss = [], []
         for i in range(0, len(rows), batch):
-            items = [ds[int(r)] for r in rows[i:i + batch]]
+            items = [ds[int(r)] for r in rows[i : i + batch]]
             images = to_images(torch.from_numpy(np.stack([it["rgba"] for it in items])))
             with torch.no_grad(), torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
                 probs = torch.sigmoid(net(images).float())
             gts = torch.from_numpy(np.stack([it["voxels"] for it in items])).bool()
             ious.append(voxel_iou_thresholds(probs, gts, torch.tensor(thresholds)).numpy())
-            objs = split.samples[rows[i:i + batch], 0]
-            fss += [fscore_points(surface_points(p, n, seed=0), gt_points[o]) for p, o in zip((probs >= 0.3).numpy(), objs)]
+            objs = split.samples[rows[i : i + batch], 0]
+            fss += [
+                fscore_points(surface_points(p, n, seed=0), gt_points[o]) for p, o in zip((probs >= 0.3).numpy(), objs)
+            ]
         out[v] = (np.concatenate(ious), np.array(fss))
     return out
 
@@ -123,15 +125,22 @@ def parts(net, samples: S.Samples, views: list[int], thresholds, points: int, dt
     first = batches[0]
     gt = gts[torch.from_numpy(samples.obj[first])].numpy()
     with FScorer(workers=0, n=points) as inline:
-        _, t_fs = _timed(lambda: [inline.submit(samples.obj[first].tolist(), gt, (p >= 0.3).numpy()).result()
-                                  for p in old_probs[0].values()])
-    return {"encoder, issue 9 (each sample's views)": (old_enc, n * vmax, "image"),
-            "encoder, now (each distinct rendering once)": (new_enc, len(encoded), "image"),
-            "GRU + decoder": (new_dec, n * len(views), "prediction"),
-            "IoU at 19 thresholds, issue 9 (a comparison per threshold)": (t_metric, n * len(views), "prediction"),
-            "IoU at 19 thresholds, now (one histogram)": (t_iou, n * len(views), "prediction"),
-            "F-score@1% (pool process, inline here)": (t_fs, len(first) * len(views), "F-score"),
-            "_same": same, "_old_dec": old_dec}
+        _, t_fs = _timed(
+            lambda: [
+                inline.submit(samples.obj[first].tolist(), gt, (p >= 0.3).numpy()).result()
+                for p in old_probs[0].values()
+            ]
+        )
+    return {
+        "encoder, issue 9 (each sample's views)": (old_enc, n * vmax, "image"),
+        "encoder, now (each distinct rendering once)": (new_enc, len(encoded), "image"),
+        "GRU + decoder": (new_dec, n * len(views), "prediction"),
+        "IoU at 19 thresholds, issue 9 (a comparison per threshold)": (t_metric, n * len(views), "prediction"),
+        "IoU at 19 thresholds, now (one histogram)": (t_iou, n * len(views), "prediction"),
+        "F-score@1% (pool process, inline here)": (t_fs, len(first) * len(views), "F-score"),
+        "_same": same,
+        "_old_dec": old_dec,
+    }
 
 
 def baselines(train: PackedDataset, samples: S.Samples) -> dict:
@@ -139,15 +148,21 @@ def baselines(train: PackedDataset, samples: S.Samples) -> dict:
 
     fitted, t_fit = _timed(recognition.fit, train)
     _, t_pred = _timed(recognition.predict, fitted, samples.dataset, samples.slots[:, 0], samples.obj)
-    return {"recognition fit (train split)": (t_fit, len(train), "training image"),
-            "recognition predict": (t_pred, len(samples), "sample")}
+    return {
+        "recognition fit (train split)": (t_fit, len(train), "training image"),
+        "recognition predict": (t_pred, len(samples), "sample"),
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ckpt", required=True)
-    ap.add_argument("--data", nargs="*", default=[], help="overrides of the checkpoint's data config, key=value "
-                    "(dotted keys: source.root=...)")
+    ap.add_argument(
+        "--data",
+        nargs="*",
+        default=[],
+        help="overrides of the checkpoint's data config, key=value (dotted keys: source.root=...)",
+    )
     ap.add_argument("--objects", type=int, default=8, help="test objects, all their samples scored")
     ap.add_argument("--views", type=int, nargs="+", default=[1, 2, 3, 4, 5])
     ap.add_argument("--points", type=int, default=8192, help="F-score surface points (r2n2-eval: 8192)")
@@ -189,28 +204,46 @@ def main() -> None:
 
     with scorer:
         prev, t_prev = _timed(issue9, net, samples, args.views, thresholds, scorer, dtype, args.batch_size)
-        new, t_new = _timed(S.score_network, net, samples, args.views, thresholds, {v: (0.3,) for v in args.views},
-                            scorer, torch.device("cpu"), dtype, args.batch_size, False)
+        new, t_new = _timed(
+            S.score_network,
+            net,
+            samples,
+            args.views,
+            thresholds,
+            {v: (0.3,) for v in args.views},
+            scorer,
+            torch.device("cpu"),
+            dtype,
+            args.batch_size,
+            False,
+        )
         oldest = None
         if args.pre_issue9:
-            oldest, t_oldest = _timed(pre_issue9, net, split, rows, args.views, thresholds, args.points, dtype,
-                                      args.batch_size)
+            oldest, t_oldest = _timed(
+                pre_issue9, net, split, rows, args.views, thresholds, args.points, dtype, args.batch_size
+            )
 
-    print(f"Machine: {describe_machine()} (torch threads {torch.get_num_threads()}, F-score processes "
-          f"{scorer.workers}, load average {os.getloadavg()[0]:.1f}). {len(rows)} test samples of {len(chosen)} "
-          f"objects x views {args.views}, {args.precision}, F-score with {args.points} points.\n")
+    print(
+        f"Machine: {describe_machine()} (torch threads {torch.get_num_threads()}, F-score processes "
+        f"{scorer.workers}, load average {os.getloadavg()[0]:.1f}). {len(rows)} test samples of {len(chosen)} "
+        f"objects x views {args.views}, {args.precision}, F-score with {args.points} points.\n"
+    )
     print("| part (timed alone) | seconds | units | ms per unit |")
     print("|---|---|---|---|")
     for name, (seconds, count, unit) in cost.items():
         print(f"| {name} | {seconds:.1f} | {count} {unit}s | {1000 * seconds / max(count, 1):.2f} |")
     enc = cost["encoder, now (each distinct rendering once)"]
     per = {k: v[0] / max(v[1], 1) for k, v in cost.items()}
-    print(f"\nEncoder images: {cost['encoder, issue 9 (each sample' + chr(39) + 's views)'][1]} before, {enc[1]} now "
-          f"({cost['encoder, issue 9 (each sample' + chr(39) + 's views)'][1] / enc[1]:.1f}x fewer); "
-          f"probabilities and IoUs {'identical' if same else 'NOT identical'} to issue 9's; GRU + decoder {old_dec:.1f} s "
-          f"before, {cost['GRU + decoder'][0]:.1f} s now.\n")
-    print("Extrapolated from these per-unit costs (sequential sums, one process; the pool runs the F-scores "
-          "beside the network):\n")
+    print(
+        f"\nEncoder images: {cost['encoder, issue 9 (each sample' + chr(39) + 's views)'][1]} before, {enc[1]} now "
+        f"({cost['encoder, issue 9 (each sample' + chr(39) + 's views)'][1] / enc[1]:.1f}x fewer); "
+        f"probabilities and IoUs {'identical' if same else 'NOT identical'} to issue 9's; "
+        f"GRU + decoder {old_dec:.1f} s before, {cost['GRU + decoder'][0]:.1f} s now.\n"
+    )
+    print(
+        "Extrapolated from these per-unit costs (sequential sums, one process; the pool runs the F-scores "
+        "beside the network):\n"
+    )
     print("| split | encoder (min) | GRU + decoder (min) | IoU (min) | F-scores (core-min) |")
     print("|---|---|---|---|---|")
     for name, (test, val, _) in SPLITS.items():
@@ -227,14 +260,21 @@ def main() -> None:
     print("|---|---|---|---|")
     base = t_oldest if oldest is not None else t_prev
     if oldest is not None:
-        print(f"| before issue 9: a forward per view count, F-score inline | {t_oldest:.1f} | "
-              f"{1000 * t_oldest / units:.1f} | 1.0 |")
-    print(f"| issue 9: each batch encodes its samples' views | {t_prev:.1f} | {1000 * t_prev / units:.1f} | "
-          f"{base / t_prev:.2f} |")
-    print(f"| now: each distinct rendering encoded once | {t_new:.1f} | {1000 * t_new / units:.1f} | "
-          f"{base / t_new:.2f} |")
-    print(f"\nNow against issue 9: IoU {'identical' if iou_same else 'DIFFERENT'}, largest F-score difference "
-          f"{fs_diff:.2g}.")
+        print(
+            f"| before issue 9: a forward per view count, F-score inline | {t_oldest:.1f} | "
+            f"{1000 * t_oldest / units:.1f} | 1.0 |"
+        )
+    print(
+        f"| issue 9: each batch encodes its samples' views | {t_prev:.1f} | {1000 * t_prev / units:.1f} | "
+        f"{base / t_prev:.2f} |"
+    )
+    print(
+        f"| now: each distinct rendering encoded once | {t_new:.1f} | {1000 * t_new / units:.1f} | {base / t_new:.2f} |"
+    )
+    print(
+        f"\nNow against issue 9: IoU {'identical' if iou_same else 'DIFFERENT'}, largest F-score difference "
+        f"{fs_diff:.2g}."
+    )
 
 
 if __name__ == "__main__":

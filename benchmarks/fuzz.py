@@ -63,9 +63,9 @@ import warnings
 import zipfile
 import zlib
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from hypothesis import HealthCheck, Phase, given, settings
@@ -77,8 +77,22 @@ SHARED = ROOT.parent / "shared" / "data"
 # --- generic mutations of real files ------------------------------------------------------------------
 
 # integers that break size fields: zero, one, sign and width boundaries, the largest values
-INTERESTING_INTS = [0, 1, 2, 0x7F, 0x80, 0xFF, 0x100, 0x7FFF, 0x8000, 0xFFFF, 0x10000, 0x7FFFFFFF, 0x80000000,
-                    0xFFFFFFFF]
+INTERESTING_INTS = [
+    0,
+    1,
+    2,
+    0x7F,
+    0x80,
+    0xFF,
+    0x100,
+    0x7FFF,
+    0x8000,
+    0xFFFF,
+    0x10000,
+    0x7FFFFFFF,
+    0x80000000,
+    0xFFFFFFFF,
+]
 
 
 def _interesting_bytes(value: int, width: int, order: str) -> bytes:
@@ -107,8 +121,11 @@ def draw_edits(draw, length: int, head: int = 512) -> list[tuple]:
         elif op == "byte":
             arg = draw(st.integers(0, 255))
         elif op == "int":
-            arg = _interesting_bytes(draw(st.sampled_from(INTERESTING_INTS)), draw(st.sampled_from([1, 2, 4, 8])),
-                                     draw(st.sampled_from(["little", "big"])))
+            arg = _interesting_bytes(
+                draw(st.sampled_from(INTERESTING_INTS)),
+                draw(st.sampled_from([1, 2, 4, 8])),
+                draw(st.sampled_from(["little", "big"])),
+            )
         elif op == "insert":
             arg = draw(st.binary(min_size=1, max_size=64))
         elif op in ("delete", "zero"):
@@ -133,17 +150,17 @@ def apply_edits(blob: bytes, edits: list[tuple]) -> bytes:
         elif op == "byte":
             data[pos] = arg
         elif op == "int":
-            data[pos:pos + len(arg)] = arg
+            data[pos : pos + len(arg)] = arg
         elif op == "truncate":
             del data[pos:]
         elif op == "insert":
             data[pos:pos] = arg
         elif op == "delete":
-            del data[pos:pos + arg]
+            del data[pos : pos + arg]
         elif op == "repeat":
-            data[pos:pos] = data[pos:pos + arg[0]] * arg[1]
+            data[pos:pos] = data[pos : pos + arg[0]] * arg[1]
         else:
-            data[pos:pos + arg] = bytes(len(data[pos:pos + arg]))
+            data[pos : pos + arg] = bytes(len(data[pos : pos + arg]))
     return bytes(data)
 
 
@@ -170,23 +187,51 @@ DIMS = [0, 1, 2, 3, 31, 32, 33, 64, 255, 256, 1024, 1025, 65536, 2**31 - 1, 2**3
 
 
 def _word(draw) -> bytes:
-    return draw(st.sampled_from([b"0", b"1", b"-0.5", b"1e308", b"1e999", b"nan", b"inf", b"-inf", b"x", b"",
-                                 b"0x10", b"1_0", b"\xff", b"9" * 50]))
+    return draw(
+        st.sampled_from(
+            [
+                b"0",
+                b"1",
+                b"-0.5",
+                b"1e308",
+                b"1e999",
+                b"nan",
+                b"inf",
+                b"-inf",
+                b"x",
+                b"",
+                b"0x10",
+                b"1_0",
+                b"\xff",
+                b"9" * 50,
+            ]
+        )
+    )
 
 
 @st.composite
 def binvox_files(draw, bodies: list[bytes]) -> bytes:
     """Headers with any dims (huge, zero, negative, too few or many), odd lines, and run bytes that
     are real, random, or sized to fill the declared grid."""
-    magic = draw(st.sampled_from([b"#binvox 1", b"#binvox", b"#binvox 2", b"#binvox x", b"#binvo", b"binvox 1",
-                                  b"#binvox " + b"9" * 5000]))
+    magic = draw(
+        st.sampled_from(
+            [b"#binvox 1", b"#binvox", b"#binvox 2", b"#binvox x", b"#binvo", b"binvox 1", b"#binvox " + b"9" * 5000]
+        )
+    )
     dims = draw(st.lists(st.sampled_from(DIMS) | st.integers(-2, 40), min_size=0, max_size=4))
-    lines = [b"dim " + b" ".join(str(d).encode() for d in dims),
-             b"translate " + b" ".join(_word(draw) for _ in range(draw(st.integers(0, 4)))),
-             b"scale " + b" ".join(_word(draw) for _ in range(draw(st.integers(0, 2))))]
+    lines = [
+        b"dim " + b" ".join(str(d).encode() for d in dims),
+        b"translate " + b" ".join(_word(draw) for _ in range(draw(st.integers(0, 4)))),
+        b"scale " + b" ".join(_word(draw) for _ in range(draw(st.integers(0, 2)))),
+    ]
     lines = draw(st.permutations(lines))[: draw(st.integers(0, 3))]
-    lines += draw(st.lists(st.sampled_from([b"# comment", b"", b"dim 32 32 32", b"bogus 1", b"data"])
-                           | st.binary(max_size=20).filter(lambda b: b"\n" not in b), max_size=3))
+    lines += draw(
+        st.lists(
+            st.sampled_from([b"# comment", b"", b"dim 32 32 32", b"bogus 1", b"data"])
+            | st.binary(max_size=20).filter(lambda b: b"\n" not in b),
+            max_size=3,
+        )
+    )
     if draw(st.booleans()):
         lines.append(b"data")
     body_kind = draw(st.sampled_from(["real", "random", "fill", "none"]))
@@ -223,21 +268,34 @@ def mat_handmade(draw) -> bytes:
     """A MATLAB v5 file written by hand: one matrix whose dims, class and declared sizes are drawn
     (huge dims, sizes that disagree with the data, compressed or not)."""
     header = b"MATLAB 5.0 MAT-file, fuzz".ljust(116, b" ") + bytes(8) + struct.pack("<H", 0x0100) + b"IM"
-    dims = draw(st.lists(st.sampled_from([0, 1, 2, 3, 30, 32, 1000, 2**16, 2**31 - 1, 2**31, 2**32 - 1])
-                         | st.integers(-3, 40), min_size=0, max_size=5))
+    dims = draw(
+        st.lists(
+            st.sampled_from([0, 1, 2, 3, 30, 32, 1000, 2**16, 2**31 - 1, 2**31, 2**32 - 1]) | st.integers(-3, 40),
+            min_size=0,
+            max_size=5,
+        )
+    )
     mclass = draw(st.sampled_from(MX_CLASSES))
     data = draw(st.binary(max_size=300))
     declared_data = draw(st.sampled_from([len(data), 0, 2**31 - 1, 2**32 - 1]) | st.integers(0, 4096))
     name = draw(st.sampled_from([b"instance", b"Volume", b"", b"a" * 70, b"\xff\xfe"]))
-    body = (_tag(MI_UINT32, 8) + struct.pack("<II", mclass, 0)
-            + _tag(MI_INT32, 4 * len(dims)) + _pad8(b"".join(struct.pack("<I", d & 0xFFFFFFFF) for d in dims))
-            + _tag(MI_INT8, len(name)) + _pad8(name)
-            + _tag(draw(st.sampled_from([MI_DOUBLE, MI_INT8, MI_UINT32, 0, 20, 99])), declared_data) + _pad8(data))
+    body = (
+        _tag(MI_UINT32, 8)
+        + struct.pack("<II", mclass, 0)
+        + _tag(MI_INT32, 4 * len(dims))
+        + _pad8(b"".join(struct.pack("<I", d & 0xFFFFFFFF) for d in dims))
+        + _tag(MI_INT8, len(name))
+        + _pad8(name)
+        + _tag(draw(st.sampled_from([MI_DOUBLE, MI_INT8, MI_UINT32, 0, 20, 99])), declared_data)
+        + _pad8(data)
+    )
     declared = draw(st.sampled_from([len(body), 0, 2**32 - 1]) | st.integers(0, len(body) + 64))
     element = _tag(MI_MATRIX, declared) + body
     if draw(st.booleans()):
         packed = zlib.compress(element)
-        element = _tag(MI_COMPRESSED, draw(st.sampled_from([len(packed), 2**32 - 1]) | st.integers(0, len(packed)))) + packed
+        element = (
+            _tag(MI_COMPRESSED, draw(st.sampled_from([len(packed), 2**32 - 1]) | st.integers(0, len(packed)))) + packed
+        )
     return header + element
 
 
@@ -270,8 +328,7 @@ def mat_savemat(draw) -> bytes:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "field name starting with an underscore is ignored": meant
         try:
-            scipy.io.savemat(buf, values, format=draw(st.sampled_from(["5", "4"])),
-                             do_compression=draw(st.booleans()))
+            scipy.io.savemat(buf, values, format=draw(st.sampled_from(["5", "4"])), do_compression=draw(st.booleans()))
         except Exception:  # v4 cannot hold cells, structs or 3D arrays: write v5 then
             buf = io.BytesIO()
             scipy.io.savemat(buf, values)
@@ -280,8 +337,23 @@ def mat_savemat(draw) -> bytes:
 
 # --- NumPy .npy / .npz --------------------------------------------------------------------------------
 
-NPY_DESCRS = ["|b1", "|u1", "|i1", "<i4", ">i4", "<i8", "<f4", ">f8", "<c16", "|O", "|V8", "<U3", "|S0",
-              "[('a', '<f8')]", "x"]
+NPY_DESCRS = [
+    "|b1",
+    "|u1",
+    "|i1",
+    "<i4",
+    ">i4",
+    "<i8",
+    "<f4",
+    ">f8",
+    "<c16",
+    "|O",
+    "|V8",
+    "<U3",
+    "|S0",
+    "[('a', '<f8')]",
+    "x",
+]
 
 
 @st.composite
@@ -292,15 +364,26 @@ def npy_handmade(draw) -> bytes:
     shape = tuple(draw(st.lists(st.sampled_from(DIMS) | st.integers(0, 40), max_size=4)))
     descr = draw(st.sampled_from(NPY_DESCRS))
     fortran = draw(st.booleans())
-    text = draw(st.sampled_from([
-        f"{{'descr': '{descr}', 'fortran_order': {fortran}, 'shape': {shape}, }}",
-        f"{{'descr': {descr}, 'fortran_order': {fortran}, 'shape': {shape}, }}",  # a list descr unquoted
-        f"{{'descr': '{descr}', 'shape': {shape}}}", "{}", "[1, 2]", "__import__('os')", "{'descr': '|b1'"]))
+    text = draw(
+        st.sampled_from(
+            [
+                f"{{'descr': '{descr}', 'fortran_order': {fortran}, 'shape': {shape}, }}",
+                f"{{'descr': {descr}, 'fortran_order': {fortran}, 'shape': {shape}, }}",  # a list descr unquoted
+                f"{{'descr': '{descr}', 'shape': {shape}}}",
+                "{}",
+                "[1, 2]",
+                "__import__('os')",
+                "{'descr': '|b1'",
+            ]
+        )
+    )
     header = text.encode("latin-1")
     header += b" " * (-(len(header) + 11) % 64) + b"\n"
     version = draw(st.sampled_from([(1, 0), (2, 0), (3, 0), (9, 9)]))
-    size = struct.pack("<H" if version == (1, 0) else "<I", draw(st.sampled_from([len(header), 0, 0xFFFF])
-                                                               | st.integers(0, len(header) + 8)))
+    size = struct.pack(
+        "<H" if version == (1, 0) else "<I",
+        draw(st.sampled_from([len(header), 0, 0xFFFF]) | st.integers(0, len(header) + 8)),
+    )
     body_kind = draw(st.sampled_from(["fill", "random", "none"]))
     if body_kind == "fill":  # the bytes the declared shape needs (capped)
         n = int(np.prod([max(d, 0) for d in shape], dtype=object)) if shape else 1
@@ -343,8 +426,16 @@ def png_files(draw) -> bytes:
     """PNGs with valid CRCs (so the decoder gets past them) declaring any width, height, bit depth,
     colour type and interlace, with image data short, long, empty or not zlib, and odd chunks."""
     w, h = draw(st.sampled_from(SIZES) | st.integers(1, 300)), draw(st.sampled_from(SIZES) | st.integers(1, 300))
-    ihdr = struct.pack(">IIBBBBB", w, h, draw(st.sampled_from([1, 2, 4, 8, 16, 3, 0])),
-                       draw(st.sampled_from([0, 2, 3, 4, 6, 1, 5, 7])), 0, 0, draw(st.sampled_from([0, 1, 2])))
+    ihdr = struct.pack(
+        ">IIBBBBB",
+        w,
+        h,
+        draw(st.sampled_from([1, 2, 4, 8, 16, 3, 0])),
+        draw(st.sampled_from([0, 2, 3, 4, 6, 1, 5, 7])),
+        0,
+        0,
+        draw(st.sampled_from([0, 1, 2])),
+    )
     chunks = [png_chunk(b"IHDR", ihdr[: draw(st.sampled_from([13, 13, 12, 0]))])]
     for _ in range(draw(st.integers(0, 3))):
         kind = draw(st.sampled_from([b"PLTE", b"tRNS", b"zTXt", b"iCCP", b"tEXt", b"gAMA", b"pHYs", b"acTL", b"eXIf"]))
@@ -371,7 +462,7 @@ def jpeg_files(draw, jpegs: list[bytes]) -> bytes:
         field_at = sof + 4 + draw(st.sampled_from([0, 1, 3, 5]))  # precision, height, width, components
         value = draw(st.sampled_from([0, 1, 3, 4, 255, 0x7FFF, 0xFFFF]))
         width = 1 if field_at in (sof + 4, sof + 9) else 2
-        data[field_at:field_at + width] = _interesting_bytes(value, width, "big")
+        data[field_at : field_at + width] = _interesting_bytes(value, width, "big")
     return bytes(data)
 
 
@@ -386,15 +477,20 @@ def csv_files(draw, paths: list[str]) -> Recipe:
     header = draw(st.lists(st.sampled_from(columns + ["extra", "", "Image"]), max_size=7))
     if draw(st.booleans()):
         header = columns[: draw(st.integers(3, 5))]
-    text_field = (st.sampled_from(paths) | st.sampled_from(["", " ", ";", "a;;b", "train", "val", "test", "TRAIN",
-                                                            "chair", '"', '""', "x\x00y", "line\nbreak", "é"])
-                  | st.text(max_size=12))
+    text_field = (
+        st.sampled_from(paths)
+        | st.sampled_from(
+            ["", " ", ";", "a;;b", "train", "val", "test", "TRAIN", "chair", '"', '""', "x\x00y", "line\nbreak", "é"]
+        )
+        | st.text(max_size=12)
+    )
     long_field = st.integers(1, 300_000).map(lambda n: f"<long {n}>")  # expanded to n letters when built
     rows = []
     for _ in range(draw(st.integers(0, 6))):
         n = draw(st.integers(0, len(header) + 2))
-        rows.append([draw(text_field | long_field) if draw(st.integers(0, 20)) == 0 else draw(text_field)
-                     for _ in range(n)])
+        rows.append(
+            [draw(text_field | long_field) if draw(st.integers(0, 20)) == 0 else draw(text_field) for _ in range(n)]
+        )
     quote = draw(st.sampled_from(["never", "always", "some"]))
 
     def cell(value: str) -> str:  # quoted by doubling quotes, or raw (then quotes and commas break the row)
@@ -423,9 +519,11 @@ def checkpoint_files(draw, checkpoints: list[bytes]) -> Recipe:
         sizes = [info.file_size for info in z.infolist()]
     pick = draw(st.integers(0, len(sizes) - 1) | st.just(0))  # 0 is data.pkl
     op = draw(st.sampled_from(["edit", "edit", "edit", "drop", "rename", "repeat", "empty", "swap"]))
-    arg = {"edit": lambda: draw_edits(draw, sizes[pick], head=sizes[pick]),
-           "rename": lambda: draw(st.sampled_from(["archive/x", "data.pkl", "archive/data/999", "a/b/c"])),
-           "swap": lambda: draw(st.integers(0, len(sizes) - 1))}.get(op, lambda: None)()
+    arg = {
+        "edit": lambda: draw_edits(draw, sizes[pick], head=sizes[pick]),
+        "rename": lambda: draw(st.sampled_from(["archive/x", "data.pkl", "archive/data/999", "a/b/c"])),
+        "swap": lambda: draw(st.integers(0, len(sizes) - 1)),
+    }.get(op, lambda: None)()
 
     def make() -> bytes:
         with zipfile.ZipFile(io.BytesIO(checkpoints[i])) as z:
@@ -461,10 +559,18 @@ def tiny_checkpoint(path: Path) -> Path:
 
     from r2n2.train.module import ReconstructionModule
 
-    module = ReconstructionModule(net={"_target_": "r2n2.models.SeedModel", "hidden_size": 2},
-                                  optimizer={"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3})
-    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, accelerator="cpu", devices=1)
+    module = ReconstructionModule(
+        net={"_target_": "r2n2.models.SeedModel", "hidden_size": 2},
+        optimizer={"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3},
+    )
+    trainer = L.Trainer(
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        devices=1,
+    )
     trainer.strategy.connect(module)
     trainer.save_checkpoint(path)
     return path
@@ -524,7 +630,7 @@ def _read_checkpoint(path):
 def _binvox_seeds(shared: Path, work: Path) -> dict:
     files = sorted((shared / "binvox").glob("*.binvox")) + sorted((shared / "r2n2-sample").rglob("*.binvox"))
     blobs = [f.read_bytes() for f in files]
-    return {"blobs": blobs, "bodies": [b[b.index(b"data\n") + 5:] for b in blobs]}
+    return {"blobs": blobs, "bodies": [b[b.index(b"data\n") + 5 :] for b in blobs]}
 
 
 def _mat_seeds(shared: Path, work: Path) -> dict:
@@ -567,11 +673,16 @@ def _csv_seeds(shared: Path, work: Path) -> dict:
     photos = sorted((shared / "photos").glob("*.png"))
     mats = sorted((shared / "mat").glob("*.mat"))
     rows = ["image,voxels,category,object_id,split"]
-    rows += [f"{p};{photos[(i + 1) % 3]},{mats[i % 3]},chair,obj{i % 2},{['train', 'val', 'test'][i % 3]}"
-             for i, p in enumerate(photos)]
+    rows += [
+        f"{p};{photos[(i + 1) % 3]},{mats[i % 3]},chair,obj{i % 2},{['train', 'val', 'test'][i % 3]}"
+        for i, p in enumerate(photos)
+    ]
     rows += [f"{p},{mats[0]},chair,,," for p in photos]
     blob = ("\n".join(rows) + "\n").encode()
-    return {"blobs": [blob, blob.replace(b",", b";").replace(b";;", b",")], "paths": [os.fspath(p) for p in photos + mats]}
+    return {
+        "blobs": [blob, blob.replace(b",", b";").replace(b";;", b",")],
+        "paths": [os.fspath(p) for p in photos + mats],
+    }
 
 
 def _checkpoint_seeds(shared: Path, work: Path) -> dict:
@@ -580,17 +691,31 @@ def _checkpoint_seeds(shared: Path, work: Path) -> dict:
 
 PARSERS: dict[str, Parser] = {
     "binvox": Parser(".binvox", _read_binvox, lambda s: mutated(s["blobs"]) | binvox_files(s["bodies"]), _binvox_seeds),
-    "mat": Parser(".mat", _read_mat, lambda s: mutated(s["blobs"]) | mat_handmade() | mat_savemat()
-                  | then_mutated(mat_savemat()), _mat_seeds),
-    "npy": Parser(".npy", _read_array, lambda s: mutated(s["npys"]) | npy_handmade() | then_mutated(npy_handmade()),
-                  _array_seeds),
-    "npz": Parser(".npz", _read_array, lambda s: mutated(s["npzs"]) | npz_files(s["npys"])
-                  | then_mutated(npz_files(s["npys"])), _array_seeds),
-    "image": Parser(".png", _read_image, lambda s: mutated(s["blobs"]) | png_files() | jpeg_files(s["jpegs"])
-                    | then_mutated(jpeg_files(s["jpegs"])), _image_seeds),
+    "mat": Parser(
+        ".mat",
+        _read_mat,
+        lambda s: mutated(s["blobs"]) | mat_handmade() | mat_savemat() | then_mutated(mat_savemat()),
+        _mat_seeds,
+    ),
+    "npy": Parser(
+        ".npy", _read_array, lambda s: mutated(s["npys"]) | npy_handmade() | then_mutated(npy_handmade()), _array_seeds
+    ),
+    "npz": Parser(
+        ".npz",
+        _read_array,
+        lambda s: mutated(s["npzs"]) | npz_files(s["npys"]) | then_mutated(npz_files(s["npys"])),
+        _array_seeds,
+    ),
+    "image": Parser(
+        ".png",
+        _read_image,
+        lambda s: mutated(s["blobs"]) | png_files() | jpeg_files(s["jpegs"]) | then_mutated(jpeg_files(s["jpegs"])),
+        _image_seeds,
+    ),
     "csv": Parser(".csv", _read_manifest, lambda s: mutated(s["blobs"]) | csv_files(s["paths"]), _csv_seeds),
-    "checkpoint": Parser(".ckpt", _read_checkpoint, lambda s: mutated(s["blobs"]) | checkpoint_files(s["blobs"]),
-                         _checkpoint_seeds),
+    "checkpoint": Parser(
+        ".ckpt", _read_checkpoint, lambda s: mutated(s["blobs"]) | checkpoint_files(s["blobs"]), _checkpoint_seeds
+    ),
 }
 
 
@@ -607,8 +732,8 @@ def _on_alarm(signum, frame):
 
 def classify(read: Callable[[Path], object], path: Path, timeout: float = 10.0) -> tuple[str, str]:
     """Read ``path``; return ``("clean" | "accepted" | "escape", detail)``."""
-    from r2n2.train.checkpoint import CheckpointError
     from r2n2.data.errors import DataError
+    from r2n2.train.checkpoint import CheckpointError
 
     old = signal.signal(signal.SIGALRM, _on_alarm)
     signal.setitimer(signal.ITIMER_REAL, timeout)
@@ -637,16 +762,23 @@ def classify(read: Callable[[Path], object], path: Path, timeout: float = 10.0) 
 
 def fuzz_settings(examples: int) -> settings:
     """Deterministic (derandomized, no example database), generation only, no deadline."""
-    return settings(max_examples=examples, derandomize=True, database=None, deadline=None,
-                    phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
+    return settings(
+        max_examples=examples,
+        derandomize=True,
+        database=None,
+        deadline=None,
+        phases=[Phase.explicit, Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
 
 
 def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_parser(name: str, examples: int, shared: Path, work: Path, timeout: float, rss_limit: float,
-               save: Path | None = None) -> dict:
+def run_parser(
+    name: str, examples: int, shared: Path, work: Path, timeout: float, rss_limit: float, save: Path | None = None
+) -> dict:
     """Feed ``examples`` generated inputs to one parser and count the outcomes."""
     parser = PARSERS[name]
     seeds = parser.seeds(shared, work)
@@ -679,25 +811,40 @@ def run_parser(name: str, examples: int, shared: Path, work: Path, timeout: floa
                     (save / f"{name}-{len(escapes)}{parser.suffix}").write_bytes(blob)
 
     feed()
-    return {"parser": name, "inputs": sum(counts.values()), "clean": counts["clean"], "accepted": counts["accepted"],
-            "escapes": counts["escape"], "max_time_s": slowest, "max_rss_mib": _peak_rss_mib(),
-            "start_rss_mib": start_rss, "kinds": sorted(escapes.values())}
+    return {
+        "parser": name,
+        "inputs": sum(counts.values()),
+        "clean": counts["clean"],
+        "accepted": counts["accepted"],
+        "escapes": counts["escape"],
+        "max_time_s": slowest,
+        "max_rss_mib": _peak_rss_mib(),
+        "start_rss_mib": start_rss,
+        "kinds": sorted(escapes.values()),
+    }
 
 
 def _child(args) -> None:
     """Run one parser in this process, under an address-space limit, and print its row as JSON."""
     import faulthandler
 
-    import r2n2.train.checkpoint  # noqa: F401 - import torch before measuring the start-up size
     import r2n2.data.formats  # noqa: F401
+    import r2n2.train.checkpoint  # noqa: F401 - import torch before measuring the start-up size
 
     faulthandler.enable()  # a crash in a C extension prints where it happened
     with open("/proc/self/status") as f:
         vm = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize"))
     resource.setrlimit(resource.RLIMIT_AS, (vm + (6 << 30), resource.RLIM_INFINITY))
     with tempfile.TemporaryDirectory(prefix=f"fuzz-{args.child}-") as work:
-        row = run_parser(args.child, args.examples, Path(args.shared), Path(work), args.timeout, args.rss_limit,
-                         Path(args.save_escapes) if args.save_escapes else None)
+        row = run_parser(
+            args.child,
+            args.examples,
+            Path(args.shared),
+            Path(work),
+            args.timeout,
+            args.rss_limit,
+            Path(args.save_escapes) if args.save_escapes else None,
+        )
     print("ROW " + json.dumps(row))
 
 
@@ -716,26 +863,53 @@ def main() -> None:
     from r2n2.utils.machine import describe_machine
 
     print(f"fuzzing {', '.join(args.parsers)}: {args.examples} inputs each; {describe_machine()}")
-    print(f"{'parser':<11} {'inputs':>7} {'clean errors':>13} {'accepted':>9} {'escapes':>8} {'max time':>9} "
-          f"{'max RSS':>9}")
+    print(
+        f"{'parser':<11} {'inputs':>7} {'clean errors':>13} {'accepted':>9} {'escapes':>8} {'max time':>9} "
+        f"{'max RSS':>9}"
+    )
     rows = []
     for name in args.parsers:
-        cmd = [sys.executable, __file__, "--child", name, "--examples", str(args.examples), "--timeout",
-               str(args.timeout), "--rss-limit", str(args.rss_limit), "--shared", args.shared]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child",
+            name,
+            "--examples",
+            str(args.examples),
+            "--timeout",
+            str(args.timeout),
+            "--rss-limit",
+            str(args.rss_limit),
+            "--shared",
+            args.shared,
+        ]
         if args.save_escapes:
             cmd += ["--save-escapes", args.save_escapes]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         found = [ln for ln in proc.stdout.splitlines() if ln.startswith("ROW ")]
         if proc.returncode != 0 or not found:  # the process itself died: a crash is an escape too
-            stack = proc.stderr[proc.stderr.find("Fatal Python error"):][:1500] or proc.stderr[-1500:]
-            row = {"parser": name, "inputs": 0, "clean": 0, "accepted": 0, "escapes": 1, "max_time_s": 0.0,
-                   "max_rss_mib": 0.0, "kinds": [f"process died ({proc.returncode}); the input is "
-                                                 f"{tempfile.gettempdir()}/fuzz-{name}-*/input{PARSERS[name].suffix}:\n{stack}"]}
+            stack = proc.stderr[proc.stderr.find("Fatal Python error") :][:1500] or proc.stderr[-1500:]
+            row = {
+                "parser": name,
+                "inputs": 0,
+                "clean": 0,
+                "accepted": 0,
+                "escapes": 1,
+                "max_time_s": 0.0,
+                "max_rss_mib": 0.0,
+                "kinds": [
+                    f"process died ({proc.returncode}); the input is "
+                    f"{tempfile.gettempdir()}/fuzz-{name}-*/input{PARSERS[name].suffix}:\n{stack}"
+                ],
+            }
         else:
             row = json.loads(found[-1][4:])
         rows.append(row)
-        print(f"{name:<11} {row['inputs']:>7} {row['clean']:>13} {row['accepted']:>9} {row['escapes']:>8} "
-              f"{row['max_time_s'] * 1000:>7.0f}ms {row['max_rss_mib']:>6.0f}MiB", flush=True)
+        print(
+            f"{name:<11} {row['inputs']:>7} {row['clean']:>13} {row['accepted']:>9} {row['escapes']:>8} "
+            f"{row['max_time_s'] * 1000:>7.0f}ms {row['max_rss_mib']:>6.0f}MiB",
+            flush=True,
+        )
     for row in rows:
         for kind in row["kinds"]:
             print(f"  escape ({row['parser']}): {kind}")

@@ -61,10 +61,18 @@ class PhaseBeacon(L.Callback):
 def overrides(data_dir: Path, epochs: int = 2, loader: tuple[str, ...] = ()) -> list[str]:
     """A tiny complete run (synthetic data generated into ``data_dir``) with the phase beacon."""
     return [
-        f"paths.data_dir={data_dir}", "data.source.objects_per_category=4", "data.source.views=3",
-        "data.source.categories=[chair,table,airplane]", "data.source.workers=1", "data.batch_size=4",
-        "data.eval_batch_size=4", f"trainer.max_epochs={epochs}", "trainer.enable_progress_bar=false",
-        "trainer.log_every_n_steps=1", "module.viz_samples=2", "+callbacks.beacon._target_=kill_anywhere.PhaseBeacon",
+        f"paths.data_dir={data_dir}",
+        "data.source.objects_per_category=4",
+        "data.source.views=3",
+        "data.source.categories=[chair,table,airplane]",
+        "data.source.workers=1",
+        "data.batch_size=4",
+        "data.eval_batch_size=4",
+        f"trainer.max_epochs={epochs}",
+        "trainer.enable_progress_bar=false",
+        "trainer.log_every_n_steps=1",
+        "module.viz_samples=2",
+        "+callbacks.beacon._target_=kill_anywhere.PhaseBeacon",
         *loader,
     ]
 
@@ -80,8 +88,9 @@ def _env() -> dict:
 
 def run(args: list[str], hydra_dir: Path, log: Path) -> int:
     with open(log, "a") as f:
-        return subprocess.run(_command(args, hydra_dir), cwd=ROOT, env=_env(), stdout=f, stderr=subprocess.STDOUT,
-                              timeout=1800).returncode
+        return subprocess.run(
+            _command(args, hydra_dir), cwd=ROOT, env=_env(), stdout=f, stderr=subprocess.STDOUT, timeout=1800
+        ).returncode
 
 
 @dataclass
@@ -94,16 +103,20 @@ class Moment:
     index: int = 0
 
     def __str__(self) -> str:
-        return {"synth": f"synthetic set being generated (after {self.index} files)",
-                "pack": "cache being packed",
-                "train": f"training, epoch {self.epoch}, batch {self.index}",
-                "val": f"validation, epoch {self.epoch}, batch {self.index}",
-                "ckpt": f"checkpoint write #{self.index}",
-                "test": f"final test, batch {self.index}"}[self.kind]
+        return {
+            "synth": f"synthetic set being generated (after {self.index} files)",
+            "pack": "cache being packed",
+            "train": f"training, epoch {self.epoch}, batch {self.index}",
+            "val": f"validation, epoch {self.epoch}, batch {self.index}",
+            "ckpt": f"checkpoint write #{self.index}",
+            "test": f"final test, batch {self.index}",
+        }[self.kind]
 
     def hit(self, run_dir: Path, data_dir: Path, seen: set) -> bool:
         if self.kind == "synth":
-            return any(sum(1 for _ in t.rglob("*.png")) >= self.index for t in (data_dir / "synthetic").glob(".*.tmp-*"))
+            return any(
+                sum(1 for _ in t.rglob("*.png")) >= self.index for t in (data_dir / "synthetic").glob(".*.tmp-*")
+            )
         if self.kind == "pack":
             return any(True for _ in (data_dir / "cache").glob(".*.tmp/images.z"))
         if self.kind == "ckpt":
@@ -118,8 +131,9 @@ class Moment:
 def kill_at(moment: Moment, args: list[str], run_dir: Path, data_dir: Path, log: Path) -> str:
     """Start the run, SIGKILL it when ``moment`` is seen; returns what happened ("killed" or why not)."""
     with open(log, "a") as f:
-        proc = subprocess.Popen(_command(args, run_dir), cwd=ROOT, env=_env(), stdout=f, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            _command(args, run_dir), cwd=ROOT, env=_env(), stdout=f, stderr=subprocess.STDOUT, start_new_session=True
+        )
     seen: set = set()
     try:
         while proc.poll() is None:
@@ -174,11 +188,19 @@ def moments(seed: int) -> list[Moment]:
     training and 3 validation batches, the test 3; checkpoint writes 1-2 are epoch 0's best and last, 3
     is epoch 1's first)."""
     rng = random.Random(seed)
-    return [Moment("synth", index=rng.randint(1, 30)), Moment("pack"),
-            Moment("train", 0, rng.randint(0, 2)), Moment("train", 1, rng.randint(0, 2)),
-            Moment("val", 0, rng.randint(0, 1)), Moment("val", 1, rng.randint(0, 1)),
-            Moment("ckpt", index=1), Moment("ckpt", index=2), Moment("ckpt", index=3),
-            Moment("train", 0, rng.randint(2, 3)), Moment("test", 0, rng.randint(0, 2))]
+    return [
+        Moment("synth", index=rng.randint(1, 30)),
+        Moment("pack"),
+        Moment("train", 0, rng.randint(0, 2)),
+        Moment("train", 1, rng.randint(0, 2)),
+        Moment("val", 0, rng.randint(0, 1)),
+        Moment("val", 1, rng.randint(0, 1)),
+        Moment("ckpt", index=1),
+        Moment("ckpt", index=2),
+        Moment("ckpt", index=3),
+        Moment("train", 0, rng.randint(2, 3)),
+        Moment("test", 0, rng.randint(0, 2)),
+    ]
 
 
 def main() -> None:

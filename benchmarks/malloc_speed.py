@@ -26,16 +26,37 @@ TIME_FORMAT = "faults=%R sys=%S user=%U rss_kb=%M"
 def one(system: bool, batch: int, steps: int, overrides: list[str]) -> dict:
     env = {**os.environ, "R2N2_SYSTEM_MALLOC": "1" if system else "0"}
     with tempfile.TemporaryDirectory() as out:
-        cmd = ["/usr/bin/time", "-f", TIME_FORMAT, sys.executable, "-m", "r2n2.cli.bench", "--batch-sizes",
-               str(batch), "--warmup", "5", "--steps", str(steps), "--out", out, *overrides]
+        cmd = [
+            "/usr/bin/time",
+            "-f",
+            TIME_FORMAT,
+            sys.executable,
+            "-m",
+            "r2n2.cli.bench",
+            "--batch-sizes",
+            str(batch),
+            "--warmup",
+            "5",
+            "--steps",
+            str(steps),
+            "--out",
+            out,
+            *overrides,
+        ]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if proc.returncode != 0:
             raise SystemExit(f"r2n2-bench failed:\n{proc.stderr[-3000:]}")
         row = json.loads((Path(out) / "bench.json").read_text())["rows"][0]
     stats = dict(re.findall(r"(\w+)=([\d.]+)", proc.stderr.strip().splitlines()[-1]))
-    return {"malloc": "glibc defaults" if system else "r2n2.train.malloc", "bare": row["bare_loop"],
-            "fit": row["trainer_fit"], "faults": int(stats["faults"]), "sys": float(stats["sys"]),
-            "user": float(stats["user"]), "rss_mb": int(stats["rss_kb"]) / 1024}
+    return {
+        "malloc": "glibc defaults" if system else "r2n2.train.malloc",
+        "bare": row["bare_loop"],
+        "fit": row["trainer_fit"],
+        "faults": int(stats["faults"]),
+        "sys": float(stats["sys"]),
+        "user": float(stats["user"]),
+        "rss_mb": int(stats["rss_kb"]) / 1024,
+    }
 
 
 def main() -> None:
@@ -52,17 +73,24 @@ def main() -> None:
             print(json.dumps(rows[-1]), flush=True)
     from r2n2.utils.machine import describe_machine
 
-    print(f"\nMachine: {describe_machine()}. r2n2-bench at batch {args.batch}, {args.steps} timed steps, "
-          "training samples/s; faults, CPU seconds and peak memory of the whole bench process.\n")
+    print(
+        f"\nMachine: {describe_machine()}. r2n2-bench at batch {args.batch}, {args.steps} timed steps, "
+        "training samples/s; faults, CPU seconds and peak memory of the whole bench process.\n"
+    )
     print("| round | malloc | (a) bare loop | (b) Trainer.fit | minor page faults | kernel s | user s | peak RSS MB |")
     print("|---|---|---|---|---|---|---|---|")
     for x in rows:
-        print(f"| {x['round']} | {x['malloc']} | {x['bare']:.1f} | {x['fit']:.1f} | {x['faults']:,} | {x['sys']:.1f} | "
-              f"{x['user']:.1f} | {x['rss_mb']:,.0f} |")
+        print(
+            f"| {x['round']} | {x['malloc']} | {x['bare']:.1f} | {x['fit']:.1f} | {x['faults']:,} | {x['sys']:.1f} | "
+            f"{x['user']:.1f} | {x['rss_mb']:,.0f} |"
+        )
     for key in ("bare", "fit"):
         ratios = [b[key] / a[key] for a, b in zip(rows[::2], rows[1::2])]
-        print(f"\n{key}: r2n2.train.malloc / glibc defaults, median of {len(ratios)} rounds: {statistics.median(ratios):.2f} "
-              f"({', '.join(f'{r:.2f}' for r in ratios)})")
+        print(
+            f"\n{key}: r2n2.train.malloc / glibc defaults, median of {len(ratios)} rounds: "
+            f"{statistics.median(ratios):.2f} "
+            f"({', '.join(f'{r:.2f}' for r in ratios)})"
+        )
 
 
 if __name__ == "__main__":

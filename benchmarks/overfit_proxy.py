@@ -31,7 +31,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from recipe_ablation import DATA_32x24, QUIET, SCORE_HEADER, score_cells, train_or_read  # beside this script
+from recipe_ablation import QUIET, SCORE_HEADER, DATA_32x24, score_cells, train_or_read  # beside this script
 
 SMALL, LARGE = 8, 32  # objects per category: the proxy's set and 4x it (the synthetic default then)
 # the same number of training samples: 8 per category -> 5 train objects x 13 categories x 24 views
@@ -57,7 +57,8 @@ def table(rows: list[tuple[str, dict]]) -> str:
     for name, m in rows:
         lines.append(
             f"| {name} | {' '.join(f'`{o}`' for o in LEVERS[name])} | {m['epochs']} | {score_cells(m)} | "
-            f"{m['baseline/oracle_nearest_neighbour_test_iou']:.3f} | {m['wall_seconds']:.0f} |")
+            f"{m['baseline/oracle_nearest_neighbour_test_iou']:.3f} | {m['wall_seconds']:.0f} |"
+        )
     return "\n".join(lines)
 
 
@@ -75,8 +76,11 @@ def main() -> None:
     for name in args.only or list(LEVERS):
         m = train_or_read(runs / name, [*QUIET, *DATA_32x24, *LEVERS[name], *args.overrides], args.rerun)
         rows.append((name, m))
-        print(f"  {name}: test IoU {m['test/iou']:.3f}, category mean shape "
-              f"{m['baseline/category_mean_shape_test_iou']:.3f}, train IoU {m['train/iou']:.3f}", flush=True)
+        print(
+            f"  {name}: test IoU {m['test/iou']:.3f}, category mean shape "
+            f"{m['baseline/category_mean_shape_test_iou']:.3f}, train IoU {m['train/iou']:.3f}",
+            flush=True,
+        )
     text = table(rows)
     print("\n" + text)
     if args.out:

@@ -43,9 +43,12 @@ def probe(model: SeedModel, images: torch.Tensor) -> dict:
     h = model.recurrent(f[:, None])  # (B, H)
     p = torch.sigmoid(model.decoder(h).float())  # (B, 32, 32, 32)
     model.train()
-    return {"feature CV": float(f.std(0).mean() / f.abs().mean().clamp_min(1e-12)),
-            "code std": float(h.std(0).mean()), "output std": float(p.std(0).mean()),
-            "saturated": gru_saturation(model.recurrent.rnn, f)}
+    return {
+        "feature CV": float(f.std(0).mean() / f.abs().mean().clamp_min(1e-12)),
+        "code std": float(h.std(0).mean()),
+        "output std": float(p.std(0).mean()),
+        "saturated": gru_saturation(model.recurrent.rnn, f),
+    }
 
 
 def gru_saturation(gru: torch.nn.GRU, x: torch.Tensor) -> float:
@@ -57,8 +60,8 @@ def gru_saturation(gru: torch.nn.GRU, x: torch.Tensor) -> float:
     gi = x @ w.T + b_i  # (B, 3H): r, z, n parts
     H = gru.hidden_size
     r = torch.sigmoid(gi[:, :H] + b_h[:H])
-    z = torch.sigmoid(gi[:, H:2 * H] + b_h[H:2 * H])
-    n = torch.tanh(gi[:, 2 * H:] + r * b_h[2 * H:])
+    z = torch.sigmoid(gi[:, H : 2 * H] + b_h[H : 2 * H])
+    n = torch.tanh(gi[:, 2 * H :] + r * b_h[2 * H :])
     return float(((z > 0.99) | (n.abs() > 0.99)).float().mean())
 
 
@@ -69,8 +72,12 @@ def main() -> None:
     ap.add_argument("--data-dir", default="data")
     args = ap.parse_args()
     # the data of docs/ablation.md section 2: 32 objects x 24 views per category (the default then)
-    dm = R2N2DataModule(SyntheticSource(os.path.join(args.data_dir, "synthetic"), objects_per_category=32, views=24),
-                        cache_dir=os.path.join(args.data_dir, "cache"), batch_size=16, eval_batch_size=32)
+    dm = R2N2DataModule(
+        SyntheticSource(os.path.join(args.data_dir, "synthetic"), objects_per_category=32, views=24),
+        cache_dir=os.path.join(args.data_dir, "cache"),
+        batch_size=16,
+        eval_batch_size=32,
+    )
     dm.prepare_data()
     dm.setup()
     val = dm.datasets["val"]  # 32 samples spread over all val objects (the loader's order is by object)
@@ -82,8 +89,10 @@ def main() -> None:
     mean_shape = mean_shapes(train_mean)[0].clamp(1e-4, 1 - 1e-4)
     mean_loss = float(F.binary_cross_entropy(mean_shape.expand_as(fixed["voxels"]), fixed["voxels"]))
     print(f"loss of the global mean shape on the probe batch: {mean_loss:.4f}\n")
-    print("| variant | step | train loss | feature CV | code std | output std | saturated GRU units |\n"
-          "|---|---|---|---|---|---|---|")
+    print(
+        "| variant | step | train loss | feature CV | code std | output std | saturated GRU units |\n"
+        "|---|---|---|---|---|---|---|"
+    )
     for name, kw in VARIANTS.items():
         torch.manual_seed(0)
         model = SeedModel(**kw)
@@ -103,8 +112,12 @@ def main() -> None:
                 step += 1
                 if step % args.every == 0:
                     stats = probe(model, fixed["images"])
-                    print(f"| {name} | {step} | {sum(losses[-args.every:]) / args.every:.4f} | "
-                          + " | ".join(f"{v:.2e}" for v in stats.values()) + " |", flush=True)
+                    print(
+                        f"| {name} | {step} | {sum(losses[-args.every :]) / args.every:.4f} | "
+                        + " | ".join(f"{v:.2e}" for v in stats.values())
+                        + " |",
+                        flush=True,
+                    )
                 if step >= args.steps:
                     break
         print(f"<!-- {name}: {time.perf_counter() - start:.0f} s -->", flush=True)

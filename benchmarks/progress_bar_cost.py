@@ -65,10 +65,15 @@ def time_in_terminal(kind: str, steps: int) -> float:
     master, slave = os.openpty()
     drain = threading.Thread(target=lambda: _drain(master), daemon=True)
     drain.start()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-           "COLUMNS": "120", "TERM": "xterm-256color"}
-    proc = subprocess.run([sys.executable, "-c", CHILD, kind, str(steps)], stdout=slave, stderr=subprocess.PIPE,
-                          text=True, env=env)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        "COLUMNS": "120",
+        "TERM": "xterm-256color",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, kind, str(steps)], stdout=slave, stderr=subprocess.PIPE, text=True, env=env
+    )
     os.close(slave)
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode or not lines:
@@ -98,8 +103,10 @@ def main() -> None:
     print("\n| progress bar | ms per step, each round | added ms per step, each round (vs no bar, same round) |")
     print("|---|---|---|")
     for kind in KINDS:
-        print(f"| {kind} | {', '.join(f'{t:.3f}' for t in times[kind])} | "
-              f"{', '.join(f'{t - b:+.3f}' for t, b in zip(times[kind], base))} |")
+        print(
+            f"| {kind} | {', '.join(f'{t:.3f}' for t in times[kind])} | "
+            f"{', '.join(f'{t - b:+.3f}' for t, b in zip(times[kind], base))} |"
+        )
 
 
 if __name__ == "__main__":

@@ -70,8 +70,9 @@ def train_or_read(run_dir: Path, overrides: list[str], rerun: bool) -> dict:
         cmd = [sys.executable, str(ROOT / "train.py"), *overrides, f"hydra.run.dir={run_dir}"]
         print("+", " ".join(cmd), flush=True)
         with open(run_dir.parent / f"{run_dir.name}.log", "w") as log:
-            subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT,
-                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            subprocess.run(
+                cmd, check=True, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+            )
     return json.loads(metrics.read_text())
 
 
@@ -90,28 +91,40 @@ def _batch(overrides: list[str]) -> int:
 
 # how a run scores against its own test split's baselines: the columns both this script's and
 # overfit_proxy.py's tables print (more objects make another split, so each row has its own)
-SCORE_HEADER = ("train IoU (last epoch) | val IoU@0.3 | test IoU@0.3 | category mean shape | model - category mean "
-                "| retrieval | model - retrieval")
+SCORE_HEADER = (
+    "train IoU (last epoch) | val IoU@0.3 | test IoU@0.3 | category mean shape | model - category mean "
+    "| retrieval | model - retrieval"
+)
 
 
 def score_cells(m: dict) -> str:
     """The SCORE_HEADER cells of one run's metrics.json ``m``."""
     cat, ret = m["baseline/category_mean_shape_test_iou"], m["baseline/retrieval_test_iou"]
-    return (f"{m['train/iou']:.3f} | {m['val/iou']:.3f} | {m['test/iou']:.3f} | {cat:.3f} | "
-            f"{m['test/iou'] - cat:+.3f} | {ret:.3f} | {m['test/iou'] - ret:+.3f}")
+    return (
+        f"{m['train/iou']:.3f} | {m['val/iou']:.3f} | {m['test/iou']:.3f} | {cat:.3f} | "
+        f"{m['test/iou'] - cat:+.3f} | {ret:.3f} | {m['test/iou'] - ret:+.3f}"
+    )
 
 
 def table(rows: list[tuple[str, dict]], train_batches: int | None, overrides: list[str]) -> str:
     """One Markdown row per run."""
-    lines = [f"| variant | switch | training samples (epochs x steps x batch) | parameters | {SCORE_HEADER} "
-             "| train samples/s | fit + test (s) |", "|---" * 13 + "|"]
+    lines = [
+        f"| variant | switch | training samples (epochs x steps x batch) | parameters | {SCORE_HEADER} "
+        "| train samples/s | fit + test (s) |",
+        "|---" * 13 + "|",
+    ]
     for name, m in rows:
         switch = " ".join(f"`{o}`" for o in VARIANTS[name]) or "(defaults)"
         batch = _batch(overrides + VARIANTS[name])
-        samples = (f"{m['epochs']} x {_steps(train_batches, batch)} x {batch}" if train_batches
-                   else f"{m['epochs']} epoch(s), batch {batch}")
-        lines.append(f"| {name} | {switch} | {samples} | {m['parameters']:,} | {score_cells(m)} | "
-                     f"{m['train_samples_per_second']:.1f} | {m['wall_seconds']:.0f} |")
+        samples = (
+            f"{m['epochs']} x {_steps(train_batches, batch)} x {batch}"
+            if train_batches
+            else f"{m['epochs']} epoch(s), batch {batch}"
+        )
+        lines.append(
+            f"| {name} | {switch} | {samples} | {m['parameters']:,} | {score_cells(m)} | "
+            f"{m['train_samples_per_second']:.1f} | {m['wall_seconds']:.0f} |"
+        )
     return "\n".join(lines)
 
 
@@ -119,9 +132,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", nargs="*", choices=list(VARIANTS), help="variants to run (default: all)")
     ap.add_argument("--epochs", type=int, default=1)
-    ap.add_argument("--train-batches", type=int, default=None,
-                    help="steps of batch 16 per epoch (trainer.limit_train_batches, scaled so every batch size sees "
-                         "as many samples; default: the whole split)")
+    ap.add_argument(
+        "--train-batches",
+        type=int,
+        default=None,
+        help="steps of batch 16 per epoch (trainer.limit_train_batches, scaled so every batch size sees "
+        "as many samples; default: the whole split)",
+    )
     ap.add_argument("--runs", default="outputs/recipe", help="folder for the runs")
     ap.add_argument("--rerun", action="store_true", help="retrain variants that already have metrics.json")
     ap.add_argument("--out", default=None, help="also write the table to this Markdown file")
@@ -134,8 +151,11 @@ def main() -> None:
     for name in args.only or list(VARIANTS):
         m = run_variant(name, common, runs, args.rerun, args.train_batches)
         rows.append((name, m))
-        print(f"  {name}: test IoU {m['test/iou']:.3f} (category mean shape "
-              f"{m['baseline/category_mean_shape_test_iou']:.3f})", flush=True)
+        print(
+            f"  {name}: test IoU {m['test/iou']:.3f} (category mean shape "
+            f"{m['baseline/category_mean_shape_test_iou']:.3f})",
+            flush=True,
+        )
     text = table(rows, args.train_batches, args.overrides)
     print("\n" + text)
     if args.out:

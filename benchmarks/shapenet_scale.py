@@ -64,10 +64,19 @@ def child(args) -> None:
     imported = time.perf_counter()
 
     keep_freed_memory()
-    overrides = [f"data.source.root={args.root}", f"paths.data_dir={args.work}", f"paths.output_dir={args.work}/run",
-                 "logger=none", "test=false", f"trainer.max_steps={args.steps}", "trainer.limit_val_batches=2",
-                 "trainer.num_sanity_val_steps=0", "trainer.enable_progress_bar=false",
-                 "module.viz_every_n_epochs=0", *args.overrides]
+    overrides = [
+        f"data.source.root={args.root}",
+        f"paths.data_dir={args.work}",
+        f"paths.output_dir={args.work}/run",
+        "logger=none",
+        "test=false",
+        f"trainer.max_steps={args.steps}",
+        "trainer.limit_val_batches=2",
+        "trainer.num_sanity_val_steps=0",
+        "trainer.enable_progress_bar=false",
+        "module.viz_every_n_epochs=0",
+        *args.overrides,
+    ]
     if (Path(args.root) / "ShapeNet.json").exists():
         overrides.append("data.source.taxonomy=ShapeNet.json")
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
@@ -93,13 +102,24 @@ def child(args) -> None:
     trainer.fit(module, datamodule=datamodule)
     end = time.perf_counter()
     timed = marks["last_step"] - marks["first_step"]
-    print("SCALE " + json.dumps({
-        "imports_s": imported - start, "build_s": t_model - t_build, "data_setup_s": marks["fit_start"] - t_model,
-        "start_to_first_step_s": marks["first_step"] - start,
-        "fit_start_to_first_step_s": marks["first_step"] - marks["fit_start"], "total_s": end - start,
-        "train_samples_per_s": marks["samples"] / timed if timed > 0 else float("nan"),
-        "peak_rss_anon": peaks.peak["RssAnon"], "peak_rss_file": peaks.peak["RssFile"],
-        "splits": {k: len(v) for k, v in datamodule.datasets.items()}}), flush=True)
+    print(
+        "SCALE "
+        + json.dumps(
+            {
+                "imports_s": imported - start,
+                "build_s": t_model - t_build,
+                "data_setup_s": marks["fit_start"] - t_model,
+                "start_to_first_step_s": marks["first_step"] - start,
+                "fit_start_to_first_step_s": marks["first_step"] - marks["fit_start"],
+                "total_s": end - start,
+                "train_samples_per_s": marks["samples"] / timed if timed > 0 else float("nan"),
+                "peak_rss_anon": peaks.peak["RssAnon"],
+                "peak_rss_file": peaks.peak["RssFile"],
+                "splits": {k: len(v) for k, v in datamodule.datasets.items()},
+            }
+        ),
+        flush=True,
+    )
 
 
 def _bytes(folder: Path, suffix: str | None = None) -> int:
@@ -118,8 +138,18 @@ def _listing_seconds(root: Path) -> tuple[float, int]:
 
 
 def _run(args, label: str) -> dict:
-    cmd = [sys.executable, __file__, "--child", "--root", str(args.root), "--work", str(args.work),
-           "--steps", str(args.steps), *args.overrides]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        "--root",
+        str(args.root),
+        "--work",
+        str(args.work),
+        "--steps",
+        str(args.steps),
+        *args.overrides,
+    ]
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -148,33 +178,71 @@ def main(argv=None) -> None:
             ap.error("give --root or --scale")
         args.root = args.work / "standin"
         if not (args.root / "ShapeNet.json").exists():
-            subprocess.run([sys.executable, str(STANDIN), "--out", str(args.root), "--scale", str(args.scale)], check=True)
+            subprocess.run(
+                [sys.executable, str(STANDIN), "--out", str(args.root), "--scale", str(args.scale)], check=True
+            )
     listing_s, images = _listing_seconds(args.root)
     png_bytes = _bytes(args.root / "ShapeNetRendering", ".png")
     first = _run(args, "first")
     cache_bytes = _bytes(args.work / "cache")
     later = _run(args, "later")
-    result = {"root": str(args.root), "images": images, "listing_s": listing_s, "png_bytes": png_bytes,
-              "cache_bytes": cache_bytes, "first": first, "later": later, "eval_s": None}
+    result = {
+        "root": str(args.root),
+        "images": images,
+        "listing_s": listing_s,
+        "png_bytes": png_bytes,
+        "cache_bytes": cache_bytes,
+        "first": first,
+        "later": later,
+        "eval_s": None,
+    }
     if args.eval:
         ckpt = args.work / "run" / "checkpoints" / "last.ckpt"
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "r2n2.cli.eval", f"ckpt={ckpt}", "progress=false",
-                        f"hydra.run.dir={args.work}/eval"], cwd=ROOT, check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "r2n2.cli.eval",
+                f"ckpt={ckpt}",
+                "progress=false",
+                f"hydra.run.dir={args.work}/eval",
+            ],
+            cwd=ROOT,
+            check=True,
+        )
         result["eval_s"] = time.perf_counter() - start
     (args.work / "scale.json").write_text(json.dumps(result, indent=2))
     gb = 1e9
     pack_s = first["start_to_first_step_s"] - later["start_to_first_step_s"]  # what the first run's packing added
-    rows = [("images", f"{images:,}"), ("listing the files", f"{listing_s:.1f} s"),
-            ("packing the cache (first run, beyond a later run's start)", f"{pack_s:.0f} s, ~{images / max(pack_s, 1e-9):,.0f} images/s"),
-            ("cache on disk / PNG bytes", f"{cache_bytes / gb:.2f} GB / {png_bytes / gb:.2f} GB ({cache_bytes / png_bytes:.1f}x)"),
-            ("peak RssAnon, first / later run", f"{first['peak_rss_anon'] / gb:.2f} / {later['peak_rss_anon'] / gb:.2f} GB"),
-            ("peak RssFile, first / later run", f"{first['peak_rss_file'] / gb:.2f} / {later['peak_rss_file'] / gb:.2f} GB"),
-            ("later run: process start to first training step", f"{later['start_to_first_step_s']:.1f} s "
-             f"(imports {later['imports_s']:.1f} s, model and trainer {later['build_s']:.1f} s, data set-up "
-             f"{later['data_setup_s']:.1f} s)"),
-            (f"training samples/s over {args.steps} steps, later run", f"{later['train_samples_per_s']:.1f}"),
-            ("r2n2-eval of the test split", f"{result['eval_s']:.0f} s" if result["eval_s"] else "not run (--eval)")]
+    rows = [
+        ("images", f"{images:,}"),
+        ("listing the files", f"{listing_s:.1f} s"),
+        (
+            "packing the cache (first run, beyond a later run's start)",
+            f"{pack_s:.0f} s, ~{images / max(pack_s, 1e-9):,.0f} images/s",
+        ),
+        (
+            "cache on disk / PNG bytes",
+            f"{cache_bytes / gb:.2f} GB / {png_bytes / gb:.2f} GB ({cache_bytes / png_bytes:.1f}x)",
+        ),
+        (
+            "peak RssAnon, first / later run",
+            f"{first['peak_rss_anon'] / gb:.2f} / {later['peak_rss_anon'] / gb:.2f} GB",
+        ),
+        (
+            "peak RssFile, first / later run",
+            f"{first['peak_rss_file'] / gb:.2f} / {later['peak_rss_file'] / gb:.2f} GB",
+        ),
+        (
+            "later run: process start to first training step",
+            f"{later['start_to_first_step_s']:.1f} s "
+            f"(imports {later['imports_s']:.1f} s, model and trainer {later['build_s']:.1f} s, data set-up "
+            f"{later['data_setup_s']:.1f} s)",
+        ),
+        (f"training samples/s over {args.steps} steps, later run", f"{later['train_samples_per_s']:.1f}"),
+        ("r2n2-eval of the test split", f"{result['eval_s']:.0f} s" if result["eval_s"] else "not run (--eval)"),
+    ]
     print("\n| what | measured |\n|---|---|")
     for what, value in rows:
         print(f"| {what} | {value} |")

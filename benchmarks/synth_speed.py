@@ -32,8 +32,13 @@ def main() -> None:
     workers = args.workers or os.cpu_count()
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         start = time.perf_counter()
-        root = generate_dataset(Path(tmp) / "synth", objects_per_category=args.objects_per_category,
-                                views=args.views, seed=args.seed, workers=workers)
+        root = generate_dataset(
+            Path(tmp) / "synth",
+            objects_per_category=args.objects_per_category,
+            views=args.views,
+            seed=args.seed,
+            workers=workers,
+        )
         seconds = time.perf_counter() - start
         size = sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
     objects = len(CATEGORIES) * args.objects_per_category

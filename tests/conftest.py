@@ -53,13 +53,13 @@ def tiny(data_dir: Path, epochs: int = 2) -> list[str]:
     ]
 
 
-def run_train(args: list[str], run_dir: Path | None = None, check: bool = True,
-              env: dict | None = None) -> subprocess.CompletedProcess:
+def run_train(
+    args: list[str], run_dir: Path | None = None, check: bool = True, env: dict | None = None
+) -> subprocess.CompletedProcess:
     cmd = [sys.executable, str(ROOT / "train.py"), *args]
     if run_dir is not None:
         cmd.append(f"hydra.run.dir={run_dir}")
-    env = {**os.environ, **(env or {}),
-           "PYTHONPATH": os.pathsep.join([str(HELPERS), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, **(env or {}), "PYTHONPATH": os.pathsep.join([str(HELPERS), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     if check and proc.returncode != 0:
         raise AssertionError(f"train.py failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
@@ -91,7 +91,7 @@ def write_manifest(folder: Path, objects: int = 3, views: int = 2, seed: int = 0
     for i in range(objects):
         lo, hi = rng.integers(4, 12, 3), rng.integers(20, 30, 3)
         vox = np.zeros((32, 32, 32), np.uint8)
-        vox[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = 1
+        vox[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] = 1
         np.save(folder / f"obj{i}.npy", vox)
         images = []
         for v in range(views):
@@ -107,6 +107,16 @@ def write_manifest(folder: Path, objects: int = 3, views: int = 2, seed: int = 0
 
 def manifest_args(csv: Path, data_dir: Path, epochs: int = 1) -> list[str]:
     """Overrides for a tiny run on a ``write_manifest`` data set (one process, no logger)."""
-    return [f"paths.data_dir={data_dir}", "data=manifest", f"data.source.path={csv}", "data.batch_size=2",
-            "data.num_workers=0", "data.pack_workers=0", f"trainer.max_epochs={epochs}", "trainer.log_every_n_steps=1",
-            "trainer.enable_progress_bar=false", "logger=none", "trainer.precision=32"]
+    return [
+        f"paths.data_dir={data_dir}",
+        "data=manifest",
+        f"data.source.path={csv}",
+        "data.batch_size=2",
+        "data.num_workers=0",
+        "data.pack_workers=0",
+        f"trainer.max_epochs={epochs}",
+        "trainer.log_every_n_steps=1",
+        "trainer.enable_progress_bar=false",
+        "logger=none",
+        "trainer.precision=32",
+    ]

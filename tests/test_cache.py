@@ -63,8 +63,11 @@ def read_cache(folder: Path) -> tuple[dict, np.ndarray, np.ndarray]:
     assert table.shape == (index["num_images"] + 1, 2) and table[-1, 0] == len(data)
     blobs = [data[a:b] for a, b in zip(table[:-1, 0], table[1:, 0])]
     assert [zlib.crc32(b) for b in blobs] == table[:-1, 1].tolist()
-    images = np.stack([np.frombuffer(zlib.decompress(b), np.uint8) for b in blobs]).reshape(-1, s, s, 4) \
-        if blobs else np.zeros((0, s, s, 4), np.uint8)
+    images = (
+        np.stack([np.frombuffer(zlib.decompress(b), np.uint8) for b in blobs]).reshape(-1, s, s, 4)
+        if blobs
+        else np.zeros((0, s, s, 4), np.uint8)
+    )
     bits = np.fromfile(folder / "voxels.u8", np.uint8).reshape(len(index["objects"]), -1)
     voxels = np.unpackbits(bits, axis=1)[:, : r**3].reshape(-1, r, r, r).astype(bool)
     index["samples"] = np.load(folder / "samples.npy").tolist()
@@ -74,8 +77,11 @@ def read_cache(folder: Path) -> tuple[dict, np.ndarray, np.ndarray]:
 def assert_cache_matches_direct_reading(folder: Path, plan: Plan, size: int = 127, skipped=()) -> None:
     """Every planned sample (not in ``skipped`` paths) is in the cache, in order, exactly as read."""
     index, images, voxels = read_cache(folder)
-    wanted = [(o, v) for o, v in plan.samples
-              if plan.objects[o].images[v] not in skipped and plan.objects[o].voxels not in skipped]
+    wanted = [
+        (o, v)
+        for o, v in plan.samples
+        if plan.objects[o].images[v] not in skipped and plan.objects[o].voxels not in skipped
+    ]
     assert len(index["samples"]) == len(wanted)
     assert images.shape[0] == index["num_images"]
     for (o, v), (slot_obj, slot) in zip(wanted, index["samples"]):
@@ -114,8 +120,9 @@ def test_packed_split_holds_exactly_what_direct_reading_gives(shared_data, tmp_p
 def test_multi_view_plan_stores_every_view(shared_data, tmp_path):
     root = copy_sample(shared_data, tmp_path / "src", views=4)
     plan, source = plan_for(root, samples=[(0, 1), (2, 3)], all_views=True)
-    folder = ensure_packed(tmp_path / "cache", "val", source, plan, {**CONFIG, "all_views": True},
-                           ErrorPolicy("raise"), workers=2)
+    folder = ensure_packed(
+        tmp_path / "cache", "val", source, plan, {**CONFIG, "all_views": True}, ErrorPolicy("raise"), workers=2
+    )
     index, images, _ = read_cache(folder)
     assert index["num_images"] == 8 and [o["count"] for o in index["objects"]] == [4, 4]
     assert PackedDataset(folder, views=3, categories=["car", "chair", "lamp"]).min_views() == 4
@@ -201,8 +208,10 @@ def test_the_fingerprint_reads_folders_and_follows_every_listed_object(shared_da
     (root / "ShapeNetVox32" / OBJECTS[0] / "model.binvox").rename(root / "ShapeNetVox32" / OBJECTS[0] / "old.binvox")
     assert src.fingerprint() not in (first, second)
     shutil.rmtree(root / "ShapeNetRendering" / OBJECTS[1])
-    assert ShapeNetSource(os.fspath(root), categories=["lamp", "chair"]).fingerprint() != \
-        ShapeNetSource(os.fspath(root), categories=["lamp"]).fingerprint()
+    assert (
+        ShapeNetSource(os.fspath(root), categories=["lamp", "chair"]).fingerprint()
+        != ShapeNetSource(os.fspath(root), categories=["lamp"]).fingerprint()
+    )
 
 
 # --- corrupt, truncated and partial caches --------------------------------------------------------
@@ -233,8 +242,11 @@ DAMAGE = {  # found when the cache is opened (a flipped image is found when it i
     "empty-index": (lambda f: (f / "index.json").write_text("{}"), "version"),
     "list-index": (lambda f: (f / "index.json").write_text("[1, 2]"), "corrupt"),
     "index-missing-fields": (
-        lambda f: (f / "index.json").write_text(json.dumps({"version": json.loads((f / "index.json").read_text())["version"]})),
-        "corrupt"),
+        lambda f: (f / "index.json").write_text(
+            json.dumps({"version": json.loads((f / "index.json").read_text())["version"]})
+        ),
+        "corrupt",
+    ),
 }
 
 
@@ -282,8 +294,13 @@ def read_cache_images_without(folder: Path, skip: int) -> np.ndarray:
     """The images of ``folder`` but ``skip``, decoded straight from images.z (no checks)."""
     s = json.loads((folder / "index.json").read_text())["image_size"]
     data, table = (folder / "images.z").read_bytes(), np.load(folder / "images.npy")
-    return np.stack([np.frombuffer(zlib.decompress(data[table[i, 0]:table[i + 1, 0]]), np.uint8).reshape(s, s, 4)
-                     for i in range(len(table) - 1) if i != skip])
+    return np.stack(
+        [
+            np.frombuffer(zlib.decompress(data[table[i, 0] : table[i + 1, 0]]), np.uint8).reshape(s, s, 4)
+            for i in range(len(table) - 1)
+            if i != skip
+        ]
+    )
 
 
 def test_the_cache_is_within_twice_the_pngs_it_was_packed_from(shared_data, tmp_path):
@@ -292,8 +309,14 @@ def test_the_cache_is_within_twice_the_pngs_it_was_packed_from(shared_data, tmp_
     src = ShapeNetSource(os.fspath(root))
     records = src.records(ErrorPolicy("raise"))
     samples = [(o, v) for o, r in enumerate(records) for v in range(len(r.images))]
-    folder = ensure_packed(tmp_path / "cache", "train", {"source": src.describe()}, Plan.make(records, samples, False),
-                           CONFIG, ErrorPolicy("raise"))
+    folder = ensure_packed(
+        tmp_path / "cache",
+        "train",
+        {"source": src.describe()},
+        Plan.make(records, samples, False),
+        CONFIG,
+        ErrorPolicy("raise"),
+    )
     pngs = sum(os.path.getsize(p) for r in records for p in r.images)
     cache = sum(p.stat().st_size for p in folder.iterdir())
     assert len(samples) == 168 and cache <= 2 * pngs, (cache, pngs)
@@ -360,8 +383,15 @@ def test_on_error_skip_skips_exactly_the_bad_samples(shared_data, tmp_path, capl
     plan = Plan.make(records, samples, all_views=False)
     errors = ErrorPolicy("skip")
     with caplog.at_level(logging.WARNING):
-        folder = ensure_packed(tmp_path / "cache", "train", {"source": src.describe()}, plan,
-                               {**CONFIG, "on_error": "skip"}, errors, workers=2)
+        folder = ensure_packed(
+            tmp_path / "cache",
+            "train",
+            {"source": src.describe()},
+            plan,
+            {**CONFIG, "on_error": "skip"},
+            errors,
+            workers=2,
+        )
     skipped = json.loads((folder / "skipped.json").read_text())
     assert sorted(s["path"] for s in skipped) == sorted(bad)
     assert all(s["fault"] for s in skipped)

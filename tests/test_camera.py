@@ -19,11 +19,22 @@ from r2n2.data.formats import read_binvox, read_rgba
 
 # REFERENCE.md: mean silhouette IoU per object of the real sample
 REFERENCE_IOU = {
-    "chair": 0.92, "bench": 0.92, "car": 0.89, "watercraft": 0.88, "airplane": 0.77, "rifle": 0.77, "lamp": 0.70,
+    "chair": 0.92,
+    "bench": 0.92,
+    "car": 0.89,
+    "watercraft": 0.88,
+    "airplane": 0.77,
+    "rifle": 0.77,
+    "lamp": 0.70,
 }
 SYNSETS = {
-    "02691156": "airplane", "02828884": "bench", "02958343": "car", "03001627": "chair",
-    "03636649": "lamp", "04090263": "rifle", "04530566": "watercraft",
+    "02691156": "airplane",
+    "02828884": "bench",
+    "02958343": "car",
+    "03001627": "chair",
+    "03636649": "lamp",
+    "04090263": "rifle",
+    "04530566": "watercraft",
 }
 # the wrong grid order costs a lot of time to render: a spread of views is enough to show the drop
 WRONG_ORDER_VIEWS = range(0, 24, 4)
@@ -32,8 +43,10 @@ WRONG_ORDER_VIEWS = range(0, 24, 4)
 def object_dirs(shared: Path, name: str) -> tuple[Path, Path]:
     synset = next(s for s, n in SYNSETS.items() if n == name)
     folder = f"pix2voxkeras_{name}"
-    return (shared / "r2n2-sample" / "ShapeNetRendering" / synset / folder / "rendering",
-            shared / "r2n2-sample" / "ShapeNetVox32" / synset / folder / "model.binvox")
+    return (
+        shared / "r2n2-sample" / "ShapeNetRendering" / synset / folder / "rendering",
+        shared / "r2n2-sample" / "ShapeNetVox32" / synset / folder / "model.binvox",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +70,11 @@ def silhouette_scores(shared_data) -> dict[str, dict[str, float]]:
             if i in WRONG_ORDER_VIEWS:
                 xzy = vox.data.transpose(0, 2, 1)
                 raw_order.append(camera.mask_iou(camera.voxel_silhouette(xzy, view, scale=vox.scale), alpha))
-        out[name] = {"right": float(np.mean(right)), "mirrored": float(np.mean(mirrored)),
-                     "xzy": float(np.mean(raw_order))}
+        out[name] = {
+            "right": float(np.mean(right)),
+            "mirrored": float(np.mean(mirrored)),
+            "xzy": float(np.mean(raw_order)),
+        }
     return out
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-from pathlib import Path
 
 import pytest
 from conftest import ROOT, run_train, tiny
@@ -15,8 +14,14 @@ from conftest import ROOT, run_train, tiny
 CONF = ROOT / "conf"
 TEMPLATE = CONF / "slurm" / "train.sbatch"
 # one training and one validation batch per job: the sweep machinery is under test, not learning
-SHORT = ["trainer.limit_train_batches=1", "trainer.limit_val_batches=1", "logger=none", "test=false",
-         "extras.print_config=false", "module.viz_every_n_epochs=0"]
+SHORT = [
+    "trainer.limit_train_batches=1",
+    "trainer.limit_val_batches=1",
+    "logger=none",
+    "test=false",
+    "extras.print_config=false",
+    "module.viz_every_n_epochs=0",
+]
 
 
 def _compose(overrides: list[str]):
@@ -39,7 +44,10 @@ def test_trainer_slurm_takes_nodes_and_gpus_from_the_allocation(monkeypatch):
     assert isinstance(env, SLURMEnvironment) and env.auto_requeue is False  # r2n2.train.cluster.SlurmRequeue does it
     assert _compose(["trainer=slurm", "trainer.num_nodes=8"]).trainer.num_nodes == 8
     callbacks = _compose([]).callbacks
-    assert callbacks.slurm_requeue._target_ == "r2n2.train.cluster.SlurmRequeue" and callbacks.slurm_requeue.signum == "SIGUSR1"
+    assert (
+        callbacks.slurm_requeue._target_ == "r2n2.train.cluster.SlurmRequeue"
+        and callbacks.slurm_requeue.signum == "SIGUSR1"
+    )
 
 
 # train.py silences this on purpose: our files share the plugin's config names to be merged over its schema
@@ -91,8 +99,16 @@ def test_ddp_jobs_in_a_multirun_run_each_in_their_own_folder(data_dir, tmp_path)
     """trainer=ddp_cpu (2 gloo processes) in a 2-job sweep: each job trains with its own 2 ranks as a
     run of its own in its folder; the sweep ends (a hang fails on the timeout) with both jobs' metrics."""
     sweep = tmp_path / "sweep"
-    proc = run_train(["-m", "trainer=ddp_cpu", "optimizer.lr=1e-3,3e-4", *tiny(data_dir, epochs=1), *SHORT,
-                      f"hydra.sweep.dir={sweep}"])
+    proc = run_train(
+        [
+            "-m",
+            "trainer=ddp_cpu",
+            "optimizer.lr=1e-3,3e-4",
+            *tiny(data_dir, epochs=1),
+            *SHORT,
+            f"hydra.sweep.dir={sweep}",
+        ]
+    )
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
     assert [p.name for p in jobs] == ["0", "1"]
     for job in jobs:
@@ -112,9 +128,16 @@ def test_killed_optuna_search_continues_when_run_again(data_dir, tmp_path):
     import optuna
 
     sweep, marker = tmp_path / "search", tmp_path / "killed"
-    args = ["hparams_search=optuna", "hydra.sweeper.n_trials=3", f"hydra.sweep.dir={sweep}",
-            *tiny(data_dir, epochs=1), *SHORT,
-            "+callbacks.kill._target_=kill_job.KillJobOnce", "+callbacks.kill.job=1", f"+callbacks.kill.marker={marker}"]
+    args = [
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=3",
+        f"hydra.sweep.dir={sweep}",
+        *tiny(data_dir, epochs=1),
+        *SHORT,
+        "+callbacks.kill._target_=kill_job.KillJobOnce",
+        "+callbacks.kill.job=1",
+        f"+callbacks.kill.marker={marker}",
+    ]
     killed = run_train(args, check=False)
     assert killed.returncode != 0 and marker.exists()
     storage = f"sqlite:///{sweep}/optuna.db"

@@ -44,10 +44,20 @@ def test_two_epochs_with_random_view_counts_lower_the_loss(model, data_dir, tmp_
     from conftest import tiny
 
     with initialize_config_dir(str(CONF), version_base="1.3"):
-        cfg = compose("config", [f"model={model}", *tiny(data_dir), "data.views_per_sample=[1,3]", "logger=none",
-                                 "callbacks.model_checkpoint=null", "callbacks.last_checkpoint=null",
-                                 "trainer.limit_val_batches=0", "trainer.num_sanity_val_steps=0",
-                                 f"paths.output_dir={tmp_path}"])
+        cfg = compose(
+            "config",
+            [
+                f"model={model}",
+                *tiny(data_dir),
+                "data.views_per_sample=[1,3]",
+                "logger=none",
+                "callbacks.model_checkpoint=null",
+                "callbacks.last_checkpoint=null",
+                "trainer.limit_val_batches=0",
+                "trainer.num_sanity_val_steps=0",
+                f"paths.output_dir={tmp_path}",
+            ],
+        )
     datamodule, module, trainer, _ = build(cfg)
     datamodule.prepare_data()
     datamodule.setup()
@@ -60,10 +70,25 @@ def test_two_epochs_with_random_view_counts_lower_the_loss(model, data_dir, tmp_
 @pytest.mark.slow
 def test_compare_writes_the_table_with_measured_flops(data_dir, tmp_path):
     out = tmp_path / "compare"
-    cmd = [str(Path(sys.executable).parent / "r2n2-compare"), "--models", "seed_gru", "r2n2_gru", "--minutes", "0.1",
-           "--test-samples", "6", "--out", str(out), f"paths.data_dir={data_dir}", "data.source.objects_per_category=4",
-           "data.source.views=3", "data.source.categories=[chair,table,airplane]", "data.source.workers=1",
-           "data.num_workers=0", "data.views_per_sample=[1,3]"]
+    cmd = [
+        str(Path(sys.executable).parent / "r2n2-compare"),
+        "--models",
+        "seed_gru",
+        "r2n2_gru",
+        "--minutes",
+        "0.1",
+        "--test-samples",
+        "6",
+        "--out",
+        str(out),
+        f"paths.data_dir={data_dir}",
+        "data.source.objects_per_category=4",
+        "data.source.views=3",
+        "data.source.categories=[chair,table,airplane]",
+        "data.source.workers=1",
+        "data.num_workers=0",
+        "data.views_per_sample=[1,3]",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((out / "compare.json").read_text())
@@ -81,8 +106,17 @@ def test_compare_writes_the_table_with_measured_flops(data_dir, tmp_path):
 def test_speed_only_measures_each_batch_size(tmp_path):
     """The GPU recipe (`--speed-only --speed-batches 8 256`), here on the CPU at batches 1 and 2."""
     out = tmp_path / "speed"
-    cmd = [str(Path(sys.executable).parent / "r2n2-compare"), "--speed-only", "--models", "seed_gru",
-           "--speed-batches", "1", "2", "--out", str(out)]
+    cmd = [
+        str(Path(sys.executable).parent / "r2n2-compare"),
+        "--speed-only",
+        "--models",
+        "seed_gru",
+        "--speed-batches",
+        "1",
+        "2",
+        "--out",
+        str(out),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads((out / "compare.json").read_text())["speed"]

@@ -28,7 +28,9 @@ def test_every_group_has_options():
 @pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_option_composes_and_targets_exist(group, option):
     # protocol is a group of r2n2-eval's config (conf/eval.yaml), the rest of train.py's
-    extra = (["data.source.path=x.csv"] if option == "manifest" else []) + (["ckpt=x.ckpt"] if group == "protocol" else [])
+    extra = (["data.source.path=x.csv"] if option == "manifest" else []) + (
+        ["ckpt=x.ckpt"] if group == "protocol" else []
+    )
     cfg = _compose([f"{group}={option}"] + extra, name="eval" if group == "protocol" else "config")
     node = cfg[group] if group in cfg else cfg  # @package _global_ options (experiment, debug) have no node
     container = OmegaConf.to_container(node, resolve=False) if node is not None else {}
@@ -56,8 +58,11 @@ def test_default_config_resolves(tmp_path):
     assert cfg.data.source._target_.endswith("SyntheticSource")
     # the recipe that beats the per-category mean shape (docs/ablation.md section 5)
     assert (cfg.model.encoder.norm, cfg.model.decoder.name) == ("batch", "upconv")
-    assert (cfg.scheduler._target_.rsplit(".", 1)[-1], cfg.scheduler.total_steps, cfg.scheduler.pct_start) == \
-        ("OneCycleLR", "auto", 0.05)
+    assert (cfg.scheduler._target_.rsplit(".", 1)[-1], cfg.scheduler.total_steps, cfg.scheduler.pct_start) == (
+        "OneCycleLR",
+        "auto",
+        0.05,
+    )
     assert cfg.module.loss.soft_iou_weight == 1.0
 
 
@@ -65,8 +70,12 @@ def test_default_config_resolves(tmp_path):
 def test_paper_experiment_is_the_report_recipe(tmp_path, data):
     cfg = _compose([f"paths.output_dir={tmp_path}", "experiment=paper", f"data={data}"], hydra_config=False)
     assert OmegaConf.to_container(cfg.model.encoder) == {"norm": "none", "init": "default"}
-    assert (cfg.model.hidden_size, cfg.model.cell, cfg.model.dropout, cfg.model.decoder.name) == \
-        (128, "gru", 0.5, "linear_conv3d")
+    assert (cfg.model.hidden_size, cfg.model.cell, cfg.model.dropout, cfg.model.decoder.name) == (
+        128,
+        "gru",
+        0.5,
+        "linear_conv3d",
+    )
     assert OmegaConf.to_container(cfg.data.splits) == {"train": 20000, "val": 4000, "test": 1000}
     assert (cfg.data.batch_size, cfg.trainer.max_epochs, cfg.data.augment) == (8, 50, False)
     assert (cfg.optimizer._target_, cfg.optimizer.lr, cfg.optimizer.weight_decay) == ("torch.optim.Adam", 1e-3, 1e-4)
@@ -79,7 +88,11 @@ def test_r2n2_experiment_is_the_original_recipe(tmp_path):
     cfg = _compose([f"paths.output_dir={tmp_path}", "experiment=r2n2"], hydra_config=False)
     assert cfg.model._target_.endswith("R2N2") and cfg.model.residual
     assert (cfg.optimizer.lr, cfg.optimizer.weight_decay) == (1e-4, 5e-5)
-    assert (list(cfg.scheduler.milestones), cfg.scheduler.gamma, cfg.scheduler.interval) == ([20000, 60000], 0.1, "step")
+    assert (list(cfg.scheduler.milestones), cfg.scheduler.gamma, cfg.scheduler.interval) == (
+        [20000, 60000],
+        0.1,
+        "step",
+    )
     assert (cfg.trainer.max_steps, list(cfg.data.views_per_sample)) == (60000, [1, 5])
     # 3D-R2N2's augmentation: random crop, flip and background colour, no colour jitter
     assert dict(cfg.data.augment) == {"crop": True, "flip": True, "random_background": True, "color_jitter": 0.0}

@@ -53,7 +53,7 @@ def dm(root, cache_dir) -> R2N2DataModule:
     return make_dm(root, cache_dir)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def hand_views(root: Path, object_id: str) -> np.ndarray:
     """All views of an object through the hand pipeline: (24, 3, 127, 127) float64."""
     out = []
@@ -65,11 +65,13 @@ def hand_views(root: Path, object_id: str) -> np.ndarray:
     return np.stack(out)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def raw_views(root: Path, object_id: str) -> dict[bytes, int]:
     """RGBA bytes (as read_rgba(path, 127) gives them) -> view index, for one object."""
-    table = {read_rgba(root / "ShapeNetRendering" / object_id / "rendering" / f"{v:02d}.png", 127).tobytes(): v
-             for v in range(VIEWS)}
+    table = {
+        read_rgba(root / "ShapeNetRendering" / object_id / "rendering" / f"{v:02d}.png", 127).tobytes(): v
+        for v in range(VIEWS)
+    }
     assert len(table) == VIEWS  # the 24 views are all different images
     return table
 
@@ -96,8 +98,11 @@ def split_ids(dm: R2N2DataModule) -> dict[str, set[str]]:
 
 def test_batch_format(dm, root):
     assert dm.categories == CATEGORIES
-    for split, loader in (("train", dm.train_dataloader()), ("val", dm.val_dataloader()),
-                          ("test", dm.test_dataloader())):
+    for split, loader in (
+        ("train", dm.train_dataloader()),
+        ("val", dm.val_dataloader()),
+        ("test", dm.test_dataloader()),
+    ):
         batch = next(iter(loader))
         keys = {"rgba", "voxels", "category", "category_index", "object_id"}
         assert set(batch) == keys | ({"seed"} if split == "train" else set())  # seed: training batches only
@@ -111,9 +116,18 @@ def test_batch_format(dm, root):
         assert batch["category_index"].shape == (b,) and not batch["category_index"].is_floating_point()
         for i, oid in enumerate(batch["object_id"]):
             synset, _ = oid.split("/")
-            assert batch["category"][i] == {"02691156": "airplane", "02828884": "bench", "02958343": "car",
-                                            "03001627": "chair", "03636649": "lamp", "04090263": "rifle",
-                                            "04530566": "watercraft"}[synset]
+            assert (
+                batch["category"][i]
+                == {
+                    "02691156": "airplane",
+                    "02828884": "bench",
+                    "02958343": "car",
+                    "03001627": "chair",
+                    "03636649": "lamp",
+                    "04090263": "rifle",
+                    "04530566": "watercraft",
+                }[synset]
+            )
             assert CATEGORIES[int(batch["category_index"][i])] == batch["category"][i]
             expected = load_voxels(root / "ShapeNetVox32" / oid / "model.binvox")
             np.testing.assert_array_equal(batch["voxels"][i].numpy(), expected.astype(np.uint8))
@@ -210,7 +224,9 @@ def test_eval_views_apply_to_val_and_test(root, cache_dir):
             views = [which_view(root, oid, img) for img in imgs]
             assert None not in views and len(set(views)) == 3
     ds = dm.datasets["val"]
-    firsts = [(ds[i]["object_id"], raw_views(root, ds[i]["object_id"])[ds[i]["rgba"][0].tobytes()]) for i in range(len(ds))]
+    firsts = [
+        (ds[i]["object_id"], raw_views(root, ds[i]["object_id"])[ds[i]["rgba"][0].tobytes()]) for i in range(len(ds))
+    ]
     assert len(set(firsts)) == len(ds)
 
 
@@ -228,8 +244,9 @@ def test_augment_changes_training_images_only(root, cache_dir):
         assert which_view(root, oid, img, atol=1e-3) is None  # not exactly any preprocessed view
     again = next(iter(dm.train_dataloader()))
     assert again["seed"] == batch["seed"]  # the seed follows from (seed, epoch, batch): repeatable
-    torch.testing.assert_close(to_images(again["rgba"], dm.augment, torch.Generator().manual_seed(again["seed"])), aug,
-                               rtol=0, atol=0)
+    torch.testing.assert_close(
+        to_images(again["rgba"], dm.augment, torch.Generator().manual_seed(again["seed"])), aug, rtol=0, atol=0
+    )
     for batch in dm.val_dataloader():
         assert "seed" not in batch
         for oid, img in zip(batch["object_id"], images(batch)[:, 0]):
@@ -261,6 +278,7 @@ def test_worker_processes_give_the_same_val_batches(root, cache_dir, dm):
 def test_order_seed_moves_the_training_order_and_keeps_the_split(root, cache_dir, dm):
     """``seed=1`` (the configs pass it as ``order_seed``) draws another batch order and view counts;
     the split (``data.seed``) and the val batches stay; None (runs saved before) means ``seed``."""
+
     def order(d):
         return [(tuple(b["object_id"]), images(b).shape[1]) for b in d.train_dataloader()]
 
@@ -291,8 +309,11 @@ def test_view_counts_below_one_are_refused_naming_the_key(root, tmp_path, bad):
 def test_hydra_instantiate_from_a_plain_config(root, tmp_path):
     cfg = {
         "_target_": "r2n2.data.datamodule.R2N2DataModule",
-        "source": {"_target_": "r2n2.data.sources.ShapeNetSource", "root": os.fspath(root),
-                   "categories": ["chair", "car", "lamp", "bench"]},
+        "source": {
+            "_target_": "r2n2.data.sources.ShapeNetSource",
+            "root": os.fspath(root),
+            "categories": ["chair", "car", "lamp", "bench"],
+        },
         "splits": {"train": 12, "val": None, "test": None},
         "split_fractions": {"train": 0.5, "val": 0.25, "test": 0.25},
         "views_per_sample": [1, 2],
@@ -320,8 +341,9 @@ def test_synthetic_source_end_to_end(tmp_path):
     a second datamodule reuses the generated data; asking more samples grows the dataset."""
     from r2n2.data.sources import SyntheticSource
 
-    source = SyntheticSource(str(tmp_path / "synthetic"), objects_per_category=4, views=3, categories=["chair", "table"],
-                             workers=1)
+    source = SyntheticSource(
+        str(tmp_path / "synthetic"), objects_per_category=4, views=3, categories=["chair", "table"], workers=1
+    )
     dm = R2N2DataModule(source, cache_dir=str(tmp_path / "cache"), batch_size=4, pack_workers=0)
     dm.prepare_data()
     dm.setup()
@@ -442,9 +464,16 @@ class CountingSource(ShapeNetSource):
 def test_a_later_run_opens_its_caches_without_listing_the_source(root, tmp_path):
     """Issue 24: a start that finds its caches reads the source's folders (the fingerprint), not its
     files; a changed parameter or source lists again."""
+
     def build(**kwargs) -> R2N2DataModule:
-        dm = R2N2DataModule(CountingSource(os.fspath(root)), split_fractions=FRACTIONS, batch_size=4,
-                            pack_workers=0, cache_dir=os.fspath(tmp_path / "cache"), **kwargs)
+        dm = R2N2DataModule(
+            CountingSource(os.fspath(root)),
+            split_fractions=FRACTIONS,
+            batch_size=4,
+            pack_workers=0,
+            cache_dir=os.fspath(tmp_path / "cache"),
+            **kwargs,
+        )
         dm.prepare_data()
         dm.setup("fit")
         return dm

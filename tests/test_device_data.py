@@ -20,8 +20,15 @@ FRACTIONS = {"train": 0.5, "val": 0.25, "test": 0.25}
 
 
 def _dm(shared_data, cache_dir, **kwargs) -> R2N2DataModule:
-    args = dict(split_fractions=FRACTIONS, seed=0, batch_size=4, pack_workers=0, cache_dir=os.fspath(cache_dir),
-                num_workers=2, persistent_workers=True)  # conf/data/_base.yaml's DataLoader settings
+    args = dict(
+        split_fractions=FRACTIONS,
+        seed=0,
+        batch_size=4,
+        pack_workers=0,
+        cache_dir=os.fspath(cache_dir),
+        num_workers=2,
+        persistent_workers=True,
+    )  # conf/data/_base.yaml's DataLoader settings
     dm = R2N2DataModule(ShapeNetSource(os.fspath(shared_data / "r2n2-sample")), **{**args, **kwargs})
     dm.prepare_data()
     dm.setup("fit")

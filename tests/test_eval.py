@@ -4,15 +4,13 @@ forward per view count; float32 thresholds; the mean-shape baseline by hand."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
 
+from r2n2.data.transforms import to_images
 from r2n2.evaluation import scoring as S
 from r2n2.evaluation.fscore import FScorer, fscore_points, score_packed, surface_points
-from r2n2.data.transforms import to_images
 from r2n2.evaluation.metrics import voxel_iou_thresholds
 
 
@@ -21,10 +19,14 @@ def _real_grids(shared_data) -> dict[str, np.ndarray]:
 
     b = shared_data / "binvox"
     bench = load_voxels(b / "piaomz_Pix2Vox_Keras__bench_modelt_transposed021.binvox")
-    return {"bench gt": bench, "bench prediction": load_voxels(b / "piaomz_Pix2Vox_Keras__bench_predict001.binvox"),
-            "chair": load_voxels(shared_data / "r2n2-sample/ShapeNetVox32/03001627/pix2voxkeras_chair/model.binvox"),
-            "shapenet model": load_voxels(b / "lraxue_3D-R2N2__model.binvox"),
-            "bench shifted": np.roll(bench, 1, axis=0), "empty": np.zeros_like(bench)}
+    return {
+        "bench gt": bench,
+        "bench prediction": load_voxels(b / "piaomz_Pix2Vox_Keras__bench_predict001.binvox"),
+        "chair": load_voxels(shared_data / "r2n2-sample/ShapeNetVox32/03001627/pix2voxkeras_chair/model.binvox"),
+        "shapenet model": load_voxels(b / "lraxue_3D-R2N2__model.binvox"),
+        "bench shifted": np.roll(bench, 1, axis=0),
+        "empty": np.zeros_like(bench),
+    }
 
 
 def _reference(pred: np.ndarray, gt: np.ndarray, n: int) -> float:
@@ -44,8 +46,13 @@ def test_fast_fscore_equals_the_definition_on_real_grids(shared_data):
         fast = pool.submit(gt_keys, gts, preds).result()
     assert np.array_equal(fast, expected)  # equal, not close: the same points and decisions
     assert 0 < expected[names.index("bench prediction") * 3] < expected[names.index("bench gt") * 3]
-    inline = score_packed(gt_keys, np.packbits(gts.reshape(len(gts), -1), 1), np.packbits(preds.reshape(len(preds), -1), 1),
-                          gts.shape[1:], 2048)
+    inline = score_packed(
+        gt_keys,
+        np.packbits(gts.reshape(len(gts), -1), 1),
+        np.packbits(preds.reshape(len(preds), -1), 1),
+        gts.shape[1:],
+        2048,
+    )
     assert np.array_equal(inline, expected)
 
 
@@ -69,8 +76,18 @@ def test_one_forward_for_all_view_counts_equals_a_forward_per_view_count(trained
     samples = S.all_samples(split, 3)
     thresholds = (0.2, 0.3, 0.4, 0.5)
     with FScorer(workers=1, n=1024) as pool:
-        fast = S.score_network(net, samples, [1, 2, 3], thresholds, {v: (0.3,) for v in (1, 2, 3)}, pool,
-                               torch.device("cpu"), None, batch_size=4, progress=False)
+        fast = S.score_network(
+            net,
+            samples,
+            [1, 2, 3],
+            thresholds,
+            {v: (0.3,) for v in (1, 2, 3)},
+            pool,
+            torch.device("cpu"),
+            None,
+            batch_size=4,
+            progress=False,
+        )
     from r2n2.data.dataset import PackedDataset
 
     for v in (1, 2, 3):
@@ -100,7 +117,9 @@ def _shapenet_split(shared_data, folder, names: tuple[str, ...]):
     images, grids, objects = [], [], []
     for name in names:
         grid = next((root / "ShapeNetVox32").glob(f"*/pix2voxkeras_{name}/model.binvox"))
-        pngs = sorted((root / "ShapeNetRendering" / grid.parent.parent.name / grid.parent.name / "rendering").glob("*.png"))
+        pngs = sorted(
+            (root / "ShapeNetRendering" / grid.parent.parent.name / grid.parent.name / "rendering").glob("*.png")
+        )
         objects.append({"id": name, "category": name, "first": len(images), "count": len(pngs)})
         images += [read_rgba(p, 127) for p in pngs]
         grids.append(load_voxels(grid))
@@ -126,8 +145,18 @@ def test_each_rendering_is_encoded_once_and_the_figures_are_the_plain_forwards(t
     thresholds = (0.2, 0.3, 0.4)
     try:
         with FScorer(workers=0, n=1024) as pool:
-            fast = S.score_network(net, samples, [1, 5], thresholds, {5: (0.3,)}, pool, torch.device("cpu"), None,
-                                   batch_size=16, progress=False)
+            fast = S.score_network(
+                net,
+                samples,
+                [1, 5],
+                thresholds,
+                {5: (0.3,)},
+                pool,
+                torch.device("cpu"),
+                None,
+                batch_size=16,
+                progress=False,
+            )
     finally:
         hook.remove()
     check = S.CHECK_SAMPLES * (5 + 1 + 5)  # the structure check: 5 views shared, then plain at 1 and 5 views
@@ -135,8 +164,12 @@ def test_each_rendering_is_encoded_once_and_the_figures_are_the_plain_forwards(t
     gts = torch.from_numpy(np.stack([split[int(r)]["voxels"] for r in samples.rows])).bool()
     for v in (1, 5):
         with torch.no_grad():
-            probs = torch.cat([torch.sigmoid(net(to_images(samples.rgba(np.arange(i, i + 16), v))).float())
-                               for i in range(0, len(samples), 16)])
+            probs = torch.cat(
+                [
+                    torch.sigmoid(net(to_images(samples.rgba(np.arange(i, i + 16), v))).float())
+                    for i in range(0, len(samples), 16)
+                ]
+            )
         np.testing.assert_array_equal(fast[v].iou, voxel_iou_thresholds(probs, gts, torch.tensor(thresholds)).numpy())
     fs = [_reference(p, g, 1024) for p, g in zip((probs >= 0.3).numpy(), gts.numpy())]
     np.testing.assert_allclose(fast[5].fscore[0.3], fs, atol=1e-12)
@@ -159,8 +192,9 @@ def test_probabilities_just_below_the_threshold_stay_empty(trained):
     assert float(torch.tensor(0.29995).half()) >= 0.3  # the defect this guards against
     _, split = _tiny_split(trained, 1)
     samples = S.all_samples(split, 1)
-    res = S.score_network(_Constant(0.29995), samples, [1], (0.29, 0.3), {}, None, torch.device("cpu"), None,
-                          progress=False)[1]
+    res = S.score_network(
+        _Constant(0.29995), samples, [1], (0.29, 0.3), {}, None, torch.device("cpu"), None, progress=False
+    )[1]
     assert (res.iou_at(0.3) == 0).all()  # an empty prediction of a non-empty object
     assert (res.iou_at(0.29) > 0).all()
 
@@ -179,8 +213,8 @@ def _write_split(folder, grids: list[np.ndarray], categories: list[str], samples
 def test_mean_shape_baseline_by_hand_and_blind_to_test_voxels(tmp_path):
     """Two training objects of one category, A seen once and B three times (4 samples); one test
     object. Mean = (1 A + 3 B) / 4; the test object's voxels change its IoU, never the prediction."""
-    from r2n2.evaluation.baselines import baseline_iou, mean_shapes
     from r2n2.data.dataset import PackedDataset
+    from r2n2.evaluation.baselines import baseline_iou, mean_shapes
 
     a = np.zeros((8, 8, 8), bool)
     a[:4] = True  # 256 voxels

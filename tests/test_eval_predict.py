@@ -28,8 +28,15 @@ def run(cmd: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess:
 def evaluated(trained, tmp_path_factory):
     run_dir, _ = trained
     out = tmp_path_factory.mktemp("eval")
-    proc = run([str(BIN / "r2n2-eval"), f"ckpt={run_dir / 'checkpoints' / 'best.ckpt'}", "precision=bf16",
-                "fscore.points=2048", f"hydra.run.dir={out}"])
+    proc = run(
+        [
+            str(BIN / "r2n2-eval"),
+            f"ckpt={run_dir / 'checkpoints' / 'best.ckpt'}",
+            "precision=bf16",
+            "fscore.points=2048",
+            f"hydra.run.dir={out}",
+        ]
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return out, json.loads((out / "eval.json").read_text()), proc
 
@@ -51,8 +58,13 @@ def test_eval_writes_tables_json_and_figures(evaluated):
     assert set(one["iou@0.3"]["per_category"]) == {"airplane", "chair", "table"}
     cats = one["iou@0.3"]["per_category"]
     assert one["iou@0.3"]["mean_of_category_means"] == pytest.approx(np.mean(list(cats.values())))
-    assert set(result["baselines"]) == {"global mean shape", "category mean shape", "clustering", "retrieval",
-                                        "oracle nearest neighbour"}
+    assert set(result["baselines"]) == {
+        "global mean shape",
+        "category mean shape",
+        "clustering",
+        "retrieval",
+        "oracle nearest neighbour",
+    }
     base = {k: v["iou@0.3"]["mean_over_samples"] for k, v in result["baselines"].items()}
     assert base["oracle nearest neighbour"] >= base["retrieval"]  # the oracle bounds any retrieval
 
@@ -65,7 +77,8 @@ def test_eval_agrees_with_the_training_run_test_metric(trained, evaluated):
     _, result, _ = evaluated
     assert result["model"]["1"]["iou@0.3"]["mean_over_samples"] == pytest.approx(metrics["test/iou"], abs=2e-3)
     assert result["baselines"]["global mean shape"]["iou@0.3"]["mean_over_samples"] == pytest.approx(
-        metrics["baseline/global_mean_shape_test_iou"], abs=1e-6)
+        metrics["baseline/global_mean_shape_test_iou"], abs=1e-6
+    )
 
 
 def test_eval_chooses_the_threshold_on_val(trained, evaluated):
@@ -99,9 +112,18 @@ def test_eval_of_view_counts_without_one(trained, tmp_path):
     (both read at 1 view): it used to end in a KeyError after the whole scoring pass."""
     run_dir, _ = trained
     out = tmp_path / "v2"
-    proc = run([str(BIN / "r2n2-eval"), f"ckpt={run_dir / 'checkpoints' / 'best.ckpt'}", "views=[2]",
-                "fscore.points=512", "fscore.workers=0", "recognition=false", "progress=false",
-                f"hydra.run.dir={out}"])
+    proc = run(
+        [
+            str(BIN / "r2n2-eval"),
+            f"ckpt={run_dir / 'checkpoints' / 'best.ckpt'}",
+            "views=[2]",
+            "fscore.points=512",
+            "fscore.workers=0",
+            "recognition=false",
+            "progress=false",
+            f"hydra.run.dir={out}",
+        ]
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     result = json.loads((out / "eval.json").read_text())
     assert sorted(result["model"]) == ["2"]
@@ -147,8 +169,16 @@ def test_predict_on_real_photos(trained, shared_data, tmp_path):
     run_dir, _ = trained
     photos = [shared_data / "photos" / f"{i}.png" for i in range(3)]
     out = tmp_path / "pred"
-    proc = run([str(BIN / "r2n2-predict"), "--ckpt", str(run_dir / "checkpoints" / "best.ckpt"), *map(str, photos),
-                "--out", str(out)])
+    proc = run(
+        [
+            str(BIN / "r2n2-predict"),
+            "--ckpt",
+            str(run_dir / "checkpoints" / "best.ckpt"),
+            *map(str, photos),
+            "--out",
+            str(out),
+        ]
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     probs = np.load(out / "prediction.npy")
     assert probs.shape == (32, 32, 32) and probs.dtype == np.float32 and 0 <= probs.min() <= probs.max() <= 1
@@ -172,8 +202,16 @@ def test_predict_accepts_rgba_and_jpeg_of_any_size(trained, shared_data, tmp_pat
     Image.open(shared_data / "photos" / "1.png").convert("RGB").resize((300, 170)).save(jpeg, quality=90)
     rgba = shared_data / "r2n2-sample/ShapeNetRendering/03001627/pix2voxkeras_chair/rendering/05.png"
     for i, img in enumerate((jpeg, rgba)):
-        proc = run([str(BIN / "r2n2-predict"), "--ckpt", str(run_dir / "checkpoints" / "best.ckpt"), str(img),
-                    "--out", str(tmp_path / f"o{i}")])
+        proc = run(
+            [
+                str(BIN / "r2n2-predict"),
+                "--ckpt",
+                str(run_dir / "checkpoints" / "best.ckpt"),
+                str(img),
+                "--out",
+                str(tmp_path / f"o{i}"),
+            ]
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert (tmp_path / f"o{i}" / "prediction.obj").is_file()
 
@@ -217,8 +255,13 @@ def _bad_checkpoints(trained, shared_data, tmp_path) -> dict[str, Path]:
     ckpt = torch.load(good, weights_only=True)
     ckpt["hyper_parameters"]["net"]["hidden_size"] = 64  # the weights are for 128
     torch.save(ckpt, misfit)
-    return {"truncated": truncated, "not a checkpoint": not_ckpt, "another model": other, "do not fit": misfit,
-            "no such": tmp_path / "missing.ckpt"}
+    return {
+        "truncated": truncated,
+        "not a checkpoint": not_ckpt,
+        "another model": other,
+        "do not fit": misfit,
+        "no such": tmp_path / "missing.ckpt",
+    }
 
 
 def _assert_clean_error(proc: subprocess.CompletedProcess, *words: str) -> None:
@@ -233,12 +276,25 @@ def _assert_clean_error(proc: subprocess.CompletedProcess, *words: str) -> None:
 @pytest.mark.slow
 def test_bad_checkpoints_give_one_clear_line(trained, shared_data, tmp_path):
     for expected, path in _bad_checkpoints(trained, shared_data, tmp_path).items():
-        word = {"truncated": "truncated", "not a checkpoint": "not a readable PyTorch checkpoint",
-                "another model": "another model", "do not fit": "do not fit", "no such": "no such"}[expected]
+        word = {
+            "truncated": "truncated",
+            "not a checkpoint": "not a readable PyTorch checkpoint",
+            "another model": "another model",
+            "do not fit": "do not fit",
+            "no such": "no such",
+        }[expected]
         ev = run([str(BIN / "r2n2-eval"), f"ckpt={path}", f"hydra.run.dir={tmp_path / 'e'}"])
         _assert_clean_error(ev, str(path), word)
-        pr = run([str(BIN / "r2n2-predict"), "--ckpt", str(path), str(shared_data / "photos" / "0.png"),
-                  "--out", str(tmp_path / "p")])
+        pr = run(
+            [
+                str(BIN / "r2n2-predict"),
+                "--ckpt",
+                str(path),
+                str(shared_data / "photos" / "0.png"),
+                "--out",
+                str(tmp_path / "p"),
+            ]
+        )
         _assert_clean_error(pr, str(path), word)
 
 
@@ -247,10 +303,19 @@ def test_unreadable_image_and_empty_data_root_give_one_clear_line(trained, tmp_p
     ckpt = run_dir / "checkpoints" / "best.ckpt"
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 50)
-    _assert_clean_error(run([str(BIN / "r2n2-predict"), "--ckpt", str(ckpt), str(broken), "--out", str(tmp_path / "p")]),
-                        str(broken))
+    _assert_clean_error(
+        run([str(BIN / "r2n2-predict"), "--ckpt", str(ckpt), str(broken), "--out", str(tmp_path / "p")]), str(broken)
+    )
     empty = tmp_path / "ShapeNet"
     (empty / "ShapeNetRendering").mkdir(parents=True)
-    ev = run([str(BIN / "r2n2-eval"), f"ckpt={ckpt}", "data=shapenet", f"data.source.root={empty}",
-              f"data.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'e'}"])
+    ev = run(
+        [
+            str(BIN / "r2n2-eval"),
+            f"ckpt={ckpt}",
+            "data=shapenet",
+            f"data.source.root={empty}",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            f"hydra.run.dir={tmp_path / 'e'}",
+        ]
+    )
     _assert_clean_error(ev, str(empty), "no samples")

@@ -34,8 +34,10 @@ def r2n2_ckpt(data_dir, tmp_path_factory) -> Path:
     3D-Conv-GRU loops over the views in Python, so a TorchScript trace unrolls the loop and the traced
     model cannot run on another number of views."""
     run_dir = tmp_path_factory.mktemp("r2n2_run")
-    run_train([*tiny(data_dir, epochs=1), "model=r2n2_gru", "trainer.limit_train_batches=1",
-               "trainer.limit_val_batches=1"], run_dir)
+    run_train(
+        [*tiny(data_dir, epochs=1), "model=r2n2_gru", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1"],
+        run_dir,
+    )
     return run_dir / "checkpoints" / "best.ckpt"
 
 
@@ -58,11 +60,14 @@ def reference(ckpt, real_views) -> dict[int, np.ndarray]:
 
 
 @pytest.mark.slow
-def test_weights_file_has_no_optimizer_state_and_predict_accepts_it(ckpt, real_views, reference, shared_data,
-                                                                    tmp_path):
+def test_weights_file_has_no_optimizer_state_and_predict_accepts_it(ckpt, real_views, reference, shared_data, tmp_path):
     out32, out16 = tmp_path / "model-fp32.pt", tmp_path / "model-bf16.pt"
-    proc = subprocess.run([str(BIN / "r2n2-export"), "--ckpt", str(ckpt), "--format", "weights", "--out", str(out32)],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [str(BIN / "r2n2-export"), "--ckpt", str(ckpt), "--format", "weights", "--out", str(out32)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "max |logit - PyTorch|" in proc.stdout
     cli.main(["--ckpt", str(ckpt), "--format", "weights", "--dtype", "bf16", "--out", str(out16)])

@@ -10,14 +10,12 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 from conftest import ROOT, manifest_args, run_train, tiny, write_manifest
 
-from r2n2.utils.atomic import atomic_write
 from r2n2.train.checkpoint_io import AtomicCheckpointIO
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -158,8 +156,11 @@ def test_train_on_a_full_disk_says_so_leaves_nothing_torn_and_continues_with_spa
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("moment", [kill_anywhere.Moment("ckpt", index=2), kill_anywhere.Moment("train", 1, 0),
-                                    kill_anywhere.Moment("test", 0, 1)], ids=str)
+@pytest.mark.parametrize(
+    "moment",
+    [kill_anywhere.Moment("ckpt", index=2), kill_anywhere.Moment("train", 1, 0), kill_anywhere.Moment("test", 0, 1)],
+    ids=str,
+)
 def test_killed_run_continues_to_the_uninterrupted_result(moment, data_dir, trained, tmp_path):
     """The CI subset of benchmarks/kill_anywhere.py (which kills at 10 moments, default loader
     settings): mid checkpoint write (epoch 0's last.ckpt), mid epoch 1, and in the final test (after the
@@ -182,11 +183,30 @@ def test_shared_data_is_here(shared_data):
 def test_missing_shared_data_fails_in_ci_and_skips_elsewhere(require, tmp_path):
     """A test using the ``shared_data`` fixture, run by pytest with the data folder absent."""
     (tmp_path / "test_uses_shared.py").write_text("def test_it(shared_data):\n    assert shared_data.is_dir()\n")
-    env = {**os.environ, "R2N2_SHARED_DATA": str(tmp_path / "absent"), "R2N2_REQUIRE_SHARED": require,
-           "PYTHONPATH": str(ROOT / "tests")}
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "conftest",
-                           str(tmp_path / "test_uses_shared.py")], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
+    env = {
+        **os.environ,
+        "R2N2_SHARED_DATA": str(tmp_path / "absent"),
+        "R2N2_REQUIRE_SHARED": require,
+        "PYTHONPATH": str(ROOT / "tests"),
+    }
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "conftest",
+            str(tmp_path / "test_uses_shared.py"),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     if require:
         assert proc.returncode == 1 and "R2N2_REQUIRE_SHARED=1 requires them" in proc.stdout, proc.stdout[-2000:]
     else:

@@ -48,7 +48,6 @@ MAT_4 = "3DShapeNets_volumetric_data__test_chair_000000000_4.mat"
 from helpers.reference import naive_binvox  # noqa: E402
 
 
-
 def naive_adaptive_max_pool(grid: np.ndarray, out: int = 32) -> np.ndarray:
     """3D adaptive max pooling by its window rule: output i covers [floor(i*N/out), ceil((i+1)*N/out))."""
     n = grid.shape[0]
@@ -151,7 +150,9 @@ def test_binvox_axis_order_real_prediction(shared_data):
     once its (y, z) axes are swapped back (REFERENCE.md)."""
     pred = read_binvox(shared_data / "binvox" / "piaomz_Pix2Vox_Keras__bench_predict001.binvox").data
     swapped_gt = read_binvox(shared_data / "binvox" / "piaomz_Pix2Vox_Keras__bench_modelt_transposed021.binvox").data
-    gt = read_binvox(shared_data / "r2n2-sample" / "ShapeNetVox32" / "02828884" / "pix2voxkeras_bench" / "model.binvox").data
+    gt = read_binvox(
+        shared_data / "r2n2-sample" / "ShapeNetVox32" / "02828884" / "pix2voxkeras_bench" / "model.binvox"
+    ).data
     assert iou(pred, swapped_gt) == pytest.approx(0.70, abs=0.01)
     assert iou(pred, gt) == pytest.approx(0.04, abs=0.01)
     assert iou(pred.transpose(0, 2, 1), gt) == pytest.approx(0.70, abs=0.01)
@@ -184,8 +185,17 @@ HEADER = b"#binvox 1\ndim 2 2 2\ntranslate 0 0 0\nscale 1\ndata\n"
         (b"#binvox 1\ndim 2 2 2\ntranslate 0 0 0\n", ["header", "data"]),  # header cut short
         (HEADER.replace(b"scale 1", b"colour red") + b"\x01\x08", ["unknown", "colour red"]),
     ],
-    ids=["bad-magic", "run-overflow", "runs-short", "odd-bytes", "bad-dim", "bad-scale", "two-dims",
-         "no-data-line", "unknown-line"],
+    ids=[
+        "bad-magic",
+        "run-overflow",
+        "runs-short",
+        "odd-bytes",
+        "bad-dim",
+        "bad-scale",
+        "two-dims",
+        "no-data-line",
+        "unknown-line",
+    ],
 )
 def test_binvox_faults_raise_dataerror_naming_file_and_fault(tmp_path, blob, words):
     path = tmp_path / "bad.binvox"
@@ -251,11 +261,14 @@ def test_mat_chair_files_are_the_same_chair_rotated_about_axis_2(shared_data):
     b = scipy.io.loadmat(shared_data / "mat" / MAT_4)["instance"]
     assert not np.array_equal(a, b)
     np.testing.assert_array_equal(np.rot90(a, 1, axes=(0, 1)), b)  # rotation in the (0, 1) plane
-    np.testing.assert_array_equal(read_mat(shared_data / "mat" / MAT_4), np.rot90(read_mat(shared_data / "mat" / MAT_1), 1, axes=(0, 1)))
+    np.testing.assert_array_equal(
+        read_mat(shared_data / "mat" / MAT_4), np.rot90(read_mat(shared_data / "mat" / MAT_1), 1, axes=(0, 1))
+    )
     # the reader keeps the stored axis order, and the pooling's windows are symmetric, so the
     # relation survives load_voxels
-    np.testing.assert_array_equal(np.rot90(load_voxels(shared_data / "mat" / MAT_1), 1, axes=(0, 1)),
-                                  load_voxels(shared_data / "mat" / MAT_4))
+    np.testing.assert_array_equal(
+        np.rot90(load_voxels(shared_data / "mat" / MAT_1), 1, axes=(0, 1)), load_voxels(shared_data / "mat" / MAT_4)
+    )
 
 
 def test_mat_wrong_key_lists_the_keys(shared_data):
@@ -318,8 +331,11 @@ def test_empty_voxel_grid_is_a_dataerror_naming_the_file(tmp_path, suffix):
     # torch's "adaptive_max_pool3d(): Expected input to have non-zero size" naming no file
     path = tmp_path / f"empty{suffix}"
     empty = np.zeros((0, 0, 0), np.uint8)
-    {".npy": lambda: np.save(path, empty), ".npz": lambda: np.savez(path, grid=empty),
-     ".mat": lambda: scipy.io.savemat(path, {"Volume": empty})}[suffix]()
+    {
+        ".npy": lambda: np.save(path, empty),
+        ".npz": lambda: np.savez(path, grid=empty),
+        ".mat": lambda: scipy.io.savemat(path, {"Volume": empty}),
+    }[suffix]()
     with pytest.raises(DataError) as err:
         load_voxels(path)
     assert_names(err, path, "empty", r"\(0, 0, 0\)")
@@ -402,7 +418,9 @@ def pil_array(path: Path, mode: str) -> np.ndarray:
 
 
 def test_real_rgba_rendering(shared_data):
-    path = shared_data / "r2n2-sample" / "ShapeNetRendering" / "03001627" / "pix2voxkeras_chair" / "rendering" / "00.png"
+    path = (
+        shared_data / "r2n2-sample" / "ShapeNetRendering" / "03001627" / "pix2voxkeras_chair" / "rendering" / "00.png"
+    )
     with Image.open(path) as im:
         assert im.mode == "RGBA" and im.size == (137, 137)
         raw = np.asarray(im)
@@ -541,12 +559,18 @@ def test_composite_matches_hand_computation():
     out = composite(rgba)
     assert out.dtype == np.float32 and out.shape == (1, 5, 3)
     a = 128 / 255
-    np.testing.assert_allclose(out[0, 0], [100 * a + 240 * (1 - a), 50 * a + 240 * (1 - a), 200 * a + 240 * (1 - a)], rtol=1e-6)
+    np.testing.assert_allclose(
+        out[0, 0], [100 * a + 240 * (1 - a), 50 * a + 240 * (1 - a), 200 * a + 240 * (1 - a)], rtol=1e-6
+    )
     assert out[0, 1].tolist() == [240, 240, 240]  # fully transparent -> exactly the background
     assert out[0, 2].tolist() == [240, 240, 240]
     assert out[0, 3].tolist() == [10, 20, 30]  # fully opaque -> exactly the colour
     np.testing.assert_allclose(out[0, 4], [255 * 0.2 + 240 * 0.8, 240 * 0.8, 240 * 0.8], rtol=1e-6)
-    np.testing.assert_allclose(composite(rgba, 225)[0, 0], [100 * a + 225 * (1 - a), 50 * a + 225 * (1 - a), 200 * a + 225 * (1 - a)], rtol=1e-6)
+    np.testing.assert_allclose(
+        composite(rgba, 225)[0, 0],
+        [100 * a + 225 * (1 - a), 50 * a + 225 * (1 - a), 200 * a + 225 * (1 - a)],
+        rtol=1e-6,
+    )
 
 
 def test_composite_real_rendering_background_is_exactly_240(shared_data):
@@ -573,7 +597,9 @@ def test_corrupt_png(tmp_path):
 
 
 def test_truncated_real_png(shared_data, tmp_path):
-    blob = (shared_data / "r2n2-sample" / "ShapeNetRendering" / "03001627" / "pix2voxkeras_chair" / "rendering" / "03.png").read_bytes()
+    blob = (
+        shared_data / "r2n2-sample" / "ShapeNetRendering" / "03001627" / "pix2voxkeras_chair" / "rendering" / "03.png"
+    ).read_bytes()
     for cut in (len(blob) // 2, len(blob) - 30, 60):
         path = tmp_path / f"cut{cut}.png"
         path.write_bytes(blob[:cut])
@@ -613,7 +639,10 @@ def _checkpoints(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     blob = (tmp_path / "good.ckpt").read_bytes()
     torch.save({"state_dict": {}, "hyper_parameters": {}, "x": NotAWeight()}, tmp_path / "object.ckpt")
     cases = {
-        "random": (np.random.default_rng(0).integers(0, 256, 1000, dtype=np.uint8).tobytes(), "not a readable PyTorch checkpoint"),
+        "random": (
+            np.random.default_rng(0).integers(0, 256, 1000, dtype=np.uint8).tobytes(),
+            "not a readable PyTorch checkpoint",
+        ),
         "text": (b"hello world\n", "not a readable PyTorch checkpoint"),
         "empty": (b"", "empty"),
         "truncated": (blob[: len(blob) // 2], "truncated"),

@@ -104,8 +104,9 @@ def test_the_half_level_is_another_definition(shared_data):
         assert half.mean() - ref.mean() > 3 * mean  # level 0 lies half a voxel outside: more points miss
         assert _project(p, gt, "half") - _project(p, gt) > 3 * mean
     # the 0.5 level reproduces the project's figures before issue 22 (scikit-image, the same sampler)
-    assert _project(pred, gt, "half") == fscore_points(surface_points(pred, 8192, F.PRED_SEED, "half"),
-                                                       surface_points(gt, 8192, F.GT_SEED, "half"))
+    assert _project(pred, gt, "half") == fscore_points(
+        surface_points(pred, 8192, F.PRED_SEED, "half"), surface_points(gt, 8192, F.GT_SEED, "half")
+    )
 
 
 def test_level_names():
@@ -188,7 +189,9 @@ def test_the_device_fscore_draws_the_same_points_and_gives_the_pools_figures(sha
     grown[1:] |= bench[:-1]
     speck = np.zeros_like(bench)
     speck[3, 4, 5] = True  # all its points in a few cells: thousands of candidates per point
-    preds = [bench_pred, bench, np.roll(bench, 2, axis=1), grown, empty, empty, speck, bench] + [p for p, _ in pairs.values()]
+    preds = [bench_pred, bench, np.roll(bench, 2, axis=1), grown, empty, empty, speck, bench] + [
+        p for p, _ in pairs.values()
+    ]
     gts = [bench, bench, bench, bench, bench, empty, speck, speck] + [g for _, g in pairs.values()]
     n = 1024
     points, none = surface_samples(torch.from_numpy(np.stack(grids + [empty])), n, seed=F.PRED_SEED)
@@ -197,8 +200,11 @@ def test_the_device_fscore_draws_the_same_points_and_gives_the_pools_figures(sha
     assert none.tolist() == [False] * len(grids) + [True]
     with FScorer(workers=0, n=n) as pool:
         expected = pool.submit(list(range(len(gts))), np.stack(gts), np.stack(preds)).result()
-    got = DeviceFScorer("cpu", n=n).submit(list(range(len(gts))), torch.from_numpy(np.stack(gts)),
-                                           torch.from_numpy(np.stack(preds))).result()
+    got = (
+        DeviceFScorer("cpu", n=n)
+        .submit(list(range(len(gts))), torch.from_numpy(np.stack(gts)), torch.from_numpy(np.stack(preds)))
+        .result()
+    )
     assert np.array_equal(got, expected), np.abs(got - expected).max()
     assert expected[4] == 0 and expected[5] == 1 and expected[6] > 0.9 and 0 < expected[0] < expected[1]
     with pytest.raises(ValueError, match="level"):

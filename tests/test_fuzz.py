@@ -25,10 +25,10 @@ import torch
 from hypothesis import given
 from PIL import Image
 
-from r2n2.train.checkpoint import CheckpointError, load_checkpoint
 from r2n2.data.errors import DataError
 from r2n2.data.formats import load_voxels, read_binvox, read_rgba
 from r2n2.data.sources import ErrorPolicy, ManifestSource, ShapeNetSource
+from r2n2.train.checkpoint import CheckpointError, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,10 +81,15 @@ def _mat_v5(dims: list[int], compressed: bool, data_type: int = 9) -> bytes:
     data element declares type ``data_type`` (9: miDOUBLE)."""
     header = b"MATLAB 5.0 MAT-file".ljust(116, b" ") + bytes(8) + struct.pack("<H", 0x0100) + b"IM"
     name = b"Volume"
-    body = (struct.pack("<IIII", 6, 8, 6, 0)  # array flags: class double
-            + struct.pack("<II", 5, 4 * len(dims)) + b"".join(struct.pack("<i", d) for d in dims).ljust(8 * -(-len(dims) // 2), b"\0")
-            + struct.pack("<II", 1, len(name)) + name.ljust(8, b"\0")
-            + struct.pack("<II", data_type, 8) + struct.pack("<d", 1.0))
+    body = (
+        struct.pack("<IIII", 6, 8, 6, 0)  # array flags: class double
+        + struct.pack("<II", 5, 4 * len(dims))
+        + b"".join(struct.pack("<i", d) for d in dims).ljust(8 * -(-len(dims) // 2), b"\0")
+        + struct.pack("<II", 1, len(name))
+        + name.ljust(8, b"\0")
+        + struct.pack("<II", data_type, 8)
+        + struct.pack("<d", 1.0)
+    )
     element = struct.pack("<II", 14, len(body)) + body
     if compressed:
         packed = zlib.compress(element)
@@ -96,20 +101,27 @@ def test_mat_declaring_negative_or_huge_dims_or_unknown_types_is_refused_not_cra
     """scipy trusts the declared dims and data types: a negative dim or a data type >= 20 crashed the
     process (SIGSEGV), a huge dim is allocated. Read in a child process, so that a crash fails this
     test instead of ending the suite."""
-    cases = {"negative dims": ([-2**31, 0, 21], 9, "declares shape"), "negative dim": ([-1, 4, 4], 9, "declares shape"),
-             "huge dims": ([2**31 - 1] * 3, 9, "declares shape"), "type 20": ([1, 1, 1], 20, "unknown type 20"),
-             "type 99": ([1, 1, 1], 99, "unknown type 99")}
+    cases = {
+        "negative dims": ([-(2**31), 0, 21], 9, "declares shape"),
+        "negative dim": ([-1, 4, 4], 9, "declares shape"),
+        "huge dims": ([2**31 - 1] * 3, 9, "declares shape"),
+        "type 20": ([1, 1, 1], 20, "unknown type 20"),
+        "type 99": ([1, 1, 1], 99, "unknown type 99"),
+    }
     paths, faults = [], []
     for i, (dims, data_type, fault) in enumerate(cases.values()):
         for compressed in (True, False):
             paths.append(tmp_path / f"case{i}{'z' * compressed}.mat")
             paths[-1].write_bytes(_mat_v5(dims, compressed, data_type))
             faults.append(fault)
-    code = ("import sys\nfrom r2n2.data.formats import load_voxels\nfrom r2n2.data.errors import DataError\n"
-            "for p in sys.argv[1:]:\n    try:\n        load_voxels(p, key='Volume')\n    except DataError as e:\n"
-            "        print(e, flush=True)\n")
-    done = subprocess.run([sys.executable, "-c", code, *map(os.fspath, paths)], capture_output=True, text=True,
-                          timeout=120)
+    code = (
+        "import sys\nfrom r2n2.data.formats import load_voxels\nfrom r2n2.data.errors import DataError\n"
+        "for p in sys.argv[1:]:\n    try:\n        load_voxels(p, key='Volume')\n    except DataError as e:\n"
+        "        print(e, flush=True)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, *map(os.fspath, paths)], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, (done.returncode, done.stdout, done.stderr[-1500:])
     lines = done.stdout.splitlines()
     assert len(lines) == len(paths), done.stdout
@@ -120,7 +132,7 @@ def test_mat_declaring_negative_or_huge_dims_or_unknown_types_is_refused_not_cra
 def test_mat_complex_or_cell_voxels_are_refused(tmp_path):
     path = tmp_path / "complex.mat"
     scipy.io.savemat(path, {"instance": np.ones((4, 4, 4), np.complex64)})
-    with pytest.raises(DataError, match="no 3D array .*'instance': 'complex single \(4, 4, 4\)'"):
+    with pytest.raises(DataError, match=r"no 3D array .*'instance': 'complex single \(4, 4, 4\)'"):
         load_voxels(path)
     with pytest.raises(DataError, match="'instance' in .mat file is a complex single"):
         load_voxels(path, key="instance")
@@ -159,13 +171,18 @@ def _npz(member: bytes, compressed: bool, name: str = "grid.npy") -> bytes:
     return buf.getvalue()
 
 
-@pytest.mark.parametrize("shape, descr, fault", [
-    ((4096, 4096, 4096), "|b1", r"declares shape \(4096, 4096, 4096\) of bool: more than \d+ voxels"),
-    ((64, 64, 64), "<f8", r"declares shape \(64, 64, 64\) of float64: 2097152 bytes, (it|the file) holds 100"),
-], ids=["over-the-limit", "over-the-file"])
+@pytest.mark.parametrize(
+    "shape, descr, fault",
+    [
+        ((4096, 4096, 4096), "|b1", r"declares shape \(4096, 4096, 4096\) of bool: more than \d+ voxels"),
+        ((64, 64, 64), "<f8", r"declares shape \(64, 64, 64\) of float64: 2097152 bytes, (it|the file) holds 100"),
+    ],
+    ids=["over-the-limit", "over-the-file"],
+)
 @pytest.mark.parametrize("suffix", [".npy", ".npz", ".npz-deflated"])
-def test_numpy_header_declaring_more_than_allowed_or_held_is_refused_before_allocating(tmp_path, shape, descr,
-                                                                                      fault, suffix):
+def test_numpy_header_declaring_more_than_allowed_or_held_is_refused_before_allocating(
+    tmp_path, shape, descr, fault, suffix
+):
     """np.load allocates what a header declares: (4096,)^3 in a 100-byte file was a bare MemoryError
     naming no file (which on_error=skip does not catch)."""
     member = _npy(shape, descr, bytes(100))
@@ -179,15 +196,19 @@ def test_numpy_header_declaring_more_than_allowed_or_held_is_refused_before_allo
 def _broken_deflate() -> bytes:
     blob = bytearray(_npz(_npy((8, 8, 8), "|b1", bytes(512)), compressed=True))
     at = blob.index(b"grid.npy") + len(b"grid.npy")  # the first bytes of the member's deflate stream
-    blob[at:at + 4] = b"\xff\xff\xff\xff"
+    blob[at : at + 4] = b"\xff\xff\xff\xff"
     return bytes(blob)
 
 
-@pytest.mark.parametrize("suffix, blob, fault", [
-    (".npy", b"\x93NUMPY\x01\x00\x10\x00{'descr': '|b1'\n", "unreadable NumPy file"),  # TokenError
-    (".npz", _npz(b"not an array", False, "notes.txt"), "one 3D array"),  # AttributeError: bytes have no ndim
-    (".npz", _broken_deflate(), "unreadable NumPy file"),  # zlib.error
-], ids=["unterminated-header", "npz-without-npy", "bad-deflate-stream"])
+@pytest.mark.parametrize(
+    "suffix, blob, fault",
+    [
+        (".npy", b"\x93NUMPY\x01\x00\x10\x00{'descr': '|b1'\n", "unreadable NumPy file"),  # TokenError
+        (".npz", _npz(b"not an array", False, "notes.txt"), "one 3D array"),  # AttributeError: bytes have no ndim
+        (".npz", _broken_deflate(), "unreadable NumPy file"),  # zlib.error
+    ],
+    ids=["unterminated-header", "npz-without-npy", "bad-deflate-stream"],
+)
 def test_damaged_numpy_headers_and_zips_are_a_clear_error(tmp_path, suffix, blob, fault):
     path = tmp_path / f"damaged{suffix}"
     path.write_bytes(blob)
@@ -198,11 +219,14 @@ def test_damaged_numpy_headers_and_zips_are_a_clear_error(tmp_path, suffix, blob
 
 def _png(width: int, height: int) -> bytes:
     """A PNG header declaring ``width x height`` RGBA pixels, with valid CRCs and a little data."""
+
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b"")
+    )
 
 
 @pytest.mark.parametrize("side", [9_000, 100_000])
@@ -229,13 +253,16 @@ def _manifest(tmp_path: Path, blob: bytes) -> Path:
     return path
 
 
-@pytest.mark.parametrize("blob, fault", [
-    (b"image,voxels,category\na.png,a.mat\n", "line 2: empty image, voxels or category"),  # AttributeError
-    (b"image,voxels,category\n\xff\xfe,a.mat,chair\n", "not UTF-8"),  # UnicodeDecodeError
-    (b"image,voxels,category\n" + b"a" * 200_000 + b",a.mat,chair\n", "malformed CSV near line"),  # csv.Error
-    (b"image,voxels,category\na\x00.png,a.mat,chair\n", "line 2: a path contains a NUL byte"),
-    (b"image,voxels,category\na.png,a.mat,\n", "line 2: empty image, voxels or category"),
-])
+@pytest.mark.parametrize(
+    "blob, fault",
+    [
+        (b"image,voxels,category\na.png,a.mat\n", "line 2: empty image, voxels or category"),  # AttributeError
+        (b"image,voxels,category\n\xff\xfe,a.mat,chair\n", "not UTF-8"),  # UnicodeDecodeError
+        (b"image,voxels,category\n" + b"a" * 200_000 + b",a.mat,chair\n", "malformed CSV near line"),  # csv.Error
+        (b"image,voxels,category\na\x00.png,a.mat,chair\n", "line 2: a path contains a NUL byte"),
+        (b"image,voxels,category\na.png,a.mat,\n", "line 2: empty image, voxels or category"),
+    ],
+)
 def test_manifest_faults_name_the_csv_and_the_line(tmp_path, blob, fault):
     path = _manifest(tmp_path, blob)
     with pytest.raises(DataError) as err:
@@ -250,7 +277,9 @@ def test_manifest_with_a_byte_order_mark_is_read(tmp_path):
     assert (record.category, Path(record.voxels).name) == ("chair", "a.mat")
 
 
-@pytest.mark.parametrize("text", ["7", '{"a": 1}', '[["03001627"]]', '[{"taxonomy_id": 1, "taxonomy_name": "c", "train": "ab"}]'])
+@pytest.mark.parametrize(
+    "text", ["7", '{"a": 1}', '[["03001627"]]', '[{"taxonomy_id": 1, "taxonomy_name": "c", "train": "ab"}]']
+)
 def test_taxonomy_of_the_wrong_shape_is_a_clear_error(shared_data, tmp_path, text):
     tax = tmp_path / "ShapeNet.json"
     tax.write_text(text)
@@ -265,11 +294,14 @@ def _saved(obj) -> bytes:
     return buf.getvalue()
 
 
-@pytest.mark.parametrize("obj", [
-    {"state_dict": {}, "hyper_parameters": 7},  # TypeError: argument of type 'int' is not iterable
-    {"state_dict": {}, "hyper_parameters": {"net": [1]}},
-    {"state_dict": [1], "hyper_parameters": {"net": {"_target_": "r2n2.models.SeedModel"}}},
-])
+@pytest.mark.parametrize(
+    "obj",
+    [
+        {"state_dict": {}, "hyper_parameters": 7},  # TypeError: argument of type 'int' is not iterable
+        {"state_dict": {}, "hyper_parameters": {"net": [1]}},
+        {"state_dict": [1], "hyper_parameters": {"net": {"_target_": "r2n2.models.SeedModel"}}},
+    ],
+)
 def test_checkpoint_with_malformed_hyper_parameters_is_a_clear_error(tmp_path, obj):
     path = tmp_path / "odd.ckpt"
     path.write_bytes(_saved(obj))
@@ -282,9 +314,9 @@ def test_checkpoint_whose_zip_declares_more_than_the_file_holds_is_refused(tmp_p
     """A zip entry's declared size is what torch allocates for it: checked against the file's size."""
     blob = bytearray(_saved({"state_dict": {"w": torch.zeros(4)}, "hyper_parameters": {"net": {"_target_": "x"}}}))
     at = blob.find(b"PK\x01\x02")  # the first central directory record (data.pkl)
-    name_len = struct.unpack("<H", blob[at + 28:at + 30])[0]
-    assert blob[at + 46:at + 46 + name_len].endswith(b"data.pkl")
-    blob[at + 24:at + 28] = struct.pack("<I", 0x7FFFFFFF)  # its uncompressed size: 2 GiB
+    name_len = struct.unpack("<H", blob[at + 28 : at + 30])[0]
+    assert blob[at + 46 : at + 46 + name_len].endswith(b"data.pkl")
+    blob[at + 24 : at + 28] = struct.pack("<I", 0x7FFFFFFF)  # its uncompressed size: 2 GiB
     path = tmp_path / "declares.ckpt"
     path.write_bytes(bytes(blob))
     with pytest.raises(CheckpointError, match="declare") as err:

@@ -11,7 +11,6 @@ from conftest import ROOT, run_train, tiny
 
 from r2n2.train.accelerator import choose, cpu_has_fast_bf16
 
-
 # --- accelerator and precision -------------------------------------------------------------------
 
 
@@ -72,10 +71,18 @@ def test_a_non_finite_loss_stops_the_run_naming_step_and_samples(data_dir, tmp_p
     from r2n2.data.samplers import EpochBatchSampler, EpochShuffleSampler
 
     run_dir = tmp_path / "nan"
-    args = tiny(data_dir, epochs=3) + ["scheduler=multistep", "scheduler.milestones=[1]", "scheduler.gamma=1e30", "logger=none",
-                                       "test=false", "module.viz_every_n_epochs=0"]
+    args = tiny(data_dir, epochs=3) + [
+        "scheduler=multistep",
+        "scheduler.milestones=[1]",
+        "scheduler.gamma=1e30",
+        "logger=none",
+        "test=false",
+        "module.viz_every_n_epochs=0",
+    ]
     proc = run_train(args, run_dir, check=False)
-    found = re.search(r"training loss is not finite at step (\d+) \(batch of (\d+): ([^)]*)\)", proc.stderr + proc.stdout)
+    found = re.search(
+        r"training loss is not finite at step (\d+) \(batch of (\d+): ([^)]*)\)", proc.stderr + proc.stdout
+    )
     assert proc.returncode != 0 and found, proc.stderr[-3000:]
     step, ids = int(found.group(1)), found.group(3).split(", ")
 
@@ -120,9 +127,16 @@ def test_training_steps_make_no_host_device_sync(data_dir, tmp_path):
             torch.cuda.set_sync_debug_mode("error" if 3 <= self.steps < 10 else 0)
 
     overrides = tiny(data_dir, epochs=1) + [
-        "data.num_workers=2", "data.source.objects_per_category=16", "data.batch_size=4",
-        "trainer.log_every_n_steps=1000", "trainer.enable_progress_bar=true", "logger=none", "test=false",
-        f"paths.output_dir={tmp_path}", "trainer.limit_val_batches=0"]
+        "data.num_workers=2",
+        "data.source.objects_per_category=16",
+        "data.batch_size=4",
+        "trainer.log_every_n_steps=1000",
+        "trainer.enable_progress_bar=true",
+        "logger=none",
+        "test=false",
+        f"paths.output_dir={tmp_path}",
+        "trainer.limit_val_batches=0",
+    ]
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides)
     datamodule, module, trainer, _ = build(cfg)
@@ -145,8 +159,8 @@ def test_captured_whole_step_equals_the_eager_step():
     1 and 3 views, with clipping and a per-step learning-rate schedule filling the tensor rate."""
     import copy
 
-    from r2n2.train.losses import voxel_loss
     from r2n2.models import SeedModel
+    from r2n2.train.losses import voxel_loss
     from r2n2.train.step import WARMUP, WholeStep
 
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False

@@ -17,8 +17,10 @@ import sys
 
 import pytest
 
-pytestmark = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
-                                reason="r2n2.train.malloc sets glibc's malloc thresholds")
+pytestmark = pytest.mark.skipif(
+    platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
+    reason="r2n2.train.malloc sets glibc's malloc thresholds",
+)
 
 PROBE = r"""
 import json, resource, torch

@@ -89,12 +89,7 @@ def test_non_5d_input_raises():
 
 
 def test_default_parameter_count_matches_the_formula():
-    encoder = (
-        conv_params(3, 96, 7)
-        + conv_params(96, 128, 3)
-        + conv_params(128, 256, 3)
-        + 3 * conv_params(256, 256, 3)
-    )
+    encoder = conv_params(3, 96, 7) + conv_params(96, 128, 3) + conv_params(128, 256, 3) + 3 * conv_params(256, 256, 3)
     recurrent = gru_params(256, 128)
     linear = 128 * 32**3 + 32**3
     conv3d = 27 + 1

@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 import scipy.io
 from PIL import Image
+from test_viewer import CHROMIUM, _check_draws, _page_data
 
 from r2n2.data.datamodule import R2N2DataModule
 from r2n2.data.errors import DataError
 from r2n2.data.formats import load_voxels, read_rgba
 from r2n2.data.sources import ErrorPolicy, Pix3DSource
 from r2n2.data.sources.pix3d import VOXEL_VERSION, square_box
-from test_viewer import CHROMIUM, _check_draws, _page_data
 
 BIN = Path(sys.executable).parent
 SAMPLE = "r2n2-sample"
@@ -39,7 +39,7 @@ def _paste(background: np.ndarray, rgba: np.ndarray, x: int, y: int) -> tuple[np
     h, w = rgba.shape[:2]
     H, W = mask.shape
     ys, xs = slice(max(y, 0), min(y + h, H)), slice(max(x, 0), min(x + w, W))
-    part = rgba[ys.start - y:ys.stop - y, xs.start - x:xs.stop - x]
+    part = rgba[ys.start - y : ys.stop - y, xs.start - x : xs.stop - x]
     a = part[..., 3:] / 255.0
     photo[ys, xs] = part[..., :3] * a + photo[ys, xs] * (1 - a)
     mask[ys, xs] = np.where(part[..., 3] > 127, 255, 0)
@@ -55,9 +55,15 @@ def _bbox(mask: np.ndarray) -> list[int]:
 # "left" is the left of a viewer facing the object's front. Each is asymmetric along all three.
 SHAPES = {
     # a chair: four legs, a seat, a backrest at the back and an armrest on the viewer's left only
-    "chair/chair_a": [((9, 11), (9, 11), (0, 14)), ((21, 23), (9, 11), (0, 14)), ((9, 11), (21, 23), (0, 14)),
-                      ((21, 23), (21, 23), (0, 14)), ((9, 23), (9, 23), (14, 17)), ((9, 23), (9, 12), (17, 31)),
-                      ((20, 23), (9, 23), (17, 20))],
+    "chair/chair_a": [
+        ((9, 11), (9, 11), (0, 14)),
+        ((21, 23), (9, 11), (0, 14)),
+        ((9, 11), (21, 23), (0, 14)),
+        ((21, 23), (21, 23), (0, 14)),
+        ((9, 23), (9, 23), (14, 17)),
+        ((9, 23), (9, 12), (17, 31)),
+        ((20, 23), (9, 23), (17, 20)),
+    ],
     # a tall thin post at the back, its foot pointing to the front, a short arm to the viewer's left on top
     "chair/armchair": [((14, 18), (6, 10), (0, 30)), ((14, 18), (10, 26), (0, 3)), ((18, 26), (6, 10), (26, 30))],
     # a bench: long left to right, a backrest at the back, on a plinth shifted to the viewer's right
@@ -96,11 +102,25 @@ def build_pix3d(shared: Path, root: Path) -> dict:
     photo_rgba[..., 3] = np.where(np.abs(photo_rgba[..., :3].astype(int) - 255).max(-1) > 25, 255, 0)
     shots = {  # name: (category, model, source RGBA, x, y, suffix, flags)
         "0001": ("chair", "chair_a", _rendering(shared, "03001627", "pix2voxkeras_chair", 0), 60, 20, "jpg", {}),
-        "0002": ("chair", "chair_a", _rendering(shared, "03001627", "pix2voxkeras_chair", 6), 90, 30, "png",
-                 {"occluded": True}),
+        "0002": (
+            "chair",
+            "chair_a",
+            _rendering(shared, "03001627", "pix2voxkeras_chair", 6),
+            90,
+            30,
+            "png",
+            {"occluded": True},
+        ),
         "0003": ("chair", "armchair", photo_rgba, 20, 40, "png", {}),
-        "0004": ("bench", "bench_a", _rendering(shared, "02828884", "pix2voxkeras_bench", 3), 50, 105, "png",
-                 {"truncated": True}),
+        "0004": (
+            "bench",
+            "bench_a",
+            _rendering(shared, "02828884", "pix2voxkeras_bench", 3),
+            50,
+            105,
+            "png",
+            {"truncated": True},
+        ),
         "0005": ("bench", "bench_a", _rendering(shared, "02828884", "pix2voxkeras_bench", 9), 50, 25, "jpg", {}),
     }
     entries, made = [], {}
@@ -110,16 +130,32 @@ def build_pix3d(shared: Path, root: Path) -> dict:
         for rel, arr in ((img, photo), (msk, mask)):
             (root / rel).parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(arr).save(root / rel, quality=95)
-        entries.append({"img": img, "mask": msk, "category": cat, "img_size": list(CANVAS), "bbox": _bbox(mask),
-                        "model": f"model/{cat}/{model}/model.obj", "voxel": f"model/{cat}/{model}/voxel.mat",
-                        "truncated": flags.get("truncated", False), "occluded": flags.get("occluded", False),
-                        "slightly_occluded": False, "focal_length": 35.0})
+        entries.append(
+            {
+                "img": img,
+                "mask": msk,
+                "category": cat,
+                "img_size": list(CANVAS),
+                "bbox": _bbox(mask),
+                "model": f"model/{cat}/{model}/model.obj",
+                "voxel": f"model/{cat}/{model}/voxel.mat",
+                "truncated": flags.get("truncated", False),
+                "occluded": flags.get("occluded", False),
+                "slightly_occluded": False,
+                "focal_length": 35.0,
+            }
+        )
         made[f"{cat}/{name}"] = (np.asarray(Image.open(root / img).convert("RGB")), mask, rgba, (x, y))
     (root / "pix3d.json").write_text(json.dumps(entries))
     # Pix2Vox's Pix3D.json: photos, not models, are split (chair_a is in both); 0005 is not listed
-    (root / "Pix3D.json").write_text(json.dumps([
-        {"taxonomy_id": "chair", "taxonomy_name": "chair", "train": ["0001", "0003"], "test": ["0002"]},
-        {"taxonomy_id": "bench", "taxonomy_name": "bench", "train": [], "test": ["0004"]}]))
+    (root / "Pix3D.json").write_text(
+        json.dumps(
+            [
+                {"taxonomy_id": "chair", "taxonomy_name": "chair", "train": ["0001", "0003"], "test": ["0002"]},
+                {"taxonomy_id": "bench", "taxonomy_name": "bench", "train": [], "test": ["0004"]},
+            ]
+        )
+    )
     return {"shots": made, "grids": {model: shape_grid(parts, PROJECT_AXES) for model, parts in SHAPES.items()}}
 
 
@@ -138,7 +174,7 @@ def test_photos_are_cropped_to_their_box_as_pix2vox_and_masked(pix3d, tmp_path):
     records = _source(root, tmp_path, crop_size=224).records(ErrorPolicy())
     crops = {Path(p).parent.name + "/" + Path(p).stem: p for r in records for p in r.images}
     assert sorted(crops) == sorted(made["shots"])
-    for key, (photo, mask, rgba, (x, y)) in made["shots"].items():
+    for key, (photo, mask, _rgba, (_x, _y)) in made["shots"].items():
         crop = read_rgba(crops[key])
         assert crop.shape == (224, 224, 4)
         alpha = crop[..., 3] > 127
@@ -156,8 +192,8 @@ def test_photos_are_cropped_to_their_box_as_pix2vox_and_masked(pix3d, tmp_path):
         canvas_mask = np.zeros((side, side), np.uint8)
         for r in range(max(top, 0), min(bottom, CANVAS[1] - 1) + 1):
             c0, c1 = max(left, 0), min(right, CANVAS[0] - 1)
-            canvas_rgb[r - top, c0 - left:c1 - left + 1] = photo[r, c0:c1 + 1]
-            canvas_mask[r - top, c0 - left:c1 - left + 1] = mask[r, c0:c1 + 1]
+            canvas_rgb[r - top, c0 - left : c1 - left + 1] = photo[r, c0 : c1 + 1]
+            canvas_mask[r - top, c0 - left : c1 - left + 1] = mask[r, c0 : c1 + 1]
         want_mask = np.asarray(Image.fromarray(canvas_mask).resize((224, 224), Image.BILINEAR)) > 127
         assert (want_mask != alpha).mean() < 0.01, key
         inner = want_mask & alpha & (np.asarray(Image.fromarray(canvas_mask).resize((224, 224))) == 255)
@@ -168,7 +204,7 @@ def test_photos_are_cropped_to_their_box_as_pix2vox_and_masked(pix3d, tmp_path):
     crop = read_rgba(crops["bench/0004"])
     left, top, right, bottom = square_box(_bbox(made["shots"]["bench/0004"][1]), *CANVAS)
     outside = int((bottom - (CANVAS[1] - 1)) * 224 / (bottom - top + 1))
-    assert outside >= 4 and (crop[-outside + 1:, :, 3] == 0).all() and crop[: -outside - 2, :, 3].any()
+    assert outside >= 4 and (crop[-outside + 1 :, :, 3] == 0).all() and crop[: -outside - 2, :, 3].any()
     # mask=false: the photo as Pix2Vox feeds it, its background and the edge padding opaque
     unmasked = _source(root, tmp_path, mask=False).records(ErrorPolicy())
     crop = read_rgba(next(p for r in unmasked for p in r.images if p.endswith("0004.png")))
@@ -179,16 +215,22 @@ def test_objects_flags_and_the_pix2vox_split(pix3d, tmp_path):
     root, _ = pix3d
     by_model = _source(root, tmp_path).records(ErrorPolicy())
     assert {r.object_id: (r.category, len(r.images), r.split) for r in by_model} == {
-        "chair/chair_a/voxel": ("chair", 2, None), "chair/armchair/voxel": ("chair", 1, None),
-        "bench/bench_a/voxel": ("bench", 2, None)}
+        "chair/chair_a/voxel": ("chair", 2, None),
+        "chair/armchair/voxel": ("chair", 1, None),
+        "bench/bench_a/voxel": ("bench", 2, None),
+    }
     kept = _source(root, tmp_path, drop_truncated=True, drop_occluded=True).records(ErrorPolicy())
     assert sum(len(r.images) for r in kept) == 3  # 0002 occluded and 0004 truncated are left out
-    assert [r.object_id for r in _source(root, tmp_path, categories=["bench"]).records(ErrorPolicy())] == \
-        ["bench/bench_a/voxel"]
+    assert [r.object_id for r in _source(root, tmp_path, categories=["bench"]).records(ErrorPolicy())] == [
+        "bench/bench_a/voxel"
+    ]
     split = _source(root, tmp_path, taxonomy="Pix3D.json").records(ErrorPolicy())
     assert {r.object_id: (len(r.images), r.split) for r in split} == {
-        "chair/chair_a/voxel@train": (1, "train"), "chair/chair_a/voxel@test": (1, "test"),
-        "chair/armchair/voxel@train": (1, "train"), "bench/bench_a/voxel@test": (1, "test")}
+        "chair/chair_a/voxel@train": (1, "train"),
+        "chair/chair_a/voxel@test": (1, "test"),
+        "chair/armchair/voxel@train": (1, "train"),
+        "bench/bench_a/voxel@test": (1, "test"),
+    }
 
 
 def test_split_by_photos_says_so_at_run_time(pix3d, tmp_path, caplog):
@@ -217,8 +259,10 @@ def test_voxels_are_brought_from_pix3d_axes_to_the_projects(pix3d, shared_data, 
     for model, grid in grids.items():
         assert np.array_equal(grid, made["grids"][model]), model
     # kept under a versioned folder: grids an older version wrote in Pix3D's order are not reused
-    assert all(Path(r.voxels).relative_to(tmp_path / "crops").parts[1] == f"voxels-v{VOXEL_VERSION}"
-               for r in records) and VOXEL_VERSION >= 2
+    assert (
+        all(Path(r.voxels).relative_to(tmp_path / "crops").parts[1] == f"voxels-v{VOXEL_VERSION}" for r in records)
+        and VOXEL_VERSION >= 2
+    )
     post = grids["chair/armchair"]
     xs, ys, zs = (np.flatnonzero(post.any(axis=tuple(a for a in range(3) if a != k))) for k in range(3))
     assert (ys[0], ys[-1] + 1) == (0, 30) and (xs[0], xs[-1] + 1) == (6, 26)  # 30 tall on y, 20 deep on x
@@ -238,8 +282,12 @@ def test_voxels_are_brought_from_pix3d_axes_to_the_projects(pix3d, shared_data, 
 
 def test_datamodule_packs_pooled_voxels_and_crops(pix3d, tmp_path):
     root, made = pix3d
-    dm = R2N2DataModule(_source(root, tmp_path, taxonomy="Pix3D.json"), cache_dir=str(tmp_path / "cache"),
-                        pack_workers=0, eval_batch_size=4)
+    dm = R2N2DataModule(
+        _source(root, tmp_path, taxonomy="Pix3D.json"),
+        cache_dir=str(tmp_path / "cache"),
+        pack_workers=0,
+        eval_batch_size=4,
+    )
     dm.prepare_data()
     dm.setup()
     assert sorted(dm.datasets) == ["test", "train"] and len(dm.datasets["train"]) == 2
@@ -251,8 +299,11 @@ def test_datamodule_packs_pooled_voxels_and_crops(pix3d, tmp_path):
             assert np.array_equal(np.asarray(item["voxels"]) > 0, made["grids"][model]), model
             assert item["rgba"].shape == (1, 127, 127, 4)
     batch = next(iter(dm.test_dataloader()))
-    assert batch["rgba"].shape[1:] == (1, 127, 127, 4) if "rgba" in batch else batch["images"].shape[1:] == (
-        1, 3, 127, 127)
+    assert (
+        batch["rgba"].shape[1:] == (1, 127, 127, 4)
+        if "rgba" in batch
+        else batch["images"].shape[1:] == (1, 3, 127, 127)
+    )
 
 
 def test_bad_pix3d_input_names_the_file(pix3d, tmp_path):
@@ -283,11 +334,26 @@ def test_eval_of_a_trained_checkpoint_on_pix3d(trained, pix3d, tmp_path):
     run_dir, _ = trained
     root, _ = pix3d
     out = tmp_path / "eval"
-    proc = subprocess.run([str(BIN / "r2n2-eval"), f"ckpt={run_dir / 'checkpoints' / 'best.ckpt'}", "data=pix3d",
-                           f"data.source.root={root}", "data.source.taxonomy=Pix3D.json",
-                           f"data.source.crop_dir={tmp_path / 'crops'}", f"data.cache_dir={tmp_path / 'cache'}",
-                           "fscore.points=512", "fscore.workers=0", "recognition=false", "figure_samples=1",
-                           "progress=false", f"hydra.run.dir={out}"], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            str(BIN / "r2n2-eval"),
+            f"ckpt={run_dir / 'checkpoints' / 'best.ckpt'}",
+            "data=pix3d",
+            f"data.source.root={root}",
+            "data.source.taxonomy=Pix3D.json",
+            f"data.source.crop_dir={tmp_path / 'crops'}",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            "fscore.points=512",
+            "fscore.workers=0",
+            "recognition=false",
+            "figure_samples=1",
+            "progress=false",
+            f"hydra.run.dir={out}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     result = json.loads((out / "eval.json").read_text())
     assert result["num_samples"] == 2 and sorted(result["model"]) == ["1"]  # 1 photo per test object

@@ -111,10 +111,22 @@ def test_protocol_configs_say_what_the_papers_did():
 def test_eval_protocol_pix2vox_as_users_run_it(trained, tmp_path):
     run_dir, _ = trained
     out = tmp_path / "p2v"
-    proc = subprocess.run([str(Path(sys.executable).parent / "r2n2-eval"), f"ckpt={run_dir / 'checkpoints' / 'best.ckpt'}",
-                           "protocol=pix2vox", "fscore.points=512", "fscore.workers=0", "figures=false",
-                           "recognition=false", "progress=false", f"hydra.run.dir={out}"],
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "r2n2-eval"),
+            f"ckpt={run_dir / 'checkpoints' / 'best.ckpt'}",
+            "protocol=pix2vox",
+            "fscore.points=512",
+            "fscore.workers=0",
+            "figures=false",
+            "recognition=false",
+            "progress=false",
+            f"hydra.run.dir={out}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((out / "eval.json").read_text())
     assert result["protocol"]["name"] == "pix2vox" and result["num_samples"] == 3  # one per test object
@@ -134,10 +146,23 @@ def test_eval_protocol_r2n2_as_users_run_it(trained, tmp_path):
     results = []
     for name in ("a", "b"):
         out = tmp_path / name
-        proc = subprocess.run([str(Path(sys.executable).parent / "r2n2-eval"),
-                               f"ckpt={run_dir / 'checkpoints' / 'best.ckpt'}", "protocol=r2n2", "views=[1,2]",
-                               "fscore.points=512", "fscore.workers=0", "figures=false", "recognition=false",
-                               "progress=false", f"hydra.run.dir={out}"], capture_output=True, text=True, timeout=600)
+        proc = subprocess.run(
+            [
+                str(Path(sys.executable).parent / "r2n2-eval"),
+                f"ckpt={run_dir / 'checkpoints' / 'best.ckpt'}",
+                "protocol=r2n2",
+                "views=[1,2]",
+                "fscore.points=512",
+                "fscore.workers=0",
+                "figures=false",
+                "recognition=false",
+                "progress=false",
+                f"hydra.run.dir={out}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         results.append(json.loads((out / "eval.json").read_text()))
     result = results[0]

@@ -34,8 +34,9 @@ def test_voxel_loss_is_bce_by_default_and_adds_one_minus_soft_iou():
     logits = torch.randn(2, 32, 32, 32, generator=torch.Generator().manual_seed(2))
     bce = F.binary_cross_entropy_with_logits(logits, target)
     torch.testing.assert_close(voxel_loss(logits, target), bce)
-    torch.testing.assert_close(voxel_loss(logits, target, soft_iou_weight=0.5),
-                               bce + 0.5 * (1 - soft_iou(logits, target)).mean())
+    torch.testing.assert_close(
+        voxel_loss(logits, target, soft_iou_weight=0.5), bce + 0.5 * (1 - soft_iou(logits, target)).mean()
+    )
     # bf16 logits (autocast) are scored in fp32, and the term has a gradient that raises the IoU
     x = logits.bfloat16().requires_grad_()
     loss = voxel_loss(x, target, soft_iou_weight=1.0)
@@ -60,8 +61,18 @@ def test_cosine_is_one_cycle_with_a_short_warm_up():
 def test_onecycle_and_soft_iou_train_in_train_py(data_dir, tmp_path):
     """total_steps: auto = every optimiser step of the run: the LR peaks at optimizer.lr and ends near 0;
     the soft-IoU term is part of the logged loss (it is > BCE alone, which is what the default run logs)."""
-    run_train(tiny(data_dir) + ["scheduler=onecycle", "optimizer.lr=2e-3", "module.loss.soft_iou_weight=1.0",
-                                "logger=none", "module.viz_every_n_epochs=0", "test=false"], tmp_path)
+    run_train(
+        tiny(data_dir)
+        + [
+            "scheduler=onecycle",
+            "optimizer.lr=2e-3",
+            "module.loss.soft_iou_weight=1.0",
+            "logger=none",
+            "module.viz_every_n_epochs=0",
+            "test=false",
+        ],
+        tmp_path,
+    )
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
     state = ckpt["lr_schedulers"][0]
     group = ckpt["optimizer_states"][0]["param_groups"][0]

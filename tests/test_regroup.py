@@ -33,8 +33,14 @@ BIN = Path(sys.executable).parent
 def test_every_target_a_saved_run_folder_names_resolves_after_the_move():
     old = yaml.safe_load(FIXTURE.read_text())["targets"]
     assert old and all(t.rpartition(".")[0] in MOVED_MODULES for t in old)
-    cfg = moved_targets(OmegaConf.create({"callbacks": {f"c{i}": {"_target_": t} for i, t in enumerate(old)},
-                                          "x": {"y": ["${callbacks}", {"_target_": old[0]}]}}))
+    cfg = moved_targets(
+        OmegaConf.create(
+            {
+                "callbacks": {f"c{i}": {"_target_": t} for i, t in enumerate(old)},
+                "x": {"y": ["${callbacks}", {"_target_": old[0]}]},
+            }
+        )
+    )
     new = _targets(OmegaConf.to_container(cfg, resolve=False), set())
     assert new.isdisjoint(old)
     for target in new:
@@ -67,26 +73,54 @@ def _old_code(into: Path) -> Path | None:
 
 @pytest.mark.slow
 def test_run_folder_checkpoint_and_weights_from_before_the_move_resume_evaluate_and_predict(
-        data_dir, shared_data, tmp_path):
+    data_dir, shared_data, tmp_path
+):
     run, weights = tmp_path / "run", tmp_path / "model.pt"
     photos = [str(shared_data / "photos" / f"{i}.png") for i in range(3)]
     old = _old_code(tmp_path / "old")
     args = tiny(data_dir, epochs=1) + ["logger=none", "test=false"]
     if old is not None:  # written by the old code itself
         env = {**os.environ, "PYTHONPATH": str(old)}
-        subprocess.run([sys.executable, "train.py", *args, f"hydra.run.dir={run}"], cwd=old, env=env,
-                       check=True, capture_output=True, timeout=600)
-        for cmd in (["r2n2.cli.export", "--ckpt", str(run / "checkpoints" / "last.ckpt"), "--format", "weights",
-                     "--out", str(weights)],
-                    ["r2n2.cli.predict", "--ckpt", str(weights), *photos, "--out", str(tmp_path / "old-pred")]):
+        subprocess.run(
+            [sys.executable, "train.py", *args, f"hydra.run.dir={run}"],
+            cwd=old,
+            env=env,
+            check=True,
+            capture_output=True,
+            timeout=600,
+        )
+        for cmd in (
+            [
+                "r2n2.cli.export",
+                "--ckpt",
+                str(run / "checkpoints" / "last.ckpt"),
+                "--format",
+                "weights",
+                "--out",
+                str(weights),
+            ],
+            ["r2n2.cli.predict", "--ckpt", str(weights), *photos, "--out", str(tmp_path / "old-pred")],
+        ):
             subprocess.run([sys.executable, "-m", *cmd], cwd=old, env=env, check=True, capture_output=True, timeout=600)
     else:  # a shallow clone: the same files from today's code, the run folder naming the old targets
         print(f"commit {BEFORE} not in this clone: the run folder's targets are rewritten to the old paths")
         run_train(args, run)
         config = run / ".hydra" / "config.yaml"
         OmegaConf.save(moved_targets(OmegaConf.load(config), {new: old for old, new in MOVED_MODULES.items()}), config)
-        subprocess.run([str(BIN / "r2n2-export"), "--ckpt", str(run / "checkpoints" / "last.ckpt"), "--format",
-                        "weights", "--out", str(weights)], check=True, capture_output=True, timeout=600)
+        subprocess.run(
+            [
+                str(BIN / "r2n2-export"),
+                "--ckpt",
+                str(run / "checkpoints" / "last.ckpt"),
+                "--format",
+                "weights",
+                "--out",
+                str(weights),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=600,
+        )
     saved = _targets(OmegaConf.to_container(OmegaConf.load(run / ".hydra" / "config.yaml")), set())
     named = {t for t in saved if t.rpartition(".")[0] in MOVED_MODULES}
     assert named and named <= set(yaml.safe_load(FIXTURE.read_text())["targets"])
@@ -94,13 +128,26 @@ def test_run_folder_checkpoint_and_weights_from_before_the_move_resume_evaluate_
     run_train([f"resume={run}", "trainer.max_epochs=2"])
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1
 
-    proc = subprocess.run([str(BIN / "r2n2-eval"), f"ckpt={run / 'checkpoints' / 'last.ckpt'}", "fscore.points=512",
-                           f"hydra.run.dir={tmp_path / 'eval'}"], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            str(BIN / "r2n2-eval"),
+            f"ckpt={run / 'checkpoints' / 'last.ckpt'}",
+            "fscore.points=512",
+            f"hydra.run.dir={tmp_path / 'eval'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((tmp_path / "eval" / "eval.json").read_text())
 
-    proc = subprocess.run([str(BIN / "r2n2-predict"), "--ckpt", str(weights), *photos, "--out", str(tmp_path / "pred")],
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [str(BIN / "r2n2-predict"), "--ckpt", str(weights), *photos, "--out", str(tmp_path / "pred")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = np.load(tmp_path / "pred" / "prediction.npy")
     if old is not None:  # the same prediction as the code that wrote the file

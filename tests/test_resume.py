@@ -27,15 +27,27 @@ EPOCHS = 2
 
 
 def _args(data_dir: Path, extra: list[str]) -> list[str]:
-    return tiny(data_dir, epochs=EPOCHS) + ["data.num_workers=2", "data.persistent_workers=true", "logger=none",
-                                           "test=false", "module.viz_every_n_epochs=0", *extra]
+    return tiny(data_dir, epochs=EPOCHS) + [
+        "data.num_workers=2",
+        "data.persistent_workers=true",
+        "logger=none",
+        "test=false",
+        "module.viz_every_n_epochs=0",
+        *extra,
+    ]
 
 
 def _killed_after_first_checkpoint(args: list[str], run_dir: Path) -> int:
     """Start train.py, SIGKILL it as soon as checkpoints/last.ckpt exists; return that checkpoint's epoch."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HELPERS), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args, f"hydra.run.dir={run_dir}"], cwd=ROOT,
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *args, f"hydra.run.dir={run_dir}"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     last = run_dir / "checkpoints" / "last.ckpt"
     deadline = time.monotonic() + 300
     while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -142,6 +154,8 @@ def test_run_stopped_while_testing_ends_with_the_uninterrupted_metrics(trained, 
     proc = run_train([f"resume={run}"], tmp_path / "refused", check=False)
     last = proc.stderr.strip().splitlines()[-1]
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    assert last.startswith(f"train.py: error: {run / 'checkpoints' / 'last.ckpt'}: training had finished") \
-        and str(run / "checkpoints" / "fit.json") in last, last
+    assert (
+        last.startswith(f"train.py: error: {run / 'checkpoints' / 'last.ckpt'}: training had finished")
+        and str(run / "checkpoints" / "fit.json") in last
+    ), last
     assert not (run / "metrics.json").exists() and (run / "checkpoints" / "last.ckpt").read_bytes() == weights

@@ -48,8 +48,11 @@ def _free_port() -> int:
 
 
 def _ensure_slurm_installed() -> None:
-    missing = [d for d in ("munged", "slurmctld", "slurmd", "sbatch") if shutil.which(d) is None
-               and not Path("/usr/sbin", d).exists()]
+    missing = [
+        d
+        for d in ("munged", "slurmctld", "slurmd", "sbatch")
+        if shutil.which(d) is None and not Path("/usr/sbin", d).exists()
+    ]
     if not missing:
         return
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
@@ -68,9 +71,12 @@ class LocalSlurm:
         self.base = base
         self.munge = base / "munge"
         self.conf = base / "slurm.conf"
-        self.env = {**os.environ, "SLURM_CONF": str(self.conf),
-                    "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-                    "PYTHONPATH": os.pathsep.join([str(HELPERS), os.environ.get("PYTHONPATH", "")])}
+        self.env = {
+            **os.environ,
+            "SLURM_CONF": str(self.conf),
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            "PYTHONPATH": os.pathsep.join([str(HELPERS), os.environ.get("PYTHONPATH", "")]),
+        }
         self.pids: dict[str, int] = {}
 
     def start(self) -> None:
@@ -81,30 +87,60 @@ class LocalSlurm:
         key.chmod(0o400)
         for p in (self.munge, key):
             os.chown(p, munge_user.pw_uid, munge_user.pw_gid)
-        self._run(["runuser", "-u", "munge", "--", "/usr/sbin/munged", f"--key-file={key}",
-                   f"--socket={self.munge / 'munge.sock'}", f"--pid-file={self.munge / 'munged.pid'}",
-                   f"--log-file={self.munge / 'munged.log'}", f"--seed-file={self.munge / 'munged.seed'}"])
+        self._run(
+            [
+                "runuser",
+                "-u",
+                "munge",
+                "--",
+                "/usr/sbin/munged",
+                f"--key-file={key}",
+                f"--socket={self.munge / 'munge.sock'}",
+                f"--pid-file={self.munge / 'munged.pid'}",
+                f"--log-file={self.munge / 'munged.log'}",
+                f"--seed-file={self.munge / 'munged.seed'}",
+            ]
+        )
         self.pids["munged"] = self._pid(self.munge / "munged.pid")
 
         host = socket.gethostname().split(".")[0]
         mem_mb = int(Path("/proc/meminfo").read_text().split()[1]) // 1024
         for d in ("state", "spool"):
             (self.base / d).mkdir()
-        self.conf.write_text("\n".join([
-            "ClusterName=r2n2test", f"SlurmctldHost={host}(127.0.0.1)",
-            f"SlurmctldPort={_free_port()}", f"SlurmdPort={_free_port()}",
-            "AuthType=auth/munge", "CredType=cred/munge", f"AuthInfo=socket={self.munge / 'munge.sock'}",
-            "SlurmUser=root", "SlurmdUser=root",
-            f"StateSaveLocation={self.base / 'state'}", f"SlurmdSpoolDir={self.base / 'spool'}",
-            f"SlurmctldPidFile={self.base / 'slurmctld.pid'}", f"SlurmdPidFile={self.base / 'slurmd.pid'}",
-            f"SlurmctldLogFile={self.base / 'slurmctld.log'}", f"SlurmdLogFile={self.base / 'slurmd.log'}",
-            "ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none",
-            "SelectType=select/cons_tres", "SelectTypeParameters=CR_Core",
-            "JobAcctGatherType=jobacct_gather/none", "AccountingStorageType=accounting_storage/none",
-            "MpiDefault=none", "ReturnToService=2", "KillWait=5", "MinJobAge=600",
-            f"NodeName={host} NodeAddr=127.0.0.1 CPUs={os.cpu_count()} RealMemory={mem_mb} State=UNKNOWN",
-            "PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP",
-        ]) + "\n")
+        self.conf.write_text(
+            "\n".join(
+                [
+                    "ClusterName=r2n2test",
+                    f"SlurmctldHost={host}(127.0.0.1)",
+                    f"SlurmctldPort={_free_port()}",
+                    f"SlurmdPort={_free_port()}",
+                    "AuthType=auth/munge",
+                    "CredType=cred/munge",
+                    f"AuthInfo=socket={self.munge / 'munge.sock'}",
+                    "SlurmUser=root",
+                    "SlurmdUser=root",
+                    f"StateSaveLocation={self.base / 'state'}",
+                    f"SlurmdSpoolDir={self.base / 'spool'}",
+                    f"SlurmctldPidFile={self.base / 'slurmctld.pid'}",
+                    f"SlurmdPidFile={self.base / 'slurmd.pid'}",
+                    f"SlurmctldLogFile={self.base / 'slurmctld.log'}",
+                    f"SlurmdLogFile={self.base / 'slurmd.log'}",
+                    "ProctrackType=proctrack/linuxproc",
+                    "TaskPlugin=task/none",
+                    "SelectType=select/cons_tres",
+                    "SelectTypeParameters=CR_Core",
+                    "JobAcctGatherType=jobacct_gather/none",
+                    "AccountingStorageType=accounting_storage/none",
+                    "MpiDefault=none",
+                    "ReturnToService=2",
+                    "KillWait=5",
+                    "MinJobAge=600",
+                    f"NodeName={host} NodeAddr=127.0.0.1 CPUs={os.cpu_count()} RealMemory={mem_mb} State=UNKNOWN",
+                    "PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP",
+                ]
+            )
+            + "\n"
+        )
         self._run(["/usr/sbin/slurmctld", "-i"])
         self.pids["slurmctld"] = self._pid(self.base / "slurmctld.pid")
         self._run(["/usr/sbin/slurmd", "-N", host])
@@ -202,8 +238,16 @@ def slurm():
 
 
 def _ddp_job_args(data_dir: Path, out: Path) -> list[str]:
-    return ["--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1", "--gpus-per-node=0", f"--output={out}",
-            str(TEMPLATE), *tiny(data_dir, epochs=EPOCHS), *DDP_CPU]
+    return [
+        "--nodes=1",
+        "--ntasks-per-node=2",
+        "--cpus-per-task=1",
+        "--gpus-per-node=0",
+        f"--output={out}",
+        str(TEMPLATE),
+        *tiny(data_dir, epochs=EPOCHS),
+        *DDP_CPU,
+    ]
 
 
 def _read(path: Path) -> str:
@@ -237,8 +281,15 @@ def _one_process(run_dir: Path, ckpt: str, stage: str) -> float:
     state = torch.load(run_dir / "checkpoints" / ckpt, weights_only=True, map_location="cpu")
     module = ReconstructionModule(**state["hyper_parameters"])
     module.load_state_dict(state["state_dict"])
-    trainer = L.Trainer(accelerator="cpu", devices=1, precision=32, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        precision=32,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     result = (trainer.validate if stage == "val" else trainer.test)(module, datamodule=datamodule, verbose=False)
     return result[0][f"{stage}/iou"]
 
@@ -264,8 +315,9 @@ def test_sbatch_template_runs_two_ddp_ranks_with_the_metrics_of_one_process(unin
     assert metrics["test/iou"] == pytest.approx(_one_process(run_dir, "best.ckpt", "test"), abs=1e-5)
 
 
-def test_requeued_job_resumes_in_its_folder_and_ends_like_the_uninterrupted_one(slurm, uninterrupted, data_dir,
-                                                                              tmp_path):
+def test_requeued_job_resumes_in_its_folder_and_ends_like_the_uninterrupted_one(
+    slurm, uninterrupted, data_dir, tmp_path
+):
     """(c) The same job, interrupted three times: first SIGUSR1 as SLURM sends it before the time
     limit (``--signal=USR1@90``; here ``scancel --signal=USR1``), on which the job requeues itself;
     then ``scontrol requeue`` by hand while it trains; then again while it tests, after its last
@@ -276,7 +328,11 @@ def test_requeued_job_resumes_in_its_folder_and_ends_like_the_uninterrupted_one(
     straight_dir, _ = uninterrupted
     run_dir, out = tmp_path / "run", tmp_path / "slurm.out"
     last, holding = run_dir / "checkpoints" / "last.ckpt", tmp_path / "holding"
-    hold = ["+callbacks.hold._target_=hold.HoldAtTest", f"+callbacks.hold.marker={holding}", "+callbacks.hold.restart=2"]
+    hold = [
+        "+callbacks.hold._target_=hold.HoldAtTest",
+        f"+callbacks.hold.marker={holding}",
+        "+callbacks.hold.restart=2",
+    ]
     slurm.env["R2N2_RUN_DIR"] = str(run_dir)
     try:
         job, proc = slurm.sbatch(_ddp_job_args(data_dir, out) + hold)
@@ -322,8 +378,10 @@ def test_requeued_job_resumes_in_its_folder_and_ends_like_the_uninterrupted_one(
     assert a["epoch"] == b["epoch"] == EPOCHS - 1
     for k, v in a["state_dict"].items():
         assert torch.equal(v, b["state_dict"][k]), k
-    ma, mb = ({k: v for k, v in json.loads((d / "metrics.json").read_text()).items() if k not in TIMING_KEYS}
-              for d in (straight_dir, run_dir))
+    ma, mb = (
+        {k: v for k, v in json.loads((d / "metrics.json").read_text()).items() if k not in TIMING_KEYS}
+        for d in (straight_dir, run_dir)
+    )
     for key in ("train/loss", "train/iou", "val/loss", "val/iou", "test/loss", "test/iou"):
         assert key in mb, key  # the last restart trained nothing: its train/val figures come from fit.json
     assert ma == mb
@@ -334,17 +392,30 @@ def test_submitit_slurm_sweep_runs_jobs_on_the_cluster_and_writes_the_summary(sl
     job), each in its own folder; the launching process writes summary.csv/summary.md at the
     sweep root. Default precision (bf16-mixed)."""
     sweep = tmp_path / "sweep"
-    cmd = [sys.executable, str(ROOT / "train.py"), "-m", "hydra/launcher=submitit_slurm",
-           "hydra.launcher.gpus_per_node=0", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1",
-           "hydra.launcher.timeout_min=20", "optimizer.lr=1e-3,3e-4", *tiny(data_dir, epochs=1), "logger=none",
-           "test=false", f"hydra.sweep.dir={sweep}"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        "-m",
+        "hydra/launcher=submitit_slurm",
+        "hydra.launcher.gpus_per_node=0",
+        "hydra.launcher.cpus_per_task=1",
+        "hydra.launcher.mem_gb=1",
+        "hydra.launcher.timeout_min=20",
+        "optimizer.lr=1e-3,3e-4",
+        *tiny(data_dir, epochs=1),
+        "logger=none",
+        "test=false",
+        f"hydra.sweep.dir={sweep}",
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, env=slurm.env, capture_output=True, text=True, timeout=900)
     logs = "\n".join(_read(p)[-3000:] for p in sweep.glob(".submitit/*/*.out"))
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}\n{logs}"
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
     assert [p.name for p in jobs] == ["0", "1"]
     # submitit's own folder: one SLURM job id (the array), a log per task
-    assert len(list(sweep.glob(".submitit/*_0/*_log.out"))) == 1 and len(list(sweep.glob(".submitit/*_1/*_log.out"))) == 1
+    assert (
+        len(list(sweep.glob(".submitit/*_0/*_log.out"))) == 1 and len(list(sweep.glob(".submitit/*_1/*_log.out"))) == 1
+    )
     md, csv_text = (sweep / "summary.md").read_text(), (sweep / "summary.csv").read_text()
     for job, lr in zip(jobs, ("optimizer.lr=0.001", "optimizer.lr=0.0003")):
         metrics = json.loads((job / "metrics.json").read_text())

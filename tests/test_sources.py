@@ -18,8 +18,13 @@ from r2n2.data.splits import assign_splits, select_samples
 
 # ../shared/data/README.md: the 7 categories of the real sample (names from REFERENCE.md's 13)
 SAMPLE = {
-    "02691156": "airplane", "02828884": "bench", "02958343": "car", "03001627": "chair",
-    "03636649": "lamp", "04090263": "rifle", "04530566": "watercraft",
+    "02691156": "airplane",
+    "02828884": "bench",
+    "02958343": "car",
+    "03001627": "chair",
+    "03636649": "lamp",
+    "04090263": "rifle",
+    "04530566": "watercraft",
 }
 
 
@@ -71,8 +76,10 @@ def test_unquoted_synset_ids_in_a_yaml_file_still_filter(shared_data, tmp_path):
     from omegaconf import OmegaConf
 
     conf = tmp_path / "source.yaml"
-    conf.write_text("_target_: r2n2.data.sources.ShapeNetSource\n"
-                    f"root: {sample_root(shared_data)}\ncategories: [03001627, 02958343]\n")
+    conf.write_text(
+        "_target_: r2n2.data.sources.ShapeNetSource\n"
+        f"root: {sample_root(shared_data)}\ncategories: [03001627, 02958343]\n"
+    )
     cfg = OmegaConf.load(conf)
     assert list(cfg.categories) == [787351, "02958343"]  # what YAML makes of it
     src = hydra.utils.instantiate(cfg)
@@ -84,18 +91,46 @@ def test_unquoted_synset_ids_in_a_yaml_file_still_filter(shared_data, tmp_path):
 def write_taxonomy(path: Path) -> dict:
     """A Pix2Vox ShapeNet.json for the sample: our own category names and splits; one object left out."""
     entries = [
-        {"taxonomy_id": "03001627", "taxonomy_name": "seat", "baseline": {},
-         "train": ["pix2voxkeras_chair"], "val": [], "test": []},
-        {"taxonomy_id": "02958343", "taxonomy_name": "pickup", "baseline": {},
-         "train": [], "val": ["pix2voxkeras_car"], "test": []},
-        {"taxonomy_id": "02691156", "taxonomy_name": "plane", "baseline": {},
-         "train": [], "val": [], "test": ["pix2voxkeras_airplane"]},
-        {"taxonomy_id": "04530566", "taxonomy_name": "boat", "baseline": {},
-         "train": ["pix2voxkeras_watercraft"], "val": [], "test": []},
+        {
+            "taxonomy_id": "03001627",
+            "taxonomy_name": "seat",
+            "baseline": {},
+            "train": ["pix2voxkeras_chair"],
+            "val": [],
+            "test": [],
+        },
+        {
+            "taxonomy_id": "02958343",
+            "taxonomy_name": "pickup",
+            "baseline": {},
+            "train": [],
+            "val": ["pix2voxkeras_car"],
+            "test": [],
+        },
+        {
+            "taxonomy_id": "02691156",
+            "taxonomy_name": "plane",
+            "baseline": {},
+            "train": [],
+            "val": [],
+            "test": ["pix2voxkeras_airplane"],
+        },
+        {
+            "taxonomy_id": "04530566",
+            "taxonomy_name": "boat",
+            "baseline": {},
+            "train": ["pix2voxkeras_watercraft"],
+            "val": [],
+            "test": [],
+        },
     ]
     path.write_text(json.dumps(entries))
-    return {"03001627/pix2voxkeras_chair": ("seat", "train"), "02958343/pix2voxkeras_car": ("pickup", "val"),
-            "02691156/pix2voxkeras_airplane": ("plane", "test"), "04530566/pix2voxkeras_watercraft": ("boat", "train")}
+    return {
+        "03001627/pix2voxkeras_chair": ("seat", "train"),
+        "02958343/pix2voxkeras_car": ("pickup", "val"),
+        "02691156/pix2voxkeras_airplane": ("plane", "test"),
+        "04530566/pix2voxkeras_watercraft": ("boat", "train"),
+    }
 
 
 def test_shapenet_source_taxonomy_fixes_split_and_names(shared_data, tmp_path):
@@ -113,15 +148,29 @@ def test_shapenet_source_taxonomy_fixes_split_and_names(shared_data, tmp_path):
             "test": ["02691156/pix2voxkeras_airplane"],
         }
     # categories filter by the taxonomy's own names
-    src = ShapeNetSource(os.fspath(sample_root(shared_data)), taxonomy=os.fspath(tmp_path / "ShapeNet.json"),
-                         categories=["seat", "02691156"])
+    src = ShapeNetSource(
+        os.fspath(sample_root(shared_data)),
+        taxonomy=os.fspath(tmp_path / "ShapeNet.json"),
+        categories=["seat", "02691156"],
+    )
     assert sorted(r.category for r in src.records(ErrorPolicy("raise"))) == ["plane", "seat"]
 
 
 def test_shapenet_source_taxonomy_listing_a_missing_object(shared_data, tmp_path):
     tax = tmp_path / "ShapeNet.json"
-    tax.write_text(json.dumps([{"taxonomy_id": "03001627", "taxonomy_name": "chair",
-                                "train": ["pix2voxkeras_chair", "no_such_model"], "val": [], "test": []}]))
+    tax.write_text(
+        json.dumps(
+            [
+                {
+                    "taxonomy_id": "03001627",
+                    "taxonomy_name": "chair",
+                    "train": ["pix2voxkeras_chair", "no_such_model"],
+                    "val": [],
+                    "test": [],
+                }
+            ]
+        )
+    )
     src = ShapeNetSource(os.fspath(sample_root(shared_data)), taxonomy=os.fspath(tax))
     missing = sample_root(shared_data) / "ShapeNetRendering" / "03001627" / "no_such_model" / "rendering"
     with pytest.raises(DataError) as err:
@@ -144,13 +193,33 @@ def test_shapenet_source_bad_taxonomy(shared_data, tmp_path, text):
 def test_shapenet_source_taxonomy_listing_one_object_in_two_splits_is_refused(shared_data, tmp_path):
     """An object in two splits would leak between training and test: refused, naming it and the file."""
     tax = tmp_path / "ShapeNet.json"
-    tax.write_text(json.dumps([
-        {"taxonomy_id": "03001627", "taxonomy_name": "chair",
-         "train": ["pix2voxkeras_chair"], "val": [], "test": ["pix2voxkeras_chair"]},
-        {"taxonomy_id": "02958343", "taxonomy_name": "car", "train": ["pix2voxkeras_car"], "val": [], "test": []},
-        {"taxonomy_id": "04530566", "taxonomy_name": "boat",
-         "train": [], "val": ["pix2voxkeras_watercraft"], "test": ["pix2voxkeras_watercraft"]},
-    ]))
+    tax.write_text(
+        json.dumps(
+            [
+                {
+                    "taxonomy_id": "03001627",
+                    "taxonomy_name": "chair",
+                    "train": ["pix2voxkeras_chair"],
+                    "val": [],
+                    "test": ["pix2voxkeras_chair"],
+                },
+                {
+                    "taxonomy_id": "02958343",
+                    "taxonomy_name": "car",
+                    "train": ["pix2voxkeras_car"],
+                    "val": [],
+                    "test": [],
+                },
+                {
+                    "taxonomy_id": "04530566",
+                    "taxonomy_name": "boat",
+                    "train": [],
+                    "val": ["pix2voxkeras_watercraft"],
+                    "test": ["pix2voxkeras_watercraft"],
+                },
+            ]
+        )
+    )
     src = ShapeNetSource(os.fspath(sample_root(shared_data)), taxonomy=os.fspath(tax))
     with pytest.raises(DataError) as err:
         src.records(ErrorPolicy("skip"))  # not a per-sample fault: refused even when skipping bad samples
@@ -202,7 +271,10 @@ def test_manifest_with_real_mat_voxels_and_photos(shared_data, tmp_path):
     # split version 1 (runs saved before data.split_version): the path as written, joined to the folder
     src.split_version = 1
     assert {rec.object_id for rec in src.records(ErrorPolicy("raise"))} == {
-        "armchair", os.fspath(base / r(mats[1])), os.fspath(mats[2])}
+        "armchair",
+        os.fspath(base / r(mats[1])),
+        os.fspath(mats[2]),
+    }
     src.split_version = 2
     # every path the source yields is readable as real data
     for rec in records:
@@ -213,16 +285,18 @@ def test_manifest_with_real_mat_voxels_and_photos(shared_data, tmp_path):
     # the keyed variant reads the same arrays
     keyed = ManifestSource(os.fspath(path), voxel_key="instance")
     assert keyed.records(ErrorPolicy("raise")) == records
-    np.testing.assert_array_equal(load_voxels(arm.voxels, keyed.voxel_key),
-                                  load_voxels(mats[0]))
+    np.testing.assert_array_equal(load_voxels(arm.voxels, keyed.voxel_key), load_voxels(mats[0]))
     raw = scipy.io.loadmat(mats[0])["instance"]
     assert load_voxels(arm.voxels).sum() >= raw.sum()
 
 
 def test_manifest_root_overrides_the_csv_folder(shared_data, tmp_path):
     path = tmp_path / "m.csv"
-    path.write_text("image,voxels,category\nphotos/0.png,mat/" + sorted(p.name for p in (shared_data / "mat").glob("*.mat"))[0]
-                    + ",chair\n")
+    path.write_text(
+        "image,voxels,category\nphotos/0.png,mat/"
+        + sorted(p.name for p in (shared_data / "mat").glob("*.mat"))[0]
+        + ",chair\n"
+    )
     (rec,) = ManifestSource(os.fspath(path), root=os.fspath(shared_data)).records(ErrorPolicy("raise"))
     assert Path(rec.images[0]) == shared_data / "photos" / "0.png"
     assert Path(rec.voxels).parent == shared_data / "mat" and Path(rec.voxels).is_file()
@@ -242,12 +316,14 @@ def _spellings_manifest(shared_data: Path, folder: Path) -> tuple[Path, list[Pat
     (folder / "linked").symlink_to("x", target_is_directory=True)
     for i, v in enumerate(views):
         shutil.copyfile(v, folder / "x" / f"{i}.png")
-    rows = ["image,voxels,category",
-            "x/0.png;x/1.png,x/../x/model.binvox,chair",
-            "x/2.png,x/model.binvox,chair",
-            "x/3.png;linked/1.png,./x//model.binvox,chair",  # linked/1.png is x/1.png again
-            f"x/4.png,{folder / 'linked' / 'model.binvox'},chair",
-            "x/0.png,y/model.binvox,chair"]
+    rows = [
+        "image,voxels,category",
+        "x/0.png;x/1.png,x/../x/model.binvox,chair",
+        "x/2.png,x/model.binvox,chair",
+        "x/3.png;linked/1.png,./x//model.binvox,chair",  # linked/1.png is x/1.png again
+        f"x/4.png,{folder / 'linked' / 'model.binvox'},chair",
+        "x/0.png,y/model.binvox,chair",
+    ]
     path = folder / "manifest.csv"
     path.write_text("\n".join(rows) + "\n")
     return path, views
@@ -269,14 +345,17 @@ def test_manifest_names_an_object_by_its_resolved_voxel_file(shared_data, tmp_pa
     old = ManifestSource(os.fspath(path))
     old.split_version = 1
     assert [r.object_id for r in old.records(ErrorPolicy("raise"))] == [
-        os.fspath(path.parent / p) for p in ("x/../x/model.binvox", "x/model.binvox", "linked/model.binvox",
-                                             "y/model.binvox")]
+        os.fspath(path.parent / p)
+        for p in ("x/../x/model.binvox", "x/model.binvox", "linked/model.binvox", "y/model.binvox")
+    ]
     # a moved data folder keeps its ids (and so its split); the absolute spelling is left behind
     moved = (tmp_path / "data").rename(tmp_path / "elsewhere")
     rows = (moved / "manifest.csv").read_text().splitlines()
     (moved / "manifest.csv").write_text("\n".join(r for r in rows if str(tmp_path) not in r) + "\n")
-    assert [r.object_id for r in ManifestSource(os.fspath(moved / "manifest.csv")).records(ErrorPolicy("raise"))] == \
-        ["x/model.binvox", "y/model.binvox"]
+    assert [r.object_id for r in ManifestSource(os.fspath(moved / "manifest.csv")).records(ErrorPolicy("raise"))] == [
+        "x/model.binvox",
+        "y/model.binvox",
+    ]
 
 
 def test_manifest_object_id_rows_may_spell_their_voxel_file_differently(shared_data, tmp_path):
@@ -297,14 +376,20 @@ def test_a_datamodule_splits_a_twice_listed_voxel_file_as_one_object(shared_data
 
     path, _ = _spellings_manifest(shared_data, tmp_path / "data")
     for seed in range(6):
-        dm = R2N2DataModule(ManifestSource(os.fspath(path)), seed=seed, split_version=2, pack_workers=0,
-                            cache_dir=os.fspath(tmp_path / "cache"))
+        dm = R2N2DataModule(
+            ManifestSource(os.fspath(path)),
+            seed=seed,
+            split_version=2,
+            pack_workers=0,
+            cache_dir=os.fspath(tmp_path / "cache"),
+        )
         ids = [r.object_id for p in dm._plans().values() for r in p.objects]
         assert sorted(ids) == ["x/model.binvox", "y/model.binvox"], seed
 
 
-@pytest.mark.parametrize("header, missing", [("image,category", "voxels"), ("voxels,category,split", "image"),
-                                             ("image,voxels", "category")])
+@pytest.mark.parametrize(
+    "header, missing", [("image,category", "voxels"), ("voxels,category,split", "image"), ("image,voxels", "category")]
+)
 def test_manifest_missing_column_names_the_csv(tmp_path, header, missing):
     path = tmp_path / "m.csv"
     path.write_text(header + "\n" + ",".join(["x"] * len(header.split(","))) + "\n")
@@ -337,8 +422,11 @@ def test_manifest_not_found(tmp_path):
 
 
 def fake_records(n_per_category: dict[str, int], views: int = 3) -> list[ObjectRecord]:
-    return [ObjectRecord(f"{cat}/{i:03d}", cat, tuple(f"{cat}/{i}/{v}.png" for v in range(views)), f"{cat}/{i}.npy")
-            for cat, n in n_per_category.items() for i in range(n)]
+    return [
+        ObjectRecord(f"{cat}/{i:03d}", cat, tuple(f"{cat}/{i}/{v}.png" for v in range(views)), f"{cat}/{i}.npy")
+        for cat, n in n_per_category.items()
+        for i in range(n)
+    ]
 
 
 FRACTIONS = {"train": 0.7, "val": 0.1, "test": 0.2}
@@ -387,4 +475,6 @@ def test_error_policy(tmp_path):
     policy = ErrorPolicy("skip")
     policy.handle(err)
     policy.write(tmp_path / "skipped.json", "test")
-    assert json.loads((tmp_path / "skipped.json").read_text()) == [{"path": os.fspath(tmp_path / "x.png"), "fault": "corrupt"}]
+    assert json.loads((tmp_path / "skipped.json").read_text()) == [
+        {"path": os.fspath(tmp_path / "x.png"), "fault": "corrupt"}
+    ]

@@ -22,8 +22,7 @@ from omegaconf import OmegaConf
 from r2n2.data.datamodule import R2N2DataModule
 from r2n2.data.sources import ErrorPolicy, ManifestSource, ObjectRecord, ShapeNetSource
 from r2n2.data.sources.base import SPLITS
-from r2n2.data.splits import (assign_splits, object_position, select_samples, split_mismatch, split_of,
-                              split_version_of)
+from r2n2.data.splits import assign_splits, object_position, select_samples, split_mismatch, split_of, split_version_of
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 FRACTIONS = {"train": 0.7, "val": 0.1, "test": 0.2}
@@ -34,8 +33,11 @@ CATEGORIES = ["airplane", "bench", "car", "chair", "lamp", "rifle", "watercraft"
 
 
 def records(n_per_category: dict[str, int], views: int = 3, start: int = 0) -> list[ObjectRecord]:
-    return [ObjectRecord(f"{cat}/{i:03d}", cat, tuple(f"{cat}/{i}/{v}.png" for v in range(views)), f"{cat}/{i}.npy")
-            for cat, n in n_per_category.items() for i in range(start, start + n)]
+    return [
+        ObjectRecord(f"{cat}/{i:03d}", cat, tuple(f"{cat}/{i}/{v}.png" for v in range(views)), f"{cat}/{i}.npy")
+        for cat, n in n_per_category.items()
+        for i in range(start, start + n)
+    ]
 
 
 def where(split: dict[str, list[ObjectRecord]]) -> dict[str, str]:
@@ -127,8 +129,21 @@ def test_an_unknown_split_version_is_refused_naming_the_key(tmp_path):
 V1_DIGEST = "58217ddecaadd8ceb5411d8b03b00c82d4d4a95c04a7db1d79e4b0281f3777e7"
 V1_SMALL = {  # records({"chair": 30, "car": 20, "lamp": 12}), FRACTIONS, seed 0
     "val": ["car/017", "car/018", "chair/006", "chair/018", "chair/019", "chair/027", "lamp/004"],
-    "test": ["car/001", "car/009", "car/014", "car/015", "chair/002", "chair/005", "chair/008", "chair/012",
-             "chair/024", "lamp/003", "lamp/009", "lamp/011"]}
+    "test": [
+        "car/001",
+        "car/009",
+        "car/014",
+        "car/015",
+        "chair/002",
+        "chair/005",
+        "chair/008",
+        "chair/012",
+        "chair/024",
+        "lamp/003",
+        "lamp/009",
+        "lamp/011",
+    ],
+}
 V1_SAMPLE = {"val": ["02828884/pix2voxkeras_bench"], "test": ["03001627/pix2voxkeras_chair"]}  # r2n2-sample, seed 0
 V1_SAMPLE_TRAIN_PICK = [(0, 0), (0, 1), (0, 2), (0, 5), (0, 7), (0, 8), (0, 12), (0, 16)]  # its first 8 of 60
 
@@ -169,14 +184,24 @@ def _v1_plan_ids(objs: list[ObjectRecord], sizes: dict, seed: int = 0) -> dict[s
 
 def _plain_config(source: dict, cache: Path, **extra) -> dict:
     """A data config as a checkpoint's hyper_parameters["data"] of a run saved before split_version."""
-    return {"_target_": "r2n2.data.datamodule.R2N2DataModule", "source": source,
-            "splits": {"train": 60, "val": None, "test": 20}, "split_fractions": FRACTIONS, "seed": 0,
-            "batch_size": 4, "pack_workers": 0, "cache_dir": os.fspath(cache), **extra}
+    return {
+        "_target_": "r2n2.data.datamodule.R2N2DataModule",
+        "source": source,
+        "splits": {"train": 60, "val": None, "test": 20},
+        "split_fractions": FRACTIONS,
+        "seed": 0,
+        "batch_size": 4,
+        "pack_workers": 0,
+        "cache_dir": os.fspath(cache),
+        **extra,
+    }
 
 
 def _plan_ids(dm: R2N2DataModule) -> dict[str, tuple[list[str], list]]:
-    return {s: ([r.object_id for r in p.objects], [(p.objects[o].object_id, v) for o, v in p.samples])
-            for s, p in dm._plans().items()}
+    return {
+        s: ([r.object_id for r in p.objects], [(p.objects[o].object_id, v) for o, v in p.samples])
+        for s, p in dm._plans().items()
+    }
 
 
 def test_a_datamodule_from_a_config_without_the_key_splits_as_before(shared_data, tmp_path):
@@ -201,8 +226,12 @@ def test_the_config_sets_version_2_and_only_there(tmp_path):
     """conf/data/_base.yaml sets 2 for new runs (its value goes into the checkpoint); nothing fills
     it in for a config that lacks it: the datamodule's default is 1."""
     with initialize_config_dir(str(CONF), version_base="1.3"):
-        for overrides in (["data=synthetic"], ["data=shapenet"], ["data=manifest", "data.source.path=x.csv"],
-                          ["data=pix3d"]):
+        for overrides in (
+            ["data=synthetic"],
+            ["data=shapenet"],
+            ["data=manifest", "data.source.path=x.csv"],
+            ["data=pix3d"],
+        ):
             assert compose("config", overrides).data.split_version == 2, overrides
         assert compose("eval", ["ckpt=x", "data=shapenet"]).data.split_version == 2
         old = compose("config", ["data=shapenet", f"data.source.root={tmp_path}", "~data.split_version"])
@@ -242,18 +271,28 @@ def test_resume_of_a_run_saved_without_the_key_keeps_its_split(shared_data, tmp_
     csv = _two_spellings_manifest(shared_data, tmp_path / "data")
     run = tmp_path / "run"
     with initialize_config_dir(str(CONF), version_base="1.3"):
-        args = ["data=manifest", f"data.source.path={csv}", f"paths.data_dir={tmp_path / 'd'}",
-                "data.pack_workers=0", "data.num_workers=0", "logger=none", "trainer.max_epochs=3"]
+        args = [
+            "data=manifest",
+            f"data.source.path={csv}",
+            f"paths.data_dir={tmp_path / 'd'}",
+            "data.pack_workers=0",
+            "data.num_workers=0",
+            "logger=none",
+            "trainer.max_epochs=3",
+        ]
         saved = compose("config", [*args, "~data.split_version", f"paths.output_dir={run}"])
         cfg = compose("config", [*args, f"resume={run}"])
     assert "split_version" not in saved.data and cfg.data.split_version == 2
     (run / ".hydra").mkdir(parents=True)
     (run / "checkpoints").mkdir()
     OmegaConf.save(saved, run / ".hydra" / "config.yaml")
-    hp = {"net": OmegaConf.to_container(saved.model, resolve=True),
-          "data": OmegaConf.to_container(saved.data, resolve=True)}
-    torch.save({"state_dict": {}, "hyper_parameters": hp, "epoch": 0, "global_step": 1},
-               run / "checkpoints" / "last.ckpt")
+    hp = {
+        "net": OmegaConf.to_container(saved.model, resolve=True),
+        "data": OmegaConf.to_container(saved.data, resolve=True),
+    }
+    torch.save(
+        {"state_dict": {}, "hyper_parameters": hp, "epoch": 0, "global_step": 1}, run / "checkpoints" / "last.ckpt"
+    )
 
     handlers = list(logging.getLogger().handlers)
     try:
@@ -266,8 +305,9 @@ def test_resume_of_a_run_saved_without_the_key_keeps_its_split(shared_data, tmp_
     dm = hydra.utils.instantiate(restored.data, _recursive_=True)
     assert dm.split_version == 1 and dm.source.split_version == 1
     # the earlier ids: the voxel path as written, joined to the CSV's folder; the earlier split of them
-    assert {r.object_id for p in dm._plans().values() for r in p.objects} == \
-        {os.fspath(csv.parent / "vox/../vox/0.binvox")} | {os.fspath(csv.parent / f"vox/{i}.binvox") for i in range(8)}
+    assert {r.object_id for p in dm._plans().values() for r in p.objects} == {
+        os.fspath(csv.parent / "vox/../vox/0.binvox")
+    } | {os.fspath(csv.parent / f"vox/{i}.binvox") for i in range(8)}
     old = ManifestSource(os.fspath(csv))
     old.split_version = 1
     assert _plan_ids(dm) == _v1_plan_ids(old.records(ErrorPolicy("raise")), dm.sizes)
@@ -307,8 +347,9 @@ def test_eval_keeps_a_checkpoints_split_version_and_warns_of_a_leaking_data_conf
     with caplog.at_level("WARNING"):
         assert _data_config(same, trained)["split_version"] == 1
     assert not [r for r in caplog.records if r.levelname == "WARNING"]
-    other = OmegaConf.create({"data": {"seed": 0, "split_version": 2,
-                                       "source": {**trained["source"], "root": "/data/b"}}})
+    other = OmegaConf.create(
+        {"data": {"seed": 0, "split_version": 2, "source": {**trained["source"], "root": "/data/b"}}}
+    )
     with caplog.at_level("WARNING"):
         assert _data_config(other, trained)["split_version"] == 1
     assert "may be in the evaluated split" in caplog.text and "data.source" in caplog.text

@@ -14,8 +14,17 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from r2n2.data.camera import (AZIMUTH_RANGE, DIST_RATIO_RANGE, ELEVATION_RANGE, RENDER_SIZE, View, mask_iou,
-                              parse_metadata, pixel_rays, voxel_silhouette)
+from r2n2.data.camera import (
+    AZIMUTH_RANGE,
+    DIST_RATIO_RANGE,
+    ELEVATION_RANGE,
+    RENDER_SIZE,
+    View,
+    mask_iou,
+    parse_metadata,
+    pixel_rays,
+    voxel_silhouette,
+)
 from r2n2.data.formats.binvox import read_binvox
 from r2n2.data.synth import CATEGORIES, generate_dataset, make_object, render
 from r2n2.data.synth.generate import object_rngs, sample_views, split_indices
@@ -24,18 +33,30 @@ from r2n2.data.synth.render import window_rays
 from r2n2.data.synth.voxelize import reference_voxelize, voxelize
 
 ROOT = Path(__file__).resolve().parents[1]
-SYNSETS = {"02691156": "airplane", "02828884": "bench", "02933112": "cabinet", "02958343": "car",
-           "03001627": "chair", "03211117": "display", "03636649": "lamp", "03691459": "speaker",
-           "04090263": "rifle", "04256520": "sofa", "04379243": "table", "04401088": "telephone",
-           "04530566": "watercraft"}
+SYNSETS = {
+    "02691156": "airplane",
+    "02828884": "bench",
+    "02933112": "cabinet",
+    "02958343": "car",
+    "03001627": "chair",
+    "03211117": "display",
+    "03636649": "lamp",
+    "03691459": "speaker",
+    "04090263": "rifle",
+    "04256520": "sofa",
+    "04379243": "table",
+    "04401088": "telephone",
+    "04530566": "watercraft",
+}
 VIEWS = 4
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
     """1 object per category, 4 views, made with 2 worker processes."""
-    return generate_dataset(tmp_path_factory.mktemp("synth") / "ds", objects_per_category=1, views=VIEWS,
-                            seed=3, workers=2)
+    return generate_dataset(
+        tmp_path_factory.mktemp("synth") / "ds", objects_per_category=1, views=VIEWS, seed=3, workers=2
+    )
 
 
 def by_name(name: str) -> str:
@@ -50,6 +71,7 @@ def objects(root: Path):
 
 
 # ---- categories and objects -------------------------------------------------------------------
+
 
 def test_categories_are_the_13_r2n2_synsets():
     assert dict(CATEGORIES) == SYNSETS
@@ -92,6 +114,7 @@ def test_objects_vary_and_the_frame_is_consistent():
 
 # ---- voxelisation -----------------------------------------------------------------------------
 
+
 def cube_gap(prims, scale: float, voxels: np.ndarray, k: int = 9) -> np.ndarray:
     """For each occupied voxel: the smallest signed distance (in voxels) from a k^3 grid of points on
     and in the voxel cube (faces included) to the union of primitives. A voxel that the union really
@@ -103,7 +126,9 @@ def cube_gap(prims, scale: float, voxels: np.ndarray, k: int = 9) -> np.ndarray:
     best = np.full(len(centres), np.inf)
     for prim in prims:
         for s in range(0, len(centres), 512):
-            best[s:s + 512] = np.minimum(best[s:s + 512], prim.sdf(centres[s:s + 512, None] + offsets).min(axis=1))
+            best[s : s + 512] = np.minimum(
+                best[s : s + 512], prim.sdf(centres[s : s + 512, None] + offsets).min(axis=1)
+            )
     return best / voxel
 
 
@@ -135,8 +160,9 @@ def _voxel_of(points: np.ndarray, scale: float) -> np.ndarray:
 def test_thin_lamp_stem_is_present_and_connected():
     for k in range(50):
         obj = make_object(by_name("lamp"), np.random.default_rng(k))
-        stems = [p for p in obj.primitives
-                 if isinstance(p, Frustum) and p.r0 == p.r1 and _thin(p) < 0.5 * obj.scale / 32]
+        stems = [
+            p for p in obj.primitives if isinstance(p, Frustum) and p.r0 == p.r1 and _thin(p) < 0.5 * obj.scale / 32
+        ]
         if stems:
             break
     else:
@@ -165,6 +191,7 @@ def test_thin_chair_legs_are_present_and_separate():
 
 
 # ---- rendering --------------------------------------------------------------------------------
+
 
 def test_window_rays_equal_the_camera_rays():
     view = View(123.4, 27.0, 0.8)
@@ -197,10 +224,11 @@ def test_render_silhouette_matches_the_voxels():
 
 # ---- the dataset on disk ----------------------------------------------------------------------
 
+
 def test_every_category_is_produced_in_the_r2n2_layout(dataset):
     found = list(objects(dataset))
     assert sorted(s for s, *_ in found) == sorted(SYNSETS)
-    for synset, oid, folder, binvox in found:
+    for _synset, oid, folder, binvox in found:
         assert len(oid) == 32 and int(oid, 16) >= 0  # ShapeNet-like model id
         names = (folder / "renderings.txt").read_text().split()
         assert names == [f"{i:02d}.png" for i in range(VIEWS)]
@@ -237,7 +265,7 @@ def test_files_reproduce_the_objects(dataset):
 def test_silhouette_iou_of_voxels_against_renderings(dataset):
     """Projected ground-truth voxels vs rendered alpha > 0, as checked on the real sample (~0.83)."""
     per_object = []
-    for synset, oid, folder, binvox in objects(dataset):
+    for _synset, _oid, folder, binvox in objects(dataset):
         vox = read_binvox(binvox)
         views = parse_metadata((folder / "rendering_metadata.txt").read_text())
         ious = []
@@ -266,7 +294,9 @@ def test_taxonomy_json_splits_objects_disjointly(dataset):
     assert params["version"] >= 1 and params["seed"] == 3 and params["views"] == VIEWS
 
 
-@pytest.mark.parametrize("n, sizes", [(1, (1, 0, 0)), (2, (1, 0, 1)), (4, (2, 1, 1)), (10, (7, 1, 2)), (32, (22, 3, 7)), (95, (66, 9, 20))])
+@pytest.mark.parametrize(
+    "n, sizes", [(1, (1, 0, 0)), (2, (1, 0, 1)), (4, (2, 1, 1)), (10, (7, 1, 2)), (32, (22, 3, 7)), (95, (66, 9, 20))]
+)
 def test_split_sizes_are_70_10_20(n, sizes):
     split = split_indices(0, "03001627", n)
     assert tuple(len(split[k]) for k in ("train", "val", "test")) == sizes
@@ -318,24 +348,51 @@ def test_generation_is_atomic_and_idempotent(tmp_path, monkeypatch):
 def test_cli_runs_as_a_subprocess(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     out = tmp_path / "cli"
-    done = subprocess.run([sys.executable, "-m", "r2n2.cli.synth", "--out", str(out), "--objects-per-category", "1",
-                           "--views", "2", "--seed", "4", "--workers", "2", "--categories", "table,04401088"],
-                          capture_output=True, text=True, env=env, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "r2n2.cli.synth",
+            "--out",
+            str(out),
+            "--objects-per-category",
+            "1",
+            "--views",
+            "2",
+            "--seed",
+            "4",
+            "--workers",
+            "2",
+            "--categories",
+            "table,04401088",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert json.loads((out / "synth.json").read_text())["categories"] == ["04379243", "04401088"]
     assert len(list((out / "ShapeNetRendering").glob("*/*/rendering/01.png"))) == 2
-    bad = subprocess.run([sys.executable, "-m", "r2n2.cli.synth", "--out", str(tmp_path / "x"), "--categories", "tank"],
-                         capture_output=True, text=True, env=env, timeout=60)
+    bad = subprocess.run(
+        [sys.executable, "-m", "r2n2.cli.synth", "--out", str(tmp_path / "x"), "--categories", "tank"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert bad.returncode == 2 and "tank" in bad.stderr
 
 
 # ---- regeneration when the generator changes -----------------------------------------------------
 
+
 def _synthetic(tmp_path):
     from r2n2.data.sources import SyntheticSource
 
-    return SyntheticSource(os.fspath(tmp_path / "data"), objects_per_category=1, views=1, categories=["lamp"],
-                           workers=1)
+    return SyntheticSource(
+        os.fspath(tmp_path / "data"), objects_per_category=1, views=1, categories=["lamp"], workers=1
+    )
 
 
 def test_changed_generator_regenerates_the_set_and_keeps_the_old_one_until_the_new_is_complete(tmp_path, monkeypatch):

@@ -34,8 +34,10 @@ def _garbage_checkpoint(tmp_path):
     return [f"ckpt_path={tmp_path / 'garbage.ckpt'}"], str(tmp_path / "garbage.ckpt"), "checkpoint"
 
 
-CASES = {f.__name__.strip("_"): f for f in (_missing_root, _corrupt_png, _resume_missing_folder,
-                                            _resume_without_checkpoints, _garbage_checkpoint)}
+CASES = {
+    f.__name__.strip("_"): f
+    for f in (_missing_root, _corrupt_png, _resume_missing_folder, _resume_without_checkpoints, _garbage_checkpoint)
+}
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -50,8 +52,9 @@ def test_bad_input_ends_in_one_clean_line(case, tmp_path):
 
 
 def test_hydra_full_error_still_shows_the_traceback(tmp_path):
-    proc = run_train([f"resume={tmp_path / 'no-such-run'}"], tmp_path / "out", check=False,
-                     env={"HYDRA_FULL_ERROR": "1"})
+    proc = run_train(
+        [f"resume={tmp_path / 'no-such-run'}"], tmp_path / "out", check=False, env={"HYDRA_FULL_ERROR": "1"}
+    )
     assert proc.returncode == 1
     assert "Traceback (most recent call last)" in proc.stderr and "ResumeError" in proc.stderr
     assert "train.py: error:" not in proc.stderr

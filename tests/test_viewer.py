@@ -24,8 +24,10 @@ CHAIR = "r2n2-sample/ShapeNetVox32/03001627/pix2voxkeras_chair/model.binvox"
 VIEW = "r2n2-sample/ShapeNetRendering/03001627/pix2voxkeras_chair/rendering/00.png"
 WINDOW = (1000, 520)
 # reports where the canvases are, so the screenshot can be checked inside them (added to a copy only)
-PROBE = ("<script>document.body.dataset.rects = JSON.stringify([...document.querySelectorAll('canvas')]"
-         ".map(c => { const r = c.getBoundingClientRect(); return [r.left, r.top, r.width, r.height]; }));</script>")
+PROBE = (
+    "<script>document.body.dataset.rects = JSON.stringify([...document.querySelectorAll('canvas')]"
+    ".map(c => { const r = c.getBoundingClientRect(); return [r.left, r.top, r.width, r.height]; }));</script>"
+)
 
 
 def _chair_page(shared_data: Path, path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -39,8 +41,11 @@ def _chair_page(shared_data: Path, path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _page_data(html: str) -> list[dict]:
-    return json.loads(re.search(r'<script id="r2n2-data" type="application/json">(.*?)</script>', html, re.S)
-                      .group(1).replace("<\\/", "</"))
+    return json.loads(
+        re.search(r'<script id="r2n2-data" type="application/json">(.*?)</script>', html, re.S)
+        .group(1)
+        .replace("<\\/", "</")
+    )
 
 
 def test_page_is_self_contained_and_its_grids_round_trip(shared_data, tmp_path):
@@ -58,9 +63,20 @@ def test_page_is_self_contained_and_its_grids_round_trip(shared_data, tmp_path):
 
 
 def _chromium(page: Path, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'profile'}",
-           "--enable-logging=stderr", "--v=0", "--force-device-scale-factor=1", "--hide-scrollbars",
-           f"--window-size={WINDOW[0]},{WINDOW[1]}", *args, page.as_uri()]
+    cmd = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--enable-logging=stderr",
+        "--v=0",
+        "--force-device-scale-factor=1",
+        "--hide-scrollbars",
+        f"--window-size={WINDOW[0]},{WINDOW[1]}",
+        *args,
+        page.as_uri(),
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
 
 
@@ -82,7 +98,7 @@ def _check_draws(page: Path, tmp_path: Path, filled: list[bool]) -> list[np.ndar
     pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
     areas = []
     for (left, top, width, height), full in zip(rects, filled):
-        area = pixels[int(top) + 2:int(top + height) - 2, int(left) + 2:int(left + width) - 2]
+        area = pixels[int(top) + 2 : int(top + height) - 2, int(left) + 2 : int(left + width) - 2]
         assert area.size, (rects, pixels.shape)
         drawn = (np.abs(area - 255).max(-1) > 30).mean()  # share of pixels off the white background
         assert drawn > 0.02 if full else drawn < 0.02, f"canvas at {left},{top}: {drawn:.3%} drawn"
@@ -104,8 +120,20 @@ def test_predict_html_on_real_photos(trained, shared_data, tmp_path):
     run_dir, _ = trained
     photos = [str(shared_data / "photos" / f"{i}.png") for i in range(2)]
     out = tmp_path / "pred"
-    proc = subprocess.run([str(BIN / "r2n2-predict"), "--ckpt", str(run_dir / "checkpoints" / "best.ckpt"), *photos,
-                           "--out", str(out), "--html"], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            str(BIN / "r2n2-predict"),
+            "--ckpt",
+            str(run_dir / "checkpoints" / "best.ckpt"),
+            *photos,
+            "--out",
+            str(out),
+            "--html",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     (row,) = _page_data((out / "prediction.html").read_text())
     assert len(row["images"]) == 2 and row["gt"] is None and row["iou"] is None

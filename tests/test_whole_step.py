@@ -17,9 +17,18 @@ from r2n2.train.run import build
 def _fit(data_dir, tmp_path, name: str, overrides: list[str]) -> tuple[dict, list[float], list[float], int, dict]:
     """A real fit: (final weights, each step's loss, each step's learning rate, global_step, first
     weights); the module as ``_fit.module``."""
-    args = [*tiny(data_dir, epochs=2), "logger=none", "test=false", "callbacks.model_checkpoint=null",
-            "callbacks.last_checkpoint=null", "module.viz_every_n_epochs=0", "trainer.num_sanity_val_steps=0",
-            "data.views_per_sample=[1,3]", f"paths.output_dir={tmp_path / name}", *overrides]
+    args = [
+        *tiny(data_dir, epochs=2),
+        "logger=none",
+        "test=false",
+        "callbacks.model_checkpoint=null",
+        "callbacks.last_checkpoint=null",
+        "module.viz_every_n_epochs=0",
+        "trainer.num_sanity_val_steps=0",
+        "data.views_per_sample=[1,3]",
+        f"paths.output_dir={tmp_path / name}",
+        *overrides,
+    ]
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", args)
     L.seed_everything(0)
@@ -60,8 +69,13 @@ def test_whole_step_trains_as_lightnings_automatic_optimisation(data_dir, tmp_pa
 
 
 def test_whole_step_refusals(data_dir, tmp_path):
-    base = [*tiny(data_dir, epochs=1), "logger=none", "test=false", f"paths.output_dir={tmp_path / 'r'}",
-            "module.cuda_graph=true"]
+    base = [
+        *tiny(data_dir, epochs=1),
+        "logger=none",
+        "test=false",
+        f"paths.output_dir={tmp_path / 'r'}",
+        "module.cuda_graph=true",
+    ]
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", [*base, "+trainer.gradient_clip_algorithm=value"])
     with pytest.raises(ValueError, match="gradient_clip_algorithm=value"):

@@ -22,10 +22,20 @@ from pathlib import Path
 
 import torch
 
-from r2n2.train.checkpoint import CheckpointError
 from r2n2.data.errors import DataError
-from r2n2.export import ATOL, CHECK_VIEWS, FORMATS, IMAGE_SIZE, ExportCheckError, export_onnx, \
-    export_torchscript, export_weights, load_network, write_checked
+from r2n2.export import (
+    ATOL,
+    CHECK_VIEWS,
+    FORMATS,
+    IMAGE_SIZE,
+    ExportCheckError,
+    export_onnx,
+    export_torchscript,
+    export_weights,
+    load_network,
+    write_checked,
+)
+from r2n2.train.checkpoint import CheckpointError
 
 
 def check_input(images: list[str] | None) -> torch.Tensor:
@@ -43,9 +53,11 @@ def export(ckpt: str, fmt: str, out: str, dtype: str = "fp32", images: list[str]
     """Export ``ckpt`` as ``fmt`` to ``out`` if it passes the check (else ``ExportCheckError``, ``out``
     untouched); returns sizes and the check's differences."""
     net, info = load_network(ckpt)  # a training checkpoint or a weights file (then re-saved in dtype)
-    writers = {"weights": lambda f: export_weights(net, info["net"], f, dtype, str(ckpt)),
-               "onnx": lambda f: export_onnx(net, f),
-               "torchscript": lambda f: export_torchscript(net, f)}
+    writers = {
+        "weights": lambda f: export_weights(net, info["net"], f, dtype, str(ckpt)),
+        "onnx": lambda f: export_onnx(net, f),
+        "torchscript": lambda f: export_torchscript(net, f),
+    }
     if fmt not in writers:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
     atol = ATOL if (fmt != "weights" or dtype == "fp32") else float("inf")
@@ -54,14 +66,20 @@ def export(ckpt: str, fmt: str, out: str, dtype: str = "fp32", images: list[str]
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="r2n2-export", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="r2n2-export", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--ckpt", required=True, help="a training checkpoint (.ckpt) or an exported weights file")
     ap.add_argument("--format", required=True, choices=FORMATS, help="what to write")
     ap.add_argument("--out", required=True, help="output file")
     ap.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="weights precision (--format weights)")
-    ap.add_argument("--check-images", nargs="+", default=None, metavar="IMG",
-                    help="photos to check the export on (default: a seeded random input)")
+    ap.add_argument(
+        "--check-images",
+        nargs="+",
+        default=None,
+        metavar="IMG",
+        help="photos to check the export on (default: a seeded random input)",
+    )
     args = ap.parse_args(argv)
     if args.dtype != "fp32" and args.format != "weights":
         ap.error("--dtype bf16 applies to --format weights only (ONNX and TorchScript are exported in fp32)")
@@ -74,9 +92,11 @@ def main(argv: list[str] | None = None) -> None:
         print(f"r2n2-export: error: {e}", file=sys.stderr)
         sys.exit(1)
     diffs = ", ".join(f"{v} view(s) {d:.1e}" for v, d in info["max_diff"].items())
-    print(f"[r2n2-export] {args.format} ({args.dtype if args.format == 'weights' else 'fp32'}) -> {Path(args.out)}: "
-          f"{info['bytes'] / 1e6:.1f} MB (checkpoint {info['ckpt_bytes'] / 1e6:.1f} MB); "
-          f"max |logit - PyTorch|: {diffs}")
+    print(
+        f"[r2n2-export] {args.format} ({args.dtype if args.format == 'weights' else 'fp32'}) -> {Path(args.out)}: "
+        f"{info['bytes'] / 1e6:.1f} MB (checkpoint {info['ckpt_bytes'] / 1e6:.1f} MB); "
+        f"max |logit - PyTorch|: {diffs}"
+    )
 
 
 if __name__ == "__main__":

@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from r2n2.utils.atomic import atomic_write
-from r2n2.train.checkpoint import CheckpointError
 from r2n2.data.errors import DataError
 from r2n2.evaluation.metrics import THRESHOLD
+from r2n2.train.checkpoint import CheckpointError
+from r2n2.utils.atomic import atomic_write
 
 
 def frame_views(paths: list[str], size: int = 127) -> torch.Tensor:
@@ -61,7 +61,7 @@ def write_obj(path: Path, probs: np.ndarray, threshold: float) -> int:
         verts, faces, _, _ = marching_cubes(padded, level=threshold)
         verts = (verts - 1 + 0.5) / probs.shape[0] - 0.5  # padded index -> voxel-centre coordinates
     buf = io.StringIO()
-    buf.write("# r2n2-predict: marching cubes at p = %g\n" % threshold)
+    buf.write(f"# r2n2-predict: marching cubes at p = {threshold:g}\n")
     np.savetxt(buf, verts, fmt="v %.5f %.5f %.5f")
     np.savetxt(buf, faces[:, ::-1] + 1, fmt="f %d %d %d")  # 1-based, outward-facing winding
     with atomic_write(path, "w") as f:
@@ -99,22 +99,28 @@ def predict(ckpt: str, images: list[str], out: str, threshold: float = THRESHOLD
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="r2n2-predict", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="r2n2-predict", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--ckpt", required=True, help="a training checkpoint (.ckpt) or an r2n2-export weights file")
     ap.add_argument("images", nargs="+", help="photos of one object (PNG/JPEG, any size)")
     ap.add_argument("--out", required=True, help="output folder")
     ap.add_argument("--threshold", type=float, default=THRESHOLD, help=f"occupancy threshold (default {THRESHOLD})")
-    ap.add_argument("--html", action="store_true",
-                    help="also write prediction.html: inputs and the prediction as rotatable 3D voxels")
+    ap.add_argument(
+        "--html",
+        action="store_true",
+        help="also write prediction.html: inputs and the prediction as rotatable 3D voxels",
+    )
     args = ap.parse_args(argv)
     try:
         info = predict(args.ckpt, args.images, args.out, args.threshold, args.html)
     except (CheckpointError, DataError) as e:
         print(f"r2n2-predict: error: {e}", file=sys.stderr)
         sys.exit(2)
-    print(f"[r2n2-predict] {len(args.images)} view(s): {info['occupied']} occupied voxels, "
-          f"{info['faces']} mesh faces -> {info['out']}/prediction.{{npy,binvox,obj,png{',html' if args.html else ''}}}")
+    print(
+        f"[r2n2-predict] {len(args.images)} view(s): {info['occupied']} occupied voxels, "
+        f"{info['faces']} mesh faces -> {info['out']}/prediction.{{npy,binvox,obj,png{',html' if args.html else ''}}}"
+    )
 
 
 if __name__ == "__main__":

@@ -52,8 +52,9 @@ def mean_shape_for(mean: torch.Tensor | dict[str, torch.Tensor], categories: lis
     return mean.expand(len(categories), *mean.shape)
 
 
-def baseline_iou(mean: torch.Tensor | dict[str, torch.Tensor], dataset: PackedDataset,
-                 threshold: float = THRESHOLD) -> torch.Tensor:
+def baseline_iou(
+    mean: torch.Tensor | dict[str, torch.Tensor], dataset: PackedDataset, threshold: float = THRESHOLD
+) -> torch.Tensor:
     """Per-sample IoU (N,) of a constant prediction on ``dataset``'s samples.
 
     mean: a global mean shape (R, R, R), or {category: mean shape} (the category is given)."""

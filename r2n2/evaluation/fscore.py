@@ -98,8 +98,14 @@ def fscore_points(pred: np.ndarray, gt: np.ndarray, distance: float = FSCORE_DIS
     return 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
 
 
-def voxel_fscore(pred: np.ndarray, gt: np.ndarray, distance: float = FSCORE_DISTANCE, n: int = FSCORE_POINTS,
-                 seed: int = 0, level: str = DEFAULT_LEVEL) -> float:
+def voxel_fscore(
+    pred: np.ndarray,
+    gt: np.ndarray,
+    distance: float = FSCORE_DISTANCE,
+    n: int = FSCORE_POINTS,
+    seed: int = 0,
+    level: str = DEFAULT_LEVEL,
+) -> float:
     """F-score@``distance`` of two ``(R, R, R) bool`` grids (Pix2Vox++'s F-score@1% by default)."""
     return fscore_points(surface_points(pred, n, seed, level), surface_points(gt, n, seed + 1, level), distance)
 
@@ -117,7 +123,7 @@ class _Surface:
         # unbalanced, uncompacted trees build ~2x faster; a nearest-neighbour answer does not change
         self.tree = cKDTree(self.points, balanced_tree=False, compact_nodes=False) if len(self.points) else None
 
-    def within(self, other: "_Surface", distance: float) -> float:
+    def within(self, other: _Surface, distance: float) -> float:
         """Share of ``other``'s points within ``distance`` of this surface."""
         d = self.tree.query(other.points, distance_upper_bound=distance)[0]  # inf beyond the bound
         return float((d < distance).mean())
@@ -152,8 +158,15 @@ def _unpack(bits: np.ndarray, shape: tuple) -> np.ndarray:
     return np.unpackbits(bits)[: int(np.prod(shape))].reshape(shape).astype(bool)
 
 
-def score_packed(gt_keys: list, gt_bits: np.ndarray, pred_bits: np.ndarray, shape: tuple,
-                 n: int = FSCORE_POINTS, distance: float = FSCORE_DISTANCE, level: str = DEFAULT_LEVEL) -> np.ndarray:
+def score_packed(
+    gt_keys: list,
+    gt_bits: np.ndarray,
+    pred_bits: np.ndarray,
+    shape: tuple,
+    n: int = FSCORE_POINTS,
+    distance: float = FSCORE_DISTANCE,
+    level: str = DEFAULT_LEVEL,
+) -> np.ndarray:
     """F-scores of K (prediction, ground truth) pairs of bit-packed grids: ``(K,) float64``.
 
     gt_keys: K ids of the ground-truth grids (kept for the callers; surfaces are cached by the grids'
@@ -183,12 +196,17 @@ class FScorer:
     """F-scores computed in a pool of ``workers`` processes while the caller goes on (0 = inline).
 
     ``submit(gt_keys, gt_grids, pred_grids) -> Future`` of ``(K,)`` F-scores; grids ``(K, R, R, R)``
-    bool (numpy, or torch tensors on any device); ``level``: the surface definition (:data:`LEVELS`; ``"what3d"`` by default). Use as a
-    context manager so the pool is shut down.
+    bool (numpy, or torch tensors on any device); ``level``: the surface definition (:data:`LEVELS`;
+    ``"what3d"`` by default). Use as a context manager so the pool is shut down.
     """
 
-    def __init__(self, workers: int | None = None, n: int = FSCORE_POINTS, distance: float = FSCORE_DISTANCE,
-                 level: str = DEFAULT_LEVEL):
+    def __init__(
+        self,
+        workers: int | None = None,
+        n: int = FSCORE_POINTS,
+        distance: float = FSCORE_DISTANCE,
+        level: str = DEFAULT_LEVEL,
+    ):
         if level not in LEVELS:
             raise ValueError(f"fscore.level={level!r}: expected one of {sorted(LEVELS)}")
         self.workers = (os.cpu_count() or 1) if workers is None else int(workers)
@@ -204,8 +222,15 @@ class FScorer:
     def submit(self, gt_keys, gt_grids: np.ndarray, pred_grids: np.ndarray) -> Future:
         gt_grids, pred_grids = _numpy(gt_grids), _numpy(pred_grids)
         shape = tuple(pred_grids.shape[1:])
-        args = (list(gt_keys), np.packbits(gt_grids.reshape(len(gt_grids), -1), axis=1),
-                np.packbits(pred_grids.reshape(len(pred_grids), -1), axis=1), shape, self.n, self.distance, self.level)
+        args = (
+            list(gt_keys),
+            np.packbits(gt_grids.reshape(len(gt_grids), -1), axis=1),
+            np.packbits(pred_grids.reshape(len(pred_grids), -1), axis=1),
+            shape,
+            self.n,
+            self.distance,
+            self.level,
+        )
         if self.pool is None:
             future: Future = Future()
             future.set_result(score_packed(*args))
@@ -216,7 +241,7 @@ class FScorer:
         if self.pool is not None:
             self.pool.shutdown(cancel_futures=True)
 
-    def __enter__(self) -> "FScorer":
+    def __enter__(self) -> FScorer:
         return self
 
     def __exit__(self, *exc) -> None:

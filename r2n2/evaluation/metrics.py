@@ -15,7 +15,7 @@ instead of averaging per-sample IoUs.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torchmetrics import Metric
@@ -189,5 +189,6 @@ class VoxelIoU(Metric):
                 out[self.key(t, name)] = per_cat[c, j]
             out[self.key(t, "class_mean")] = class_mean[j]
         return out
+
 
 # F-score@1% (Pix2Vox++): r2n2.evaluation.fscore

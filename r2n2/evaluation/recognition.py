@@ -28,9 +28,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from r2n2.evaluation.baselines import object_occupancy
 from r2n2.data.dataset import PackedDataset
 from r2n2.data.transforms import to_images
+from r2n2.evaluation.baselines import object_occupancy
 
 log = logging.getLogger(__name__)
 
@@ -83,31 +83,41 @@ class Fitted:
         best = torch.full((len(q),), -torch.inf, dtype=q.dtype, device=q.device)
         index = torch.zeros(len(q), dtype=torch.int64, device=q.device)
         for j in range(0, len(self.bank), CHUNK):
-            value, arg = (q @ self.bank[j:j + CHUNK].T).max(1)
+            value, arg = (q @ self.bank[j : j + CHUNK].T).max(1)
             better = value > best  # strictly: an equal value later keeps the first
             best, index = torch.where(better, value, best), torch.where(better, arg + j, index)
         return index.cpu().numpy()
 
 
-def small_images(dataset: PackedDataset, slots: np.ndarray, size: int = IMAGE_SIZE, chunk: int = 512,
-                 device: torch.device | str = "cpu") -> torch.Tensor:
+def small_images(
+    dataset: PackedDataset,
+    slots: np.ndarray,
+    size: int = IMAGE_SIZE,
+    chunk: int = 512,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
     """Stored images ``slots (N,)`` -> ``(N, 3, size, size) float`` (on the CPU), normalised as the
     network input; composited and pooled on ``device``, the next chunk read meanwhile."""
     from r2n2.evaluation.scoring import read_ahead
 
-    chunks = [slots[i:i + chunk] for i in range(0, len(slots), chunk)]
-    out = [F.adaptive_avg_pool2d(to_images(torch.from_numpy(rgba)[:, None].to(device))[:, 0], size).cpu()
-           for rgba in read_ahead(dataset.images, chunks)]  # rgba: (B, S, S, 4)
+    chunks = [slots[i : i + chunk] for i in range(0, len(slots), chunk)]
+    out = [
+        F.adaptive_avg_pool2d(to_images(torch.from_numpy(rgba)[:, None].to(device))[:, 0], size).cpu()
+        for rgba in read_ahead(dataset.images, chunks)
+    ]  # rgba: (B, S, S, 4)
     return torch.cat(out) if out else torch.zeros(0, 3, size, size)
 
 
-def image_features(dataset: PackedDataset, slots: np.ndarray, filters: torch.Tensor,
-                   device: torch.device | str = "cpu") -> torch.Tensor:
+def image_features(
+    dataset: PackedDataset, slots: np.ndarray, filters: torch.Tensor, device: torch.device | str = "cpu"
+) -> torch.Tensor:
     """:func:`random_features` of the stored images ``slots (N,)``, :data:`CHUNK` images at a time:
     (N, D) float64 (the whole split at once would hold (N, 192, 16, 16) float32: 72 GB for ShapeNet's
     training images)."""
-    out = [random_features(small_images(dataset, slots[i:i + CHUNK], device=device), filters)
-           for i in range(0, len(slots), CHUNK)]
+    out = [
+        random_features(small_images(dataset, slots[i : i + CHUNK], device=device), filters)
+        for i in range(0, len(slots), CHUNK)
+    ]
     return torch.cat(out) if out else torch.zeros(0, FILTERS * 2 * POOL * POOL, dtype=torch.float64)
 
 
@@ -156,15 +166,16 @@ def fit(train: PackedDataset, clusters: int = CLUSTERS, seed: int = 0, device: t
     del raw
     w_cluster, w_object = ridge(f, cluster_of[obj], k), ridge(f, obj, len(shapes))
     gram = w_object @ w_object.T
-    length = torch.cat([((f[i:i + CHUNK] @ gram) * f[i:i + CHUNK]).sum(1) for i in range(0, len(f), CHUNK)]).sqrt()
+    length = torch.cat([((f[i : i + CHUNK] @ gram) * f[i : i + CHUNK]).sum(1) for i in range(0, len(f), CHUNK)]).sqrt()
     bank = f / length.clamp(min=1e-12)[:, None]  # F.normalize's floor
     log.info("recognition baselines fitted: %d clusters, %d training images", k, len(f))
     return Fitted(centroids, shapes, filters, mean, std, w_cluster, w_object, gram, bank, obj.copy())
 
 
 @torch.no_grad()
-def predict(fitted: Fitted, dataset: PackedDataset, slots: np.ndarray, obj: np.ndarray,
-            device: torch.device | str = "cpu") -> dict[str, tuple]:
+def predict(
+    fitted: Fitted, dataset: PackedDataset, slots: np.ndarray, obj: np.ndarray, device: torch.device | str = "cpu"
+) -> dict[str, tuple]:
     """The three baselines for the images ``slots (N,)`` of objects ``obj (N,)`` of ``dataset``.
 
     Returns {name: (table (P, R, R, R) float, index (N,) int)}: sample i is predicted ``table[index[i]]``.
@@ -173,10 +184,12 @@ def predict(fitted: Fitted, dataset: PackedDataset, slots: np.ndarray, obj: np.n
     fitted.bank, fitted.gram = fitted.bank.to(device), fitted.gram.to(device)
     f = (image_features(dataset, slots, fitted.filters, device) - fitted.mean) / fitted.std
     cluster = (f @ fitted.w_cluster).argmax(1).numpy()
-    nearest = np.concatenate([fitted.nearest(f[i:i + CHUNK]) for i in range(0, len(f), CHUNK)] or [np.zeros(0, int)])
-    return {"clustering": (fitted.centroids, cluster),
-            "retrieval": (fitted.shapes, fitted.bank_obj[nearest]),
-            "oracle nearest neighbour": (fitted.shapes, oracle(fitted.shapes, object_occupancy(dataset), device)[obj])}
+    nearest = np.concatenate([fitted.nearest(f[i : i + CHUNK]) for i in range(0, len(f), CHUNK)] or [np.zeros(0, int)])
+    return {
+        "clustering": (fitted.centroids, cluster),
+        "retrieval": (fitted.shapes, fitted.bank_obj[nearest]),
+        "oracle nearest neighbour": (fitted.shapes, oracle(fitted.shapes, object_occupancy(dataset), device)[obj]),
+    }
 
 
 def oracle(train_shapes: torch.Tensor, test_shapes: torch.Tensor, device: torch.device | str = "cpu") -> np.ndarray:
@@ -185,7 +198,7 @@ def oracle(train_shapes: torch.Tensor, test_shapes: torch.Tensor, device: torch.
     b = train_shapes.flatten(1).float().to(device)  # (O, V)
     out = []
     for i in range(0, len(test_shapes), CHUNK):
-        a = test_shapes[i:i + CHUNK].flatten(1).float().to(device)  # (T, V)
+        a = test_shapes[i : i + CHUNK].flatten(1).float().to(device)  # (T, V)
         inter = a @ b.T  # (T, O)
         union = a.sum(1, keepdim=True) + b.sum(1)[None] - inter
         iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(inter))
@@ -193,8 +206,9 @@ def oracle(train_shapes: torch.Tensor, test_shapes: torch.Tensor, device: torch.
     return np.concatenate(out) if out else np.zeros(0, np.int64)
 
 
-def baseline_metrics(train: PackedDataset, test: PackedDataset, threshold: float = 0.3,
-                     clusters: int = CLUSTERS, seed: int = 0) -> dict[str, float]:
+def baseline_metrics(
+    train: PackedDataset, test: PackedDataset, threshold: float = 0.3, clusters: int = CLUSTERS, seed: int = 0
+) -> dict[str, float]:
     """Test IoU@``threshold`` (mean over samples, each sample's own view) of the three baselines:
     ``{"baseline/<name>_test_iou": float}``, for train.py's metrics.json."""
     from r2n2.evaluation.metrics import voxel_iou_thresholds
@@ -205,7 +219,10 @@ def baseline_metrics(train: PackedDataset, test: PackedDataset, threshold: float
     out = {}
     for name, (table, index) in predict(fitted, test, own_view_slots(test), obj).items():
         pairs, inverse = np.unique(np.stack([index, obj], 1), axis=0, return_inverse=True)
-        iou = voxel_iou_thresholds(table[torch.from_numpy(pairs[:, 0])].float(), gts[torch.from_numpy(pairs[:, 1])],
-                                   torch.tensor([float(threshold)]))[:, 0].numpy()
+        iou = voxel_iou_thresholds(
+            table[torch.from_numpy(pairs[:, 0])].float(),
+            gts[torch.from_numpy(pairs[:, 1])],
+            torch.tensor([float(threshold)]),
+        )[:, 0].numpy()
         out[f"baseline/{name.replace(' ', '_')}_test_iou"] = float(iou[inverse.reshape(-1)].mean())
     return out

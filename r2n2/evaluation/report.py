@@ -42,15 +42,18 @@ class Scores:
 def _summarise(values: np.ndarray, category: np.ndarray) -> dict:
     cats = sorted(set(category.tolist()))
     per = {c: float(values[category == c].mean()) for c in cats}
-    return {"mean_over_samples": float(values.mean()), "mean_of_category_means": float(np.mean(list(per.values()))),
-            "per_category": per}
+    return {
+        "mean_over_samples": float(values.mean()),
+        "mean_of_category_means": float(np.mean(list(per.values()))),
+        "per_category": per,
+    }
 
 
 PROTOCOL_TEXT = {
     "ours": "every sample of the split, its own view first; threshold chosen on val",
     "pix2vox": "one sample per object, its first n renderings; best threshold chosen on test",
     "r2n2": "one sample per object, n renderings drawn with replacement (seeded), background 240 on "
-            "transparent pixels, IoU at 0.4, as 3D-R2N2's test code at 13a30e2 (input resized, not cropped)",
+    "transparent pixels, IoU at 0.4, as 3D-R2N2's test code at 13a30e2 (input resized, not cropped)",
 }
 
 
@@ -65,9 +68,14 @@ def markdown_report(result: dict) -> str:
     cats = sorted(model[views[0]][key]["per_category"])
     head = ["category"] + [f"{v} view{'s' if v != '1' else ''}" for v in views] + list(base)
     proto = result.get("protocol", {"name": "ours"})
-    lines = [f"Protocol: `protocol={proto['name']}` ({PROTOCOL_TEXT.get(proto['name'], '')})", "",
-             f"## IoU@{t:g} per category, {result['split']} split ({result['num_samples']} samples)", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = [
+        f"Protocol: `protocol={proto['name']}` ({PROTOCOL_TEXT.get(proto['name'], '')})",
+        "",
+        f"## IoU@{t:g} per category, {result['split']} split ({result['num_samples']} samples)",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
 
     def row(name, pick):
         cells = [pick(model[v][key]) for v in views] + [pick(base[b][key]) for b in base]
@@ -78,10 +86,17 @@ def markdown_report(result: dict) -> str:
     lines.append(row("**mean over samples** (Pix2Vox)", lambda s: s["mean_over_samples"]))
     lines.append(row("**mean of category means** (3D-R2N2)", lambda s: s["mean_of_category_means"]))
 
-    lines += ["", f"## Overall, {result['split']} split: mean over samples / mean of category means", "",
-              "| measure | " + " | ".join(f"model, {v} view{'s' if v != '1' else ''}" for v in views)
-              + " | " + " | ".join(base) + " |",
-              "|" + "---|" * (1 + len(views) + len(base))]
+    lines += [
+        "",
+        f"## Overall, {result['split']} split: mean over samples / mean of category means",
+        "",
+        "| measure | "
+        + " | ".join(f"model, {v} view{'s' if v != '1' else ''}" for v in views)
+        + " | "
+        + " | ".join(base)
+        + " |",
+        "|" + "---|" * (1 + len(views) + len(base)),
+    ]
     measures = [f"iou@{x:g}" for x in result["thresholds"]] + ["fscore@1%"]
     for m in measures:
         cells = [model[v].get(m) for v in views] + [base[b].get(m) for b in base]
@@ -91,16 +106,28 @@ def markdown_report(result: dict) -> str:
 
     sel = result.get("threshold_selection")
     if sel and sel.get("chosen_on") == "test":
-        lines += ["", "## Best threshold chosen on the test set (as Pix2Vox reports; optimistic: not a held-out "
-                  "choice)", "", "| views | threshold | test IoU (mean over samples) |", "|---|---|---|"]
+        lines += [
+            "",
+            "## Best threshold chosen on the test set (as Pix2Vox reports; optimistic: not a held-out choice)",
+            "",
+            "| views | threshold | test IoU (mean over samples) |",
+            "|---|---|---|",
+        ]
         lines += [f"| {v} | {c['threshold']:g} | {c['test_iou']:.3f} |" for v, c in sel["per_views"].items()]
     elif sel:
-        lines += ["", f"## Threshold chosen on val (never on test): t = {sel['threshold']:g}", "",
-                  f"val IoU {sel['val_iou']:.3f} at t = {sel['threshold']:g} (1 view); on test: IoU "
-                  f"{sel['test_iou']:.3f} (mean over samples), {sel['test_iou_class_mean']:.3f} (mean of "
-                  f"category means), F-score@1% {sel['test_fscore']:.3f}."]
-    lines += ["", "Mean over samples: Pix2Vox's average. Mean of category means: 3D-R2N2's and Occupancy "
-              "Networks' headline figure. Mean shapes use no image: the training set's mean occupancy, "
-              f"thresholded at {t:g} (category mean shape: the category is given). Clustering, retrieval "
-              "and the oracle answer with a training shape (docs/evaluation.md)."]
+        lines += [
+            "",
+            f"## Threshold chosen on val (never on test): t = {sel['threshold']:g}",
+            "",
+            f"val IoU {sel['val_iou']:.3f} at t = {sel['threshold']:g} (1 view); on test: IoU "
+            f"{sel['test_iou']:.3f} (mean over samples), {sel['test_iou_class_mean']:.3f} (mean of "
+            f"category means), F-score@1% {sel['test_fscore']:.3f}.",
+        ]
+    lines += [
+        "",
+        "Mean over samples: Pix2Vox's average. Mean of category means: 3D-R2N2's and Occupancy "
+        "Networks' headline figure. Mean shapes use no image: the training set's mean occupancy, "
+        f"thresholded at {t:g} (category mean shape: the category is given). Clustering, retrieval "
+        "and the oracle answer with a training shape (docs/evaluation.md).",
+    ]
     return "\n".join(lines) + "\n"

@@ -78,8 +78,13 @@ class Conv3dGRU(_Conv3dRecurrent):
     Parameters: 3 * (F * C * G^3 + C * C * k^3 + C).
     """
 
-    def __init__(self, input_size: int = FEATURE_SIZE, channels: int = HIDDEN_CHANNELS, grid: int = HIDDEN_GRID,
-                 kernel_size: int = KERNEL) -> None:
+    def __init__(
+        self,
+        input_size: int = FEATURE_SIZE,
+        channels: int = HIDDEN_CHANNELS,
+        grid: int = HIDDEN_GRID,
+        kernel_size: int = KERNEL,
+    ) -> None:
         super().__init__(3, input_size, channels, grid, kernel_size)
         self.conv_ur = self.conv(2 * self.channels, kernel_size)  # U_u, U_r (and b_u, b_r) on h
         self.conv_h = self.conv(self.channels, kernel_size)  # U_h (and b_h) on r . h
@@ -114,8 +119,14 @@ class Conv3dLSTM(_Conv3dRecurrent):
     Parameters: n * (F * C * G^3 + C * C * k^3 + C), n = 4 with the output gate, else 3 (as the GRU).
     """
 
-    def __init__(self, input_size: int = FEATURE_SIZE, channels: int = HIDDEN_CHANNELS, grid: int = HIDDEN_GRID,
-                 kernel_size: int = KERNEL, output_gate: bool = True) -> None:
+    def __init__(
+        self,
+        input_size: int = FEATURE_SIZE,
+        channels: int = HIDDEN_CHANNELS,
+        grid: int = HIDDEN_GRID,
+        kernel_size: int = KERNEL,
+        output_gate: bool = True,
+    ) -> None:
         self.output_gate = bool(output_gate)
         n_gates = 4 if self.output_gate else 3
         super().__init__(n_gates, input_size, channels, grid, kernel_size)

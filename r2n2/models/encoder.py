@@ -10,7 +10,7 @@ the flattened feature is channels[-1] * 1 * 1 = 256.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

@@ -62,12 +62,19 @@ class R2N2(nn.Module):
         init: "default" (PyTorch's), "kaiming" or "xavier", see :func:`r2n2.models.encoder.init_weights`.
     """
 
-    def __init__(self, cell: str = "gru", residual: bool = False, output_gate: bool = True,
-                 unpool: str = "nearest", init: str = "default") -> None:
+    def __init__(
+        self,
+        cell: str = "gru",
+        residual: bool = False,
+        output_gate: bool = True,
+        unpool: str = "nearest",
+        init: str = "default",
+    ) -> None:
         super().__init__()
         self.encoder = R2N2Encoder(residual)
-        self.recurrent = build_conv_rnn(cell, output_gate, input_size=self.encoder.out_dim,
-                                        channels=HIDDEN_CHANNELS, grid=HIDDEN_GRID)
+        self.recurrent = build_conv_rnn(
+            cell, output_gate, input_size=self.encoder.out_dim, channels=HIDDEN_CHANNELS, grid=HIDDEN_GRID
+        )
         self.decoder = R2N2Decoder(residual, unpool)
         init_weights(self, init)
 

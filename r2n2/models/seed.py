@@ -18,7 +18,8 @@ Parameters of the default model (norm none, GRU 128, linear -> 32^3 + Conv3d(1, 
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn

@@ -5,9 +5,9 @@
 ``16-mixed`` on an older GPU, and on the CPU ``bf16-mixed`` where the CPU computes bf16 natively
 (avx512_bf16 or amx_bf16: about 6x faster than fp32 on such an AMD EPYC) and ``32-true`` elsewhere
 (on an AVX2-only AMD EPYC bf16 autocast is emulated: a training step of the default model at batch 16
-took 20.3 s against 1.8 s in fp32). ``trainer.benchmark: auto`` turns on ``torch.backends.cudnn.benchmark`` on a GPU (the
-shapes are fixed: one per view count), off on the CPU. Explicit values (``trainer=cpu|gpu|ddp|ddp_cpu``,
-``trainer.precision=32``) are kept as they are.
+took 20.3 s against 1.8 s in fp32). ``trainer.benchmark: auto`` turns on
+``torch.backends.cudnn.benchmark`` on a GPU (the shapes are fixed: one per view count), off on the CPU.
+Explicit values (``trainer=cpu|gpu|ddp|ddp_cpu``, ``trainer.precision=32``) are kept as they are.
 """
 
 from __future__ import annotations
@@ -37,8 +37,13 @@ def cpu_has_fast_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
     return any(flag in flags for flag in CPU_BF16_FLAGS)
 
 
-def choose(accelerator: str = AUTO, precision: str | int = AUTO, benchmark: bool | str | None = AUTO,
-           cuda: bool | None = None, bf16: bool | None = None) -> dict:
+def choose(
+    accelerator: str = AUTO,
+    precision: str | int = AUTO,
+    benchmark: bool | str | None = AUTO,
+    cuda: bool | None = None,
+    bf16: bool | None = None,
+) -> dict:
     """The concrete ``{"accelerator", "precision", "benchmark"}`` for possibly-``auto`` settings.
 
     cuda: whether a CUDA GPU is usable; bf16: whether the device (the GPU, or the CPU when training
@@ -50,8 +55,10 @@ def choose(accelerator: str = AUTO, precision: str | int = AUTO, benchmark: bool
         accelerator = "gpu" if cuda else "cpu"
     on_gpu = accelerator in ("gpu", "cuda")
     if on_gpu and not cuda:
-        raise ValueError(f"trainer.accelerator={accelerator}, but torch sees no CUDA GPU "
-                         "(use trainer=cpu, or the default trainer.accelerator=auto)")
+        raise ValueError(
+            f"trainer.accelerator={accelerator}, but torch sees no CUDA GPU "
+            "(use trainer=cpu, or the default trainer.accelerator=auto)"
+        )
     if precision == AUTO:
         if bf16 is None:
             bf16 = torch.cuda.is_bf16_supported() if on_gpu else cpu_has_fast_bf16()
@@ -67,6 +74,8 @@ def resolve_trainer(trainer: DictConfig) -> DictConfig:
     chosen = choose(cfg.get("accelerator", AUTO), cfg.get("precision", AUTO), cfg.get("benchmark", AUTO))
     cfg.update(chosen)
     where = torch.cuda.get_device_name(0) if chosen["accelerator"] in ("gpu", "cuda") else "CPU"
-    print(f"[r2n2] training on {chosen['accelerator']} ({where}), precision {chosen['precision']}"
-          + (", cudnn.benchmark on" if chosen["benchmark"] else ""))
+    print(
+        f"[r2n2] training on {chosen['accelerator']} ({where}), precision {chosen['precision']}"
+        + (", cudnn.benchmark on" if chosen["benchmark"] else "")
+    )
     return OmegaConf.create(cfg)

@@ -29,19 +29,27 @@ def _check_archive(path: Path) -> None:
     with open(path, "rb") as f:
         head = f.read(8)
     if not head.startswith(_ZIP_MAGIC):
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint: it starts with {head!r}, not a torch.save "
-                              "zip archive (written by another program?)")
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch checkpoint: it starts with {head!r}, not a torch.save "
+            "zip archive (written by another program?)"
+        )
     try:
         with zipfile.ZipFile(path) as z:
             entries = z.infolist()
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as e:
-        raise CheckpointError(f"{path}: truncated or damaged PyTorch checkpoint (its zip directory is unreadable: {e})") from None
+        raise CheckpointError(
+            f"{path}: truncated or damaged PyTorch checkpoint (its zip directory is unreadable: {e})"
+        ) from None
     if not any(e.filename.endswith("/data.pkl") or e.filename == "data.pkl" for e in entries):
-        raise CheckpointError(f"{path}: a zip archive but not a PyTorch checkpoint (no data.pkl): written by another program?")
+        raise CheckpointError(
+            f"{path}: a zip archive but not a PyTorch checkpoint (no data.pkl): written by another program?"
+        )
     declared = sum(e.file_size for e in entries)
     if declared > size or any(e.compress_type != zipfile.ZIP_STORED for e in entries):
-        raise CheckpointError(f"{path}: damaged PyTorch checkpoint (its entries declare {declared} bytes, "
-                              f"compressed or more than the file's {size}): not written by torch.save")
+        raise CheckpointError(
+            f"{path}: damaged PyTorch checkpoint (its entries declare {declared} bytes, "
+            f"compressed or more than the file's {size}): not written by torch.save"
+        )
 
 
 def _first_sentence(err: BaseException) -> str:
@@ -59,8 +67,10 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:  # weights_only refused a Python object: never suggest unpickling it
-        raise CheckpointError(f"{path}: holds Python objects other than tensors and plain containers, so it was "
-                              "not written by this project (written by another program; not loaded, for safety)") from None
+        raise CheckpointError(
+            f"{path}: holds Python objects other than tensors and plain containers, so it was "
+            "not written by this project (written by another program; not loaded, for safety)"
+        ) from None
     except Exception as e:  # torch's zip reader and rebuilders raise RuntimeError and others on damaged data
         detail = f"{type(e).__name__}: {_first_sentence(e)}" if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path}: truncated or damaged PyTorch checkpoint ({detail})") from None
@@ -79,7 +89,9 @@ def load_module(path: str | os.PathLike) -> tuple[ReconstructionModule, dict]:
     try:
         module = ReconstructionModule(**hp)
     except Exception as e:  # the network it names cannot be built here
-        raise CheckpointError(f"{path}: cannot build its network {hp['net'].get('_target_')} ({_first_sentence(e)})") from None
+        raise CheckpointError(
+            f"{path}: cannot build its network {hp['net'].get('_target_')} ({_first_sentence(e)})"
+        ) from None
     try:
         module.load_state_dict(ckpt["state_dict"])
     except (RuntimeError, TypeError, AttributeError, KeyError) as e:

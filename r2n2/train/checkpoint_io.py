@@ -22,8 +22,9 @@ from r2n2.utils.atomic import atomic_write
 class AtomicCheckpointIO(TorchCheckpointIO):
     """``torch.save`` to a temporary file, fsync, ``os.replace``; loading is Lightning's."""
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike,
-                        storage_options: Any | None = None) -> None:
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any | None = None
+    ) -> None:
         if "://" in str(path):
             return super().save_checkpoint(checkpoint, path, storage_options)
         if storage_options is not None:

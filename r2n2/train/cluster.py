@@ -124,16 +124,25 @@ def train_in_child_run(metrics_file: str) -> dict:
     from hydra.core.hydra_config import HydraConfig
 
     if not TRAIN_SCRIPT.is_file():
-        raise FileNotFoundError(f"{TRAIN_SCRIPT}: a DDP job inside a multirun runs train.py again, and it is not "
-                                "there (r2n2 installed without its repository); sweep with one device per job")
+        raise FileNotFoundError(
+            f"{TRAIN_SCRIPT}: a DDP job inside a multirun runs train.py again, and it is not "
+            "there (r2n2 installed without its repository); sweep with one device per job"
+        )
     hc = HydraConfig.get()
     job_dir = Path(hc.runtime.output_dir)
     # the sweep already saved this job's .hydra/ (its overrides feed the sweep summary)
-    cmd = [sys.executable, str(TRAIN_SCRIPT), *hc.overrides.task, f'hydra.run.dir="{job_dir}"',
-           "hydra.output_subdir=null"]
+    cmd = [
+        sys.executable,
+        str(TRAIN_SCRIPT),
+        *hc.overrides.task,
+        f'hydra.run.dir="{job_dir}"',
+        "hydra.output_subdir=null",
+    ]
     log.info("job %s uses DDP: training in a run of its own in %s", hc.job.num, job_dir)
     proc = subprocess.run(cmd, cwd=hc.runtime.cwd)
     if proc.returncode != 0:
-        raise RuntimeError(f"{job_dir}: the job's DDP run failed with exit status {proc.returncode}; "
-                           f"its log is {job_dir / (hc.job.name + '.log')}")
+        raise RuntimeError(
+            f"{job_dir}: the job's DDP run failed with exit status {proc.returncode}; "
+            f"its log is {job_dir / (hc.job.name + '.log')}"
+        )
     return json.loads((job_dir / metrics_file).read_text())

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from r2n2.utils.atomic import atomic_write
 from r2n2.train.checkpoint import CheckpointError, load_checkpoint
+from r2n2.utils.atomic import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -25,14 +25,23 @@ log = logging.getLogger(__name__)
 # show, and data-loading knobs that do not change which samples or numbers the model sees.
 RESUMABLE = (
     "resume",
-    "trainer.max_epochs", "trainer.max_steps", "trainer.max_time",  # train longer (or stop sooner)
-    "trainer.enable_progress_bar", "trainer.log_every_n_steps",
+    "trainer.max_epochs",
+    "trainer.max_steps",
+    "trainer.max_time",  # train longer (or stop sooner)
+    "trainer.enable_progress_bar",
+    "trainer.log_every_n_steps",
     "logger",  # logger=none, logger.save_dir=...
     "test",  # test the best checkpoint at the end or not
-    "module.viz_every_n_epochs", "module.viz_samples",  # TensorBoard figures only
-    "data.num_workers", "data.persistent_workers", "data.pin_memory",  # loader processes (resume-exact for any)
-    "data.device_data", "data.device_data_fraction",  # the input path: both give the same batches
-    "data.pack_workers", "data.verify_cache", "data.cache_dir",  # how and where the cache is built and checked
+    "module.viz_every_n_epochs",
+    "module.viz_samples",  # TensorBoard figures only
+    "data.num_workers",
+    "data.persistent_workers",
+    "data.pin_memory",  # loader processes (resume-exact for any)
+    "data.device_data",
+    "data.device_data_fraction",  # the input path: both give the same batches
+    "data.pack_workers",
+    "data.verify_cache",
+    "data.cache_dir",  # how and where the cache is built and checked
     "extras",  # console conveniences (printing the config, rich, warnings)
 )
 # data config keys whose value may differ between the checkpoint and the resumed run (see RESUMABLE)
@@ -87,33 +96,61 @@ def run_folder(resume: str) -> tuple[Path, Path]:
     """``resume=<run>`` -> (run folder, its checkpoints/last.ckpt), or ``ResumeError`` saying what is missing."""
     run = Path(resume).expanduser().resolve()
     if not run.is_dir():
-        raise ResumeError(f"{run}: the run folder does not exist (resume= names a folder like outputs/train/<date>)"
-                          if not run.exists() else f"{run}: not a folder (resume= names a run folder)")
+        raise ResumeError(
+            f"{run}: the run folder does not exist (resume= names a folder like outputs/train/<date>)"
+            if not run.exists()
+            else f"{run}: not a folder (resume= names a run folder)"
+        )
     ckpt = run / "checkpoints" / "last.ckpt"
     if not ckpt.is_file():
-        raise ResumeError(f"{ckpt}: not found: the run was stopped before its first checkpoint, or {run.name} is "
-                          "not a training run; start it again with its original command")
+        raise ResumeError(
+            f"{ckpt}: not found: the run was stopped before its first checkpoint, or {run.name} is "
+            "not a training run; start it again with its original command"
+        )
     return run, ckpt
 
 
 # where the modules of a flat r2n2/ went when the package was grouped by concept: a run folder saved
 # before names its callbacks and plugins by the old paths (``.hydra/config.yaml``)
-MOVED_MODULES = {f"r2n2.{old}": f"r2n2.{new}" for old, new in {
-    "atomic": "utils.atomic", "machine": "utils.machine", "metrics": "evaluation.metrics",
-    "fscore": "evaluation.fscore", "fscore_device": "evaluation.fscore_device", "scoring": "evaluation.scoring",
-    "baselines": "evaluation.baselines", "recognition": "evaluation.recognition", "headline": "evaluation.headline",
-    "evaluation": "evaluation.report", "module": "train.module", "step": "train.step", "losses": "train.losses",
-    "resume": "train.resume", "checkpoint": "train.checkpoint", "checkpoint_io": "train.checkpoint_io",
-    "callbacks": "train.callbacks", "run_callbacks": "train.run_callbacks", "fit_record": "train.fit_record",
-    "cluster": "train.cluster", "distributed": "train.distributed", "accelerator": "train.accelerator",
-    "malloc": "train.malloc", "extras": "train.extras", "sweep": "train.sweep", "training": "train.run",
-    "viz": "vis.figures", "viewer": "vis.viewer",
-}.items()}
+MOVED_MODULES = {
+    f"r2n2.{old}": f"r2n2.{new}"
+    for old, new in {
+        "atomic": "utils.atomic",
+        "machine": "utils.machine",
+        "metrics": "evaluation.metrics",
+        "fscore": "evaluation.fscore",
+        "fscore_device": "evaluation.fscore_device",
+        "scoring": "evaluation.scoring",
+        "baselines": "evaluation.baselines",
+        "recognition": "evaluation.recognition",
+        "headline": "evaluation.headline",
+        "evaluation": "evaluation.report",
+        "module": "train.module",
+        "step": "train.step",
+        "losses": "train.losses",
+        "resume": "train.resume",
+        "checkpoint": "train.checkpoint",
+        "checkpoint_io": "train.checkpoint_io",
+        "callbacks": "train.callbacks",
+        "run_callbacks": "train.run_callbacks",
+        "fit_record": "train.fit_record",
+        "cluster": "train.cluster",
+        "distributed": "train.distributed",
+        "accelerator": "train.accelerator",
+        "malloc": "train.malloc",
+        "extras": "train.extras",
+        "sweep": "train.sweep",
+        "training": "train.run",
+        "viz": "vis.figures",
+        "viewer": "vis.viewer",
+    }.items()
+}
 
 
 def moved_targets(cfg: DictConfig, moves: dict[str, str] = MOVED_MODULES) -> DictConfig:
     """``cfg`` with every ``_target_`` whose module is a key of ``moves`` (by default an old path of
     ``MOVED_MODULES``) renamed to its value; interpolations are kept as written."""
+
     def visit(node):
         if isinstance(node, dict):
             target = node.get("_target_")
@@ -138,8 +175,10 @@ def restore_config(cfg: DictConfig) -> tuple[DictConfig, str]:
     """
     run, ckpt = run_folder(cfg.resume)
     if cfg.get("ckpt_path"):
-        raise ResumeError(f"{run}: resume= and ckpt_path= together: resume= continues that run from its last.ckpt; "
-                          "ckpt_path= starts a new run from a checkpoint; pick one")
+        raise ResumeError(
+            f"{run}: resume= and ckpt_path= together: resume= continues that run from its last.ckpt; "
+            "ckpt_path= starts a new run from a checkpoint; pick one"
+        )
     saved_file = run / ".hydra" / "config.yaml"
     if not saved_file.is_file():
         raise ResumeError(f"{saved_file}: not found: cannot restore the run's configuration")
@@ -162,7 +201,8 @@ def restore_config(cfg: DictConfig) -> tuple[DictConfig, str]:
             raise ResumeError(
                 f"{run}: cannot resume with {o.input_line}: {key} is part of the run's saved configuration "
                 f"({saved_file}), which a resume keeps; a resume may change only {', '.join(RESUMABLE[1:])}. "
-                "To train with other settings, start a new run (ckpt_path=<checkpoint> starts from its weights)")
+                "To train with other settings, start a new run (ckpt_path=<checkpoint> starts from its weights)"
+            )
     with open_dict(saved):
         for key in cfg:  # top-level settings added to the project since the run started (e.g. extras)
             if key not in saved:
@@ -199,8 +239,10 @@ def check_not_finished(ckpt: Path, cfg: DictConfig, epoch: int, step: int) -> No
     metrics = Path(cfg.paths.output_dir) / "metrics.json"  # r2n2.train.run.METRICS_FILE
     if finished(cfg, epoch, step) and metrics.is_file():
         max_epochs, max_steps = cfg.trainer.get("max_epochs"), cfg.trainer.get("max_steps")
-        raise ResumeError(f"{ckpt}: the run has finished (epoch {epoch + 1} of trainer.max_epochs={max_epochs}, "
-                          f"step {step} of trainer.max_steps={max_steps}); {FINISHED_ADVICE}")
+        raise ResumeError(
+            f"{ckpt}: the run has finished (epoch {epoch + 1} of trainer.max_epochs={max_epochs}, "
+            f"step {step} of trainer.max_steps={max_steps}); {FINISHED_ADVICE}"
+        )
 
 
 def check_checkpoint_matches(ckpt: Path, cfg: DictConfig) -> None:
@@ -212,8 +254,10 @@ def check_checkpoint_matches(ckpt: Path, cfg: DictConfig) -> None:
         raise ResumeError(str(e)) from None
     check_not_finished(ckpt, cfg, int(loaded.get("epoch", 0)), int(loaded.get("global_step", 0)))
     hp = loaded["hyper_parameters"]
-    mine = {"model": OmegaConf.to_container(cfg.model, resolve=True),
-            "data": OmegaConf.to_container(cfg.data, resolve=True)}
+    mine = {
+        "model": OmegaConf.to_container(cfg.model, resolve=True),
+        "data": OmegaConf.to_container(cfg.data, resolve=True),
+    }
     theirs = {"model": hp.get("net"), "data": hp.get("data")}
     for part in ("model", "data"):
         if theirs[part] is None:
@@ -222,5 +266,7 @@ def check_checkpoint_matches(ckpt: Path, cfg: DictConfig) -> None:
         b = {k: v for k, v in theirs[part].items() if part != "data" or k not in RUNTIME_DATA_KEYS}
         if a != b:
             diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-            raise ResumeError(f"{ckpt}: was trained with other {part} settings than the run's config "
-                              f"({', '.join(f'{part}.{k}' for k in diff)} differ); refusing to continue it")
+            raise ResumeError(
+                f"{ckpt}: was trained with other {part} settings than the run's config "
+                f"({', '.join(f'{part}.{k}' for k in diff)} differ); refusing to continue it"
+            )

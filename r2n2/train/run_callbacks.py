@@ -38,8 +38,7 @@ class _MixedPrecisionSize:
 
     def _summary(self, trainer, pl_module):
         with warnings.catch_warnings():
-            if str(trainer.precision).endswith("-mixed") and all(
-                    p.dtype.itemsize == 4 for p in pl_module.parameters()):
+            if str(trainer.precision).endswith("-mixed") and all(p.dtype.itemsize == 4 for p in pl_module.parameters()):
                 warnings.filterwarnings("ignore", message=r"Precision \S+-mixed is not supported by the model summary")
             return super()._summary(trainer, pl_module)
 

@@ -22,7 +22,7 @@ changes a captured step's rate).
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -41,8 +41,14 @@ class WholeStep:
     images: (B, V, 3, S, S) float; voxels: (B, R, R, R) {0, 1}; loss: () float32; logits: (B, R, R, R).
     """
 
-    def __init__(self, net: torch.nn.Module, loss_fn: Callable, optimizer: torch.optim.Optimizer,
-                 clip: float | None, capture: bool):
+    def __init__(
+        self,
+        net: torch.nn.Module,
+        loss_fn: Callable,
+        optimizer: torch.optim.Optimizer,
+        clip: float | None,
+        capture: bool,
+    ):
         self.net, self.loss_fn, self.optimizer, self.clip = net, loss_fn, optimizer, clip
         self.capture = capture
         self.params = [p for g in optimizer.param_groups for p in g["params"]]
@@ -74,8 +80,11 @@ class WholeStep:
                 self._seen[key] = seen + 1
                 return _on_side_stream(self._eager, images, voxels)
             graph = self._graphs[key] = _Graph(self._eager, images, voxels)
-            log.info("cuda_graph: captured the training step for images %s (%d graph(s))",
-                     tuple(images.shape), len(self._graphs))
+            log.info(
+                "cuda_graph: captured the training step for images %s (%d graph(s))",
+                tuple(images.shape),
+                len(self._graphs),
+            )
         return graph.replay(images, voxels)
 
 
@@ -87,8 +96,12 @@ class _Graph:
         self.graph = torch.cuda.CUDAGraph()
         device_type = images.device.type
         # autocast's cache of cast weights must not outlive the capture (PyTorch: cache_enabled=False)
-        autocast = torch.autocast(device_type, dtype=torch.get_autocast_dtype(device_type),
-                                  enabled=torch.is_autocast_enabled(device_type), cache_enabled=False)
+        autocast = torch.autocast(
+            device_type,
+            dtype=torch.get_autocast_dtype(device_type),
+            enabled=torch.is_autocast_enabled(device_type),
+            cache_enabled=False,
+        )
         with autocast, torch.cuda.graph(self.graph):
             self.loss, self.logits = step(self.images, self.voxels)
 
@@ -115,9 +128,11 @@ def make_capturable(optimizer: torch.optim.Optimizer) -> None:
     (a float would be baked into the graph at capture). Raises ValueError for an optimiser that has
     no ``capturable`` option."""
     if "capturable" not in optimizer.defaults:
-        raise ValueError(f"module.cuda_graph=true: {type(optimizer).__name__} cannot be captured in a CUDA graph "
-                         "(it has no capturable option); use optimizer=adam (torch.optim.Adam or AdamW) or "
-                         "module.cuda_graph=false")
+        raise ValueError(
+            f"module.cuda_graph=true: {type(optimizer).__name__} cannot be captured in a CUDA graph "
+            "(it has no capturable option); use optimizer=adam (torch.optim.Adam or AdamW) or "
+            "module.cuda_graph=false"
+        )
     for group in optimizer.param_groups:
         device = group["params"][0].device
         group["capturable"] = True

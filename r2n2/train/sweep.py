@@ -22,8 +22,19 @@ from r2n2.utils.atomic import atomic_write
 log = logging.getLogger(__name__)
 
 # the columns shown, in order, when a job reports them
-COLUMNS = ("val/iou_best", "val/iou", "val/loss", "test/iou", "test/loss", "train/loss", "baseline/global_mean_shape_test_iou",
-           "parameters", "epochs", "wall_seconds", "train_samples_per_second")
+COLUMNS = (
+    "val/iou_best",
+    "val/iou",
+    "val/loss",
+    "test/iou",
+    "test/loss",
+    "train/loss",
+    "baseline/global_mean_shape_test_iou",
+    "parameters",
+    "epochs",
+    "wall_seconds",
+    "train_samples_per_second",
+)
 
 
 def summarize(sweep_dir: Path) -> tuple[list[dict], list[str]]:
@@ -39,8 +50,11 @@ def summarize(sweep_dir: Path) -> tuple[list[dict], list[str]]:
     for job, overrides in jobs:
         metrics_file = job / "metrics.json"
         metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
-        row = {"job": job.name, "overrides": " ".join(o for o in overrides if o not in common),
-               "status": "ok" if metrics else "failed"}
+        row = {
+            "job": job.name,
+            "overrides": " ".join(o for o in overrides if o not in common),
+            "status": "ok" if metrics else "failed",
+        }
         row.update({c: metrics.get(c, "") for c in COLUMNS})
         rows.append(row)
     return rows, common
@@ -61,8 +75,12 @@ def write_summary(sweep_dir: Path) -> list[dict]:
     def cell(v):
         return f"{v:.4f}" if isinstance(v, float) else str(v)
 
-    lines = [f"Sweep {sweep_dir}; overrides shared by every job: `{' '.join(common) or '(none)'}`", "",
-             "| " + " | ".join(fields) + " |", "|" + "---|" * len(fields)]
+    lines = [
+        f"Sweep {sweep_dir}; overrides shared by every job: `{' '.join(common) or '(none)'}`",
+        "",
+        "| " + " | ".join(fields) + " |",
+        "|" + "---|" * len(fields),
+    ]
     lines += ["| " + " | ".join(cell(r[f]) for f in fields) + " |" for r in rows]
     scored = [r for r in rows if isinstance(r.get("val/iou_best"), float)]
     if scored:
@@ -86,8 +104,9 @@ class SweepSummary(Callback):
 # hydra.sweep.subdir of a resumed search: job number + the trials before it, so that each trial's
 # folder is named by its trial number and a rerun never writes into an earlier trial's folder
 JOB_OFFSET_RESOLVER = "r2n2.job_offset"
-OmegaConf.register_new_resolver(JOB_OFFSET_RESOLVER, lambda offset, *, _root_: int(_root_.hydra.job.num) + int(offset),
-                                replace=True)
+OmegaConf.register_new_resolver(
+    JOB_OFFSET_RESOLVER, lambda offset, *, _root_: int(_root_.hydra.job.num) + int(offset), replace=True
+)
 
 
 class ResumeOptunaStudy(Callback):
@@ -124,8 +143,15 @@ class ResumeOptunaStudy(Callback):
             study.enqueue_trial(t.params)
         offset = sum(t.state != TrialState.WAITING for t in study.get_trials(deepcopy=False))
         remaining = max(0, int(sweeper.n_trials) - finished)
-        log.info("optuna study %s: %d trials finished, %d left unfinished by a killed search (run again), "
-                 "%d to run; job folders from %d", sweeper.study_name, finished, len(stale), remaining, offset)
+        log.info(
+            "optuna study %s: %d trials finished, %d left unfinished by a killed search (run again), "
+            "%d to run; job folders from %d",
+            sweeper.study_name,
+            finished,
+            len(stale),
+            remaining,
+            offset,
+        )
         with read_write(config.hydra), open_dict(config.hydra):
             sweeper.n_trials = remaining
             if sweeper.get("sampler") and sweeper.sampler.get("seed") is not None:

@@ -3,7 +3,7 @@ prediction), used by TensorBoard logging, ``r2n2-eval`` and ``r2n2-predict``."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import matplotlib
 
@@ -94,8 +94,12 @@ def reconstruction_figure(
         ax.set_axis_off()
         ax.set_title(titles[i] if titles is not None else "input", fontsize=9)
         plot_voxels(fig.add_subplot(n, 3, 3 * i + 2, projection="3d"), voxels[i].numpy() > 0.5, title="ground truth")
-        plot_voxels(fig.add_subplot(n, 3, 3 * i + 3, projection="3d"), probs[i].numpy() >= threshold,
-                    color=(0.85, 0.45, 0.3), title=f"prediction (IoU {iou[i]:.2f})")
+        plot_voxels(
+            fig.add_subplot(n, 3, 3 * i + 3, projection="3d"),
+            probs[i].numpy() >= threshold,
+            color=(0.85, 0.45, 0.3),
+            title=f"prediction (IoU {iou[i]:.2f})",
+        )
     fig.tight_layout()
     return fig
 
@@ -131,8 +135,9 @@ def save(fig: plt.Figure, path, dpi: int = 100) -> None:
         f.write(buf.getvalue())
 
 
-def prediction_figure(images: torch.Tensor, probs: np.ndarray, threshold: float = 0.3,
-                      titles: Sequence[str] | None = None) -> plt.Figure:
+def prediction_figure(
+    images: torch.Tensor, probs: np.ndarray, threshold: float = 0.3, titles: Sequence[str] | None = None
+) -> plt.Figure:
     """The input views and the predicted shape: images (V, 3, H, W) normalised; probs (R, R, R)."""
     images = denormalize(images).cpu()
     n = len(images)
@@ -142,7 +147,11 @@ def prediction_figure(images: torch.Tensor, probs: np.ndarray, threshold: float 
         ax.imshow(images[i].permute(1, 2, 0).numpy())
         ax.set_axis_off()
         ax.set_title(titles[i] if titles is not None else f"view {i + 1}", fontsize=9)
-    plot_voxels(fig.add_subplot(1, n + 1, n + 1, projection="3d"), np.asarray(probs) >= threshold,
-                color=(0.85, 0.45, 0.3), title=f"prediction (p >= {threshold:g})")
+    plot_voxels(
+        fig.add_subplot(1, n + 1, n + 1, projection="3d"),
+        np.asarray(probs) >= threshold,
+        color=(0.85, 0.45, 0.3),
+        title=f"prediction (p >= {threshold:g})",
+    )
     fig.tight_layout()
     return fig

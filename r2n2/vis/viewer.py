@@ -118,10 +118,13 @@ def write_page(path: str | os.PathLike, samples: list[Sample], heading: str, not
 def samples(titles: list[str], rgba, gts, probs, threshold: float) -> list[Sample]:
     """Page rows from batched arrays (numpy or torch): ``rgba: (N, V, S, S, 4) uint8`` inputs,
     ``gts: (N, R, R, R)`` ground truth (or None), ``probs: (N, R, R, R)`` float probabilities."""
+
     def arr(x):
         return None if x is None else (x.detach().cpu().float().numpy() if hasattr(x, "detach") else np.asarray(x))
 
     rgba = rgba.cpu().numpy() if hasattr(rgba, "detach") else np.asarray(rgba)
     gts, probs = arr(gts), arr(probs)
-    return [Sample(str(title), list(rgba[i]), None if gts is None else gts[i] > 0.5, probs[i], float(threshold))
-            for i, title in enumerate(titles)]
+    return [
+        Sample(str(title), list(rgba[i]), None if gts is None else gts[i] > 0.5, probs[i], float(threshold))
+        for i, title in enumerate(titles)
+    ]
