@@ -78,10 +78,11 @@ def trained(data_dir, tmp_path_factory) -> tuple[Path, subprocess.CompletedProce
     return run_dir, run_train(tiny(data_dir), run_dir)
 
 
-def write_manifest(folder: Path, objects: int = 3, views: int = 2, seed: int = 0) -> Path:
+def write_manifest(folder: Path, objects: int = 3, views: int = 2, seed: int = 0, grid: int = 32) -> Path:
     """A tiny data set in real formats for ``data=manifest``: per object ``views`` 64x64 RGBA PNGs of a
-    random box on a transparent background and its 32^3 voxels (.npy); objects alternate between the
-    categories box/slab and are split train, val, test, train, ... Returns the CSV's path."""
+    random box on a transparent background and its ``grid``^3 voxels (.npy: the 32^3 box's, each voxel
+    repeated (grid / 32)^3 times); objects alternate between the categories box/slab and are split
+    train, val, test, train, ... Returns the CSV's path."""
     import numpy as np
     from PIL import Image
 
@@ -92,7 +93,8 @@ def write_manifest(folder: Path, objects: int = 3, views: int = 2, seed: int = 0
         lo, hi = rng.integers(4, 12, 3), rng.integers(20, 30, 3)
         vox = np.zeros((32, 32, 32), np.uint8)
         vox[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] = 1
-        np.save(folder / f"obj{i}.npy", vox)
+        k = grid // 32
+        np.save(folder / f"obj{i}.npy", vox.repeat(k, 0).repeat(k, 1).repeat(k, 2))
         images = []
         for v in range(views):
             rgba = np.zeros((64, 64, 4), np.uint8)

@@ -5,9 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
+from hydra.errors import InstantiationException
 from hydra.utils import get_object
 from omegaconf import OmegaConf
+
+from r2n2.train.network import build_network
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir())
@@ -96,3 +100,21 @@ def test_r2n2_experiment_is_the_original_recipe(tmp_path):
     assert (cfg.trainer.max_steps, list(cfg.data.views_per_sample)) == (60000, [1, 5])
     # 3D-R2N2's augmentation: random crop, flip and background colour, no colour jitter
     assert dict(cfg.data.augment) == {"crop": True, "flip": True, "random_background": True, "color_jitter": 0.0}
+
+
+@pytest.mark.parametrize("model", ["seed_gru", "seed_lstm", "r2n2_gru", "probe"])
+def test_one_override_sets_the_resolution_of_data_and_model(tmp_path, model):
+    """data.resolution=64 reaches the model config by interpolation (no second override); the seed
+    models then decode to 64^3 and the original 3D-R2N2 refuses it, naming the value."""
+    cfg = _compose([f"paths.output_dir={tmp_path}", f"model={model}", "data.resolution=64"], hydra_config=False)
+    OmegaConf.resolve(cfg)
+    assert cfg.data.resolution == cfg.model.resolution == 64
+    default = _compose([f"paths.output_dir={tmp_path}", f"model={model}"], hydra_config=False)
+    assert OmegaConf.to_container(default.model, resolve=True)["resolution"] == 32
+    if model == "r2n2_gru":
+        with pytest.raises(InstantiationException, match="32\\^3 only, got resolution 64"):
+            build_network(OmegaConf.to_container(cfg.model))
+    else:
+        net = build_network(OmegaConf.to_container(cfg.model)).eval()
+        with torch.no_grad():
+            assert net(torch.zeros(1, 1, 3, 127, 127)).shape == (1, 64, 64, 64)

@@ -667,3 +667,24 @@ def test_bad_checkpoints_say_what_is_wrong_without_pytorchs_advice(tmp_path):
         assert fault in msg, (name, msg)
         assert "weights_only" not in msg and "torch.load" not in msg and "\x1b" not in msg, (name, msg)
         assert "\n" not in msg, (name, msg)
+
+
+@pytest.mark.parametrize("n", [64, 100, 128])
+def test_finer_grids_are_pooled_to_a_finer_resolution(tmp_path, n):
+    raw = np.random.default_rng(n).random((n, n, n)) < 0.02
+    path = tmp_path / f"v{n}.npy"
+    np.save(path, raw.astype(np.uint8))
+    grid = load_voxels(path, resolution=64)
+    assert grid.shape == (64, 64, 64) and grid.dtype == bool
+    np.testing.assert_array_equal(grid, naive_adaptive_max_pool(raw, 64))
+
+
+@pytest.mark.parametrize("n, resolution", [(32, 64), (64, 128), (30, 64)])
+def test_a_grid_coarser_than_a_finer_resolution_is_refused_naming_the_file(tmp_path, n, resolution):
+    """Above 32, pooling a coarser grid up would only repeat its voxels: a DataError names the file, its
+    shape and the resolution (at 32 the seed report's 30^3 grids stay accepted: the test above)."""
+    path = tmp_path / f"v{n}.binvox"
+    write_binvox(path, np.ones((n, n, n), bool))
+    with pytest.raises(DataError) as err:
+        load_voxels(path, resolution=resolution)
+    assert_names(err, path, f"\\({n}, {n}, {n}\\)", f"coarser than data.resolution={resolution}")

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from r2n2.models import (
+    R2N2,
     Encoder2D,
     LinearConv3dDecoder,
     RecurrentAggregator,
@@ -284,3 +285,50 @@ def test_compile_setting_takes_a_torch_compile_mode_and_names_a_wrong_one():
     assert plain._compiled_call_impl.get_compiler_config()["triton.cudagraphs"] is False
     with pytest.raises(ValueError, match=r"module.compile='fast'.*reduce-overhead"):
         compile_network(RecurrentAggregator(5, hidden_size=4, cell="gru"), "fast")
+
+
+# --- resolution (data.resolution) -----------------------------------------------------------------
+
+# the default model's decoder (upconv, 32^3) as old checkpoints hold it: name -> shape
+UPCONV_32_STATE = {
+    "fc.weight": (4096, 128), "fc.bias": (4096,),
+    "net.1.weight": (64, 32, 4, 4, 4), "net.2.weight": (32,), "net.2.bias": (32,),
+    "net.4.weight": (32, 16, 4, 4, 4), "net.5.weight": (16,), "net.5.bias": (16,),
+    "net.7.weight": (16, 8, 4, 4, 4), "net.8.weight": (8,), "net.8.bias": (8,),
+    "net.10.weight": (1, 8, 3, 3, 3), "net.10.bias": (1,),
+}  # fmt: skip
+
+
+def test_default_decoder_state_is_unchanged_so_old_checkpoints_load():
+    state = SeedModel(decoder={"name": "upconv"}).decoder.state_dict()
+    buffers = ("running_mean", "running_var", "num_batches_tracked")
+    shapes = {k: tuple(v.shape) for k, v in state.items() if not k.endswith(buffers)}
+    assert shapes == UPCONV_32_STATE
+    torch.manual_seed(0)
+    a = SeedModel(decoder={"name": "upconv"}).state_dict()
+    torch.manual_seed(0)
+    b = SeedModel(decoder={"name": "upconv"}, resolution=32).state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # same weights at the same seed
+
+
+@pytest.mark.parametrize("resolution, stages", [(64, 4), (128, 5)])
+def test_upconv_adds_a_doubling_stage_per_resolution(resolution, stages):
+    net = SeedModel(decoder={"name": "upconv"}, resolution=resolution).eval()
+    ups = [m for m in net.decoder.net if isinstance(m, nn.ConvTranspose3d)]
+    assert len(ups) == stages and net.decoder.grid == resolution
+    with torch.no_grad():
+        assert net(torch.randn(1, 2, 3, 127, 127)).shape == (1, resolution, resolution, resolution)
+
+
+@pytest.mark.parametrize(
+    "build, message",
+    [
+        (lambda: SeedModel(resolution=64), "linear_conv3d decoder is the seed report.s 32\\^3 design"),
+        (lambda: R2N2(resolution=64), "original 3D-R2N2 .* 32\\^3 only, got resolution 64"),
+        (lambda: SeedModel(decoder={"name": "upconv", "channels": [64, 32, 16, 8]}, resolution=64), "needs 4"),
+        (lambda: SeedModel(decoder={"name": "upconv"}, resolution=48), "resolution 48"),
+    ],
+)
+def test_a_resolution_a_network_cannot_make_is_refused_clearly(build, message):
+    with pytest.raises(ValueError, match=message):
+        build()

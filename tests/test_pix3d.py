@@ -280,14 +280,17 @@ def test_voxels_are_brought_from_pix3d_axes_to_the_projects(pix3d, shared_data, 
         assert not np.array_equal(shape_grid(parts, PIX3D_AXES), made["grids"][model]), model
 
 
-def test_datamodule_packs_pooled_voxels_and_crops(pix3d, tmp_path):
+@pytest.mark.parametrize("resolution", [32, 64, 128])
+def test_datamodule_packs_pooled_voxels_and_crops(pix3d, tmp_path, resolution):
     root, made = pix3d
     dm = R2N2DataModule(
         _source(root, tmp_path, taxonomy="Pix3D.json"),
         cache_dir=str(tmp_path / "cache"),
         pack_workers=0,
         eval_batch_size=4,
+        resolution=resolution,
     )
+    k = resolution // 32  # the 128^3 files hold each voxel of a 32^3 grid as a 4^3 block
     dm.prepare_data()
     dm.setup()
     assert sorted(dm.datasets) == ["test", "train"] and len(dm.datasets["train"]) == 2
@@ -295,8 +298,9 @@ def test_datamodule_packs_pooled_voxels_and_crops(pix3d, tmp_path):
         for i in range(len(split)):
             item = split[i]
             model = item["object_id"].split("@")[0].removesuffix("/voxel")
-            # 128^3 max-pooled to 32^3 gives back the 32^3 grid it was made from, in the project's axes
-            assert np.array_equal(np.asarray(item["voxels"]) > 0, made["grids"][model]), model
+            # 128^3 max-pooled to R^3 (kept at 128) gives back the grid it was made from, in the project's axes
+            expected = made["grids"][model].repeat(k, 0).repeat(k, 1).repeat(k, 2)
+            assert np.array_equal(np.asarray(item["voxels"]) > 0, expected), model
             assert item["rgba"].shape == (1, 127, 127, 4)
     batch = next(iter(dm.test_dataloader()))
     assert (

@@ -446,3 +446,32 @@ def test_killed_between_the_two_renames_the_old_set_comes_back(tmp_path):
     assert generate_dataset(tmp_path / "ds", **kw) == root
     assert _tree(root) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
+
+
+# ---- finer grids (data.resolution) --------------------------------------------------------------
+
+
+def test_a_64_cubed_set_voxelises_the_same_objects_finer(dataset, tmp_path):
+    """resolution=64: solid 64^3 binvox files in ShapeNetVox64/ (none in ShapeNetVox32/), the same
+    renderings, and grids that max-pool into the 32^3 set's (the voxeliser is conservative at both)."""
+    names = ["chair", "table", "airplane"]
+    root = generate_dataset(
+        tmp_path / "ds64", objects_per_category=1, views=1, seed=3, categories=names, workers=1, resolution=64
+    )
+    assert json.loads((root / "synth.json").read_text())["voxel_grid"] == 64
+    assert not (root / "ShapeNetVox32").exists()
+    ious = []
+    for synset in map(by_name, names):
+        (oid,) = [p.name for p in (root / "ShapeNetRendering" / synset).iterdir()]
+        fine = read_binvox(root / "ShapeNetVox64" / synset / oid / "model.binvox")
+        coarse = read_binvox(dataset / "ShapeNetVox32" / synset / oid / "model.binvox").data
+        assert fine.dims == (64, 64, 64) and fine.scale == pytest.approx(
+            read_binvox(dataset / "ShapeNetVox32" / synset / oid / "model.binvox").scale
+        )
+        assert (ndimage.binary_fill_holes(fine.data) == fine.data).all()  # solid, as binvox fills
+        pooled = fine.data.reshape(32, 2, 32, 2, 32, 2).any((1, 3, 5))
+        assert not (pooled & ~coarse).any()  # nothing outside the 32^3 grid's voxels
+        ious.append((pooled & coarse).sum() / (pooled | coarse).sum())
+        view = Path("ShapeNetRendering") / synset / oid / "rendering" / "00.png"
+        assert (root / view).read_bytes() == (dataset / view).read_bytes()
+    assert np.mean(ious) > 0.8, ious

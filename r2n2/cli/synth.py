@@ -10,6 +10,7 @@ import os
 import sys
 import time
 
+from r2n2.data.formats import RESOLUTION, RESOLUTIONS
 from r2n2.data.synth import CATEGORIES, generate_dataset
 from r2n2.data.synth.generate import DEFAULT_OBJECTS_PER_CATEGORY, DEFAULT_VIEWS
 
@@ -18,7 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="r2n2-synth",
         description="Generate the built-in synthetic ShapeNet in the 3D-R2N2 layout "
-        "(ShapeNetRendering/, ShapeNetVox32/, ShapeNet.json, synth.json).",
+        "(ShapeNetRendering/, ShapeNetVox<R>/, ShapeNet.json, synth.json).",
     )
     parser.add_argument("--out", required=True, help="dataset folder to create (written atomically)")
     parser.add_argument(
@@ -31,6 +32,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--views", type=int, default=DEFAULT_VIEWS, help=f"renderings per object (default {DEFAULT_VIEWS})"
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument(
+        "--resolution",
+        type=int,
+        choices=RESOLUTIONS,
+        default=RESOLUTION,
+        help=f"side R of the solid R^3 voxel grids, written to ShapeNetVox<R>/ (default {RESOLUTION})",
+    )
     parser.add_argument("--workers", type=int, default=None, help="processes (default: os.cpu_count())")
     parser.add_argument(
         "--categories",
@@ -56,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             categories=cats,
             workers=args.workers,
             overwrite=args.overwrite,
+            resolution=args.resolution,
         )
     except (ValueError, FileExistsError) as err:
         print(f"r2n2-synth: error: {err}", file=sys.stderr)

@@ -18,6 +18,7 @@ from r2n2.utils.atomic import atomic_write
 from r2n2.data.cache import Plan, cache_key, ensure_packed
 from r2n2.data.dataset import PackedDataset
 from r2n2.data.errors import DataError
+from r2n2.data.formats import RESOLUTION, check_resolution
 from r2n2.data.samplers import EpochBatchSampler, EpochShuffleSampler, ShardSampler
 from r2n2.data.sources.base import SPLITS, ErrorPolicy, Source
 from r2n2.data.splits import LEGACY_SPLIT_VERSION, assign_splits, check_split_version, select_samples
@@ -46,7 +47,7 @@ class R2N2DataModule(L.LightningDataModule):
 
     Batches are dicts: ``rgba (B, V, 127, 127, 4) uint8`` (``r2n2.data.transforms.to_images`` makes the
     normalised float images; inside Lightning this datamodule's ``on_after_batch_transfer`` does it on
-    the device), ``voxels (B, 32, 32, 32) uint8`` {0, 1}, ``category`` (names), ``category_index (B,)
+    the device), ``voxels (B, R, R, R) uint8`` {0, 1} (R = ``resolution``), ``category`` (names), ``category_index (B,)
     int``, ``object_id`` (strings) and, in training batches only, ``seed`` (int): the batch's seed for
     its augmentation. Every random
     number of a training batch (order, view count, extra views, augmentation) follows from
@@ -67,6 +68,8 @@ class R2N2DataModule(L.LightningDataModule):
     views_per_sample: views per training sample: an int, or ``[lo, hi]`` for a random number of
         distinct views per batch; ``eval_views`` is the fixed number for val and test.
     augment: False, True, or a dict of ``Augment`` fields (training split only; the module applies it).
+    resolution: R, the side of the voxel grids: 32 (default, ShapeNetVox32 and the paper), 64 or 128;
+        the source is told it (``Source.resolution``) and makes, pools or refuses its grids for it.
     device_data: the input path. "auto" (default): the packed splits on the training device where
         they fit (``r2n2.data.device``: on a GPU within ``device_data_fraction`` of its free memory,
         on the CPU always, reading the memory-mapped cache in place), each batch gathered there from
@@ -93,7 +96,7 @@ class R2N2DataModule(L.LightningDataModule):
         eval_views: int = 1,
         augment: bool | dict = False,
         image_size: int = 127,
-        resolution: int = 32,
+        resolution: int = RESOLUTION,
         cache_dir: str = "data/cache",
         on_error: str = "raise",
         batch_size: int = 8,
@@ -114,6 +117,8 @@ class R2N2DataModule(L.LightningDataModule):
         self.split_version = check_split_version(split_version)
         if hasattr(source, "split_version"):  # sources whose object identity is versioned (manifest)
             source.split_version = self.split_version
+        self.resolution = check_resolution(resolution)
+        source.resolution = self.resolution  # the source makes, pools or refuses its grids for it
         self.order_seed = seed if order_seed is None else order_seed
         lo_hi = [views_per_sample] * 2 if isinstance(views_per_sample, int) else list(views_per_sample)
         if len(lo_hi) != 2 or not 1 <= lo_hi[0] <= lo_hi[1]:
@@ -125,7 +130,7 @@ class R2N2DataModule(L.LightningDataModule):
             self.augment = Augment() if augment else None
         else:
             self.augment = Augment(**dict(augment))
-        self.image_size, self.resolution = image_size, resolution
+        self.image_size = image_size
         self.cache_dir = Path(cache_dir).expanduser()
         self.on_error = on_error
         ErrorPolicy(on_error)  # validate now, not at first use

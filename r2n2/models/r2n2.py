@@ -39,7 +39,7 @@ from torch import nn
 
 from r2n2.models.conv_rnn import HIDDEN_CHANNELS, HIDDEN_GRID, build_conv_rnn
 from r2n2.models.encoder import init_weights
-from r2n2.models.r2n2_decoder import R2N2Decoder
+from r2n2.models.r2n2_decoder import OUTPUT_GRID, R2N2Decoder
 from r2n2.models.r2n2_encoder import R2N2Encoder
 
 # the hand counts above, checked in tests/test_r2n2_models.py
@@ -60,6 +60,8 @@ class R2N2(nn.Module):
             h = tanh(s)).
         unpool: "nearest" (x2 nearest up-sampling) or "zeros" (the original code's unpooling).
         init: "default" (PyTorch's), "kaiming" or "xavier", see :func:`r2n2.models.encoder.init_weights`.
+        resolution: 32 only (the configs pass ``data.resolution``): the original network decodes its
+            4^3 hidden grid to 32^3; another value is a ValueError.
     """
 
     def __init__(
@@ -69,8 +71,14 @@ class R2N2(nn.Module):
         output_gate: bool = True,
         unpool: str = "nearest",
         init: str = "default",
+        resolution: int = OUTPUT_GRID,
     ) -> None:
         super().__init__()
+        if resolution != OUTPUT_GRID:
+            raise ValueError(
+                f"the original 3D-R2N2 (model=r2n2_*) decodes to {OUTPUT_GRID}^3 only, got resolution {resolution}; "
+                f"use data.resolution={OUTPUT_GRID}, or model=seed_gru (its upconv decoder) for finer grids"
+            )
         self.encoder = R2N2Encoder(residual)
         self.recurrent = build_conv_rnn(
             cell, output_gate, input_size=self.encoder.out_dim, channels=HIDDEN_CHANNELS, grid=HIDDEN_GRID

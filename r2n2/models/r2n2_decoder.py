@@ -29,6 +29,8 @@ from r2n2.models.residual import ResidualBlock
 IN_CHANNELS = 128
 UNPOOL_CHANNELS = (128, 128, 64)
 LAST_CHANNELS = 32
+# the output side: 3 x2 unpoolings of the 4^3 hidden grid (3D-R2N2 trains on ShapeNetVox32)
+OUTPUT_GRID = 32
 KERNEL = 3
 UNPOOL_MODES = ("nearest", "zeros")
 

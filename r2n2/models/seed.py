@@ -1,6 +1,7 @@
 """The seed report's model: 3D-R2N2 encoder per view -> GRU(128) over views -> Dropout(0.5) -> decoder.
 
-``SeedModel(images: (B, V, 3, 127, 127) float) -> logits: (B, 32, 32, 32) float``; no sigmoid (train
+``SeedModel(images: (B, V, 3, 127, 127) float) -> logits: (B, R, R, R) float`` (R = ``resolution``,
+32 by default); no sigmoid (train
 with BCE-with-logits; apply ``torch.sigmoid`` before :class:`r2n2.evaluation.metrics.VoxelIoU`).
 
 Parameters of the default model (norm none, GRU 128, linear -> 32^3 + Conv3d(1, 1, 3)), by hand:
@@ -24,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from r2n2.models.decoders import build_decoder
+from r2n2.models.decoders import GRID, build_decoder
 from r2n2.models.encoder import Encoder2D
 from r2n2.models.recurrent import HIDDEN_SIZE, RecurrentAggregator
 
@@ -52,6 +53,8 @@ class SeedModel(nn.Module):
         decoder: ``{"name": "linear_conv3d" | "upconv", **kwargs}``, the kwargs going to the decoder
             class in :mod:`r2n2.models.decoders` (e.g. ``{"name": "upconv", "channels": [64, 32, 16, 8]}``);
             default ``{"name": "linear_conv3d"}`` (the seed decoder).
+        resolution: R, the side of the output grid: 32 (default), 64 or 128 (``upconv`` only; the configs
+            set it to ``data.resolution``).
     """
 
     def __init__(
@@ -61,15 +64,16 @@ class SeedModel(nn.Module):
         cell: str = "gru",
         dropout: float = DROPOUT,
         decoder: Mapping[str, Any] | None = None,
+        resolution: int = GRID,
     ) -> None:
         super().__init__()
         self.encoder = Encoder2D(**dict(encoder or {}))
         self.recurrent = RecurrentAggregator(self.encoder.out_dim, hidden_size, cell)
         self.dropout = nn.Dropout(dropout)  # explicit: nn.GRU's dropout is a no-op with one layer
-        self.decoder = build_decoder(hidden_size, **dict(decoder or {}))
+        self.decoder = build_decoder(hidden_size, resolution=resolution, **dict(decoder or {}))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """images: (B, V, 3, 127, 127) float -> logits: (B, 32, 32, 32) float."""
+        """images: (B, V, 3, 127, 127) float -> logits: (B, R, R, R) float."""
         if images.dim() != 5:
             raise ValueError(f"images must be (B, V, C, H, W), got shape {tuple(images.shape)}")
         B, V = images.shape[:2]
@@ -77,4 +81,4 @@ class SeedModel(nn.Module):
         f = f.view(B, V, -1)  # (B, V, F)
         h = self.recurrent(f)  # (B, H)
         h = self.dropout(h)  # (B, H)
-        return self.decoder(h)  # (B, 32, 32, 32)
+        return self.decoder(h)  # (B, R, R, R)

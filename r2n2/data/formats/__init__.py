@@ -1,4 +1,5 @@
-"""Voxel and image file formats, and ``load_voxels``: any supported voxel file -> a 32^3 grid."""
+"""Voxel and image file formats, and ``load_voxels``: any supported voxel file -> an R^3 grid
+(``data.resolution``: 32, 64 or 128)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,17 @@ from r2n2.data.formats.limits import MAX_VOXELS
 from r2n2.data.formats.mat import read_mat
 
 VOXEL_SUFFIXES = (".binvox", ".mat", ".npy", ".npz")
-# ShapeNetVox32 resolution, the seed model's output
+# ShapeNetVox32 resolution, the seed model's output and data.resolution's default (the paper's)
 RESOLUTION = 32
+# data.resolution's choices: 32 and each doubling an up-convolution decoder adds (r2n2/models/decoders.py)
+RESOLUTIONS = (32, 64, 128)
+
+
+def check_resolution(resolution: int) -> int:
+    """``resolution`` as an int, or a ValueError naming the value and the choices."""
+    if isinstance(resolution, bool) or int(resolution) != resolution or int(resolution) not in RESOLUTIONS:
+        raise ValueError(f"data.resolution must be one of {RESOLUTIONS}, got {resolution!r}")
+    return int(resolution)
 
 
 def load_voxels(path: str | os.PathLike, key: str | None = None, resolution: int = RESOLUTION) -> np.ndarray:
@@ -24,7 +34,10 @@ def load_voxels(path: str | os.PathLike, key: str | None = None, resolution: int
 
     .binvox is returned in (x, y, z) order; .mat/.npy/.npz arrays keep their stored axis order.
     A cubic grid of another resolution is brought to ``resolution`` by 3D adaptive max pooling,
-    as the seed report did for its .mat data (so thin parts survive down-sampling).
+    as the seed report did for its .mat data (so thin parts survive down-sampling). Above the
+    default 32, a grid coarser than ``resolution`` is refused (a ``DataError`` naming the file):
+    pooling it up would only repeat its voxels. At 32 the seed report's 30^3 3D ShapeNets grids
+    stay accepted as before (pooling 30 -> 32 repeats two slices).
     ``key`` picks the array in a .mat/.npz file (e.g. ``Volume``, ``instance``, ``input``).
     """
     suffix = Path(path).suffix.lower()
@@ -44,6 +57,9 @@ def load_voxels(path: str | os.PathLike, key: str | None = None, resolution: int
         raise DataError(path, f"voxel grid has non-numeric dtype {grid.dtype}")
     if grid.size > MAX_VOXELS:
         raise DataError(path, f"voxel grid {tuple(grid.shape)} has more than {MAX_VOXELS} voxels")
+    if grid.shape[0] < resolution and resolution > RESOLUTION:
+        raise DataError(path, f"voxel grid {tuple(grid.shape)} is coarser than data.resolution={resolution}; "
+                              f"use a {resolution}^3 or finer grid, or a lower data.resolution")
     occupied = np.asarray(grid) > 0
     if occupied.shape[0] != resolution:
         import torch  # imported here: the readers above are used by processes that need no torch
@@ -57,7 +73,10 @@ def load_voxels(path: str | os.PathLike, key: str | None = None, resolution: int
 __all__ = [
     "Binvox",
     "DataError",
+    "RESOLUTION",
+    "RESOLUTIONS",
     "VOXEL_SUFFIXES",
+    "check_resolution",
     "composite",
     "load_voxels",
     "read_array",

@@ -42,6 +42,8 @@ class Source(Protocol):
 
     #: key of the voxel array in .mat/.npz files, or None to take the single 3D array
     voxel_key: str | None
+    #: the side R of the R^3 grids asked for (``data.resolution``; ``R2N2DataModule`` sets it)
+    resolution: int
 
     def prepare(self, sizes: dict[str, int | None]) -> None:
         """Make the data exist (e.g. generate it); ``sizes`` are the requested split sizes."""

@@ -8,6 +8,9 @@ Columns (header required; extra columns are ignored)::
     object_id  (optional) rows with the same id are views of one object; default: the voxel file
     split      (optional) train / val / test; without it the split is drawn per object from a seed
 
+Voxel files may be any cubic size: each is max-pooled to ``data.resolution`` (or kept at it); above
+32, one coarser than that is refused, naming the file (``r2n2.data.formats.load_voxels``).
+
 Relative paths are taken relative to ``root`` (default: the CSV's folder). Without an ``object_id``
 the voxel file names the object, resolved (symlinks, ``..``): ``x/../x/model.binvox`` and
 ``x/model.binvox`` are one object, whose id is the resolved path relative to the resolved ``root``
@@ -25,6 +28,7 @@ import os
 from pathlib import Path
 
 from r2n2.data.errors import DataError
+from r2n2.data.formats import RESOLUTION
 from r2n2.data.sources.base import SPLITS, ErrorPolicy, ObjectRecord, files_fingerprint
 
 REQUIRED = ("image", "voxels", "category")
@@ -41,6 +45,7 @@ class ManifestSource:
     """
 
     split_version = 2
+    resolution = RESOLUTION  # R2N2DataModule sets data.resolution
 
     def __init__(self, path: str, root: str | None = None, voxel_key: str | None = None, image_sep: str = ";"):
         self.path = Path(path).expanduser()

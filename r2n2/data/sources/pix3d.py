@@ -15,9 +15,10 @@ edge pixels; then resized to ``crop_size`` (Pix2Vox: 224). The mask becomes the 
 (padding: transparent), so the shared pipeline composites the object on its grey background; with
 ``mask: false`` the photo keeps its background (alpha 255), as Pix2Vox feeds it.
 
-Voxels are read from ``voxel.mat`` by the shared .mat reader, max-pooled from 128^3 to 32^3 (as
-the report's .mat data) and turned from Pix3D's axis order into this project's (:func:`to_project_axes`),
-once: the 32^3 grids are kept as .npy beside the crops. One object is one 3D model (one voxel
+Voxels are read from ``voxel.mat`` by the shared .mat reader, max-pooled from 128^3 to
+``data.resolution`` (32 by default, as the report's .mat data; 128 keeps them as they are) and turned
+from Pix3D's axis order into this project's (:func:`to_project_axes`), once: the R^3 grids are kept as
+.npy beside the crops. One object is one 3D model (one voxel
 file); its views are the photos of it.
 
 Axis orders (array index 0, 1, 2 as ``scipy.io.loadmat`` and the shared .mat reader return them):
@@ -78,7 +79,7 @@ MAT_KEY = "voxel"  # Pix3D's voxel.mat holds one array under this key
 # np.transpose axes from Pix3D's voxel.mat order (+x left, +y outward = the front, +z up; Pix3D README.md
 # at e54d4b2) to the project's (+x front, +y up, +z left): out[i, j, k] = voxel[k, i, j] (module docstring)
 PIX3D_TO_PROJECT = (1, 2, 0)
-# bump when the 32^3 grids made from voxel.mat change: they are kept in a folder named by it, so older
+# bump when the grids made from voxel.mat change: they are kept in a folder named by it, so older
 # grids are not reused (1: Pix3D's stored axis order, before PIX3D_TO_PROJECT; 2: the project's)
 VOXEL_VERSION = 2
 
@@ -130,7 +131,8 @@ class Pix3DSource:
         remade when a photo, mask or pix3d.json is newer); default ``<root>/crops``.
     """
 
-    voxel_key = None  # records point at the 32^3 .npy made from voxel.mat (see _voxels)
+    voxel_key = None  # records point at the R^3 .npy made from voxel.mat (see _voxels)
+    resolution = RESOLUTION  # R2N2DataModule sets data.resolution
 
     def __init__(self, root: str, annotations: str = "pix3d.json", taxonomy: str | None = None,
                  categories: list[str] | None = None, drop_truncated: bool = False, drop_occluded: bool = False,
@@ -214,17 +216,19 @@ class Pix3DSource:
             Image.fromarray(rgba, "RGBA").save(f, "PNG")
 
     def _voxels(self, rel: str, folder: Path) -> str:
-        """``voxel.mat`` (key ``voxel``, 128^3) read, max-pooled to 32^3 and brought to the project's axis
-        order (:func:`to_project_axes`) once, here in the main process, and kept as .npy beside the crops
-        (under ``voxels-v<VOXEL_VERSION>``): the cache's forked pack workers then only read 32^3 grids."""
+        """``voxel.mat`` (key ``voxel``, 128^3) read, max-pooled to R^3 (``resolution``) and brought to the
+        project's axis order (:func:`to_project_axes`) once, here in the main process, and kept as .npy
+        beside the crops (under ``voxels-v<VOXEL_VERSION>``, ``-r<R>`` added above 32): the cache's forked
+        pack workers then only read R^3 grids."""
         mat = self.root / rel
-        out = folder / f"voxels-v{VOXEL_VERSION}" / Path(rel).with_suffix(".npy")
+        name = f"voxels-v{VOXEL_VERSION}" + ("" if self.resolution == RESOLUTION else f"-r{self.resolution}")
+        out = folder / name / Path(rel).with_suffix(".npy")
         try:
             fresh = out.is_file() and out.stat().st_mtime_ns >= mat.stat().st_mtime_ns
         except FileNotFoundError:
             raise DataError(mat, "voxel file not found") from None
         if not fresh:
-            grid = to_project_axes(load_voxels(mat, MAT_KEY, RESOLUTION))
+            grid = to_project_axes(load_voxels(mat, MAT_KEY, self.resolution))
             buf = io.BytesIO()
             np.save(buf, grid)
             with atomic_write(out) as f:
@@ -236,10 +240,10 @@ class Pix3DSource:
         return files_fingerprint(self.records(ErrorPolicy("skip"), sizes))
 
     def records(self, errors: ErrorPolicy, sizes: dict[str, int | None] | None = None) -> list[ObjectRecord]:
-        """One record per (model, split); writes missing crops and 32^3 grids (atomically, so ranks may race)."""
+        """One record per (model, split); writes missing crops and R^3 grids (atomically, so ranks may race)."""
         splits, folder = self._splits(), self._crop_folder()
         objects: dict[tuple[str, str | None], dict] = {}
-        voxels: dict[str, str | None] = {}  # voxel.mat (relative) -> its 32^3 .npy, None if unreadable
+        voxels: dict[str, str | None] = {}  # voxel.mat (relative) -> its R^3 .npy, None if unreadable
         for n, entry in enumerate(self._entries()):
             if not isinstance(entry, dict) or any(k not in entry for k in FIELDS):
                 errors.handle(DataError(self.annotations, f"entry {n} lacks one of {FIELDS}: {str(entry):.120}"))

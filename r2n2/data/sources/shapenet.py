@@ -6,6 +6,10 @@
 with an optional taxonomy file in Pix2Vox's ``ShapeNet.json`` format (a list of
 ``{"taxonomy_id", "taxonomy_name", "train": [...], "val": [...], "test": [...]}``) that fixes the
 official object-level split and the category names.
+
+The release's grids are 32^3 (ShapeNetVox32): a finer ``data.resolution`` is refused at ``prepare``
+rather than pooled up, which would only repeat its voxels. Other voxel folders (``voxel_dir``, e.g.
+the synthetic generator's ``ShapeNetVox64``) are read at their own size.
 """
 
 from __future__ import annotations
@@ -17,7 +21,13 @@ from pathlib import Path
 
 from r2n2.data.categories import R2N2_CATEGORIES, category_filter
 from r2n2.data.errors import DataError
+from r2n2.data.formats import RESOLUTION
 from r2n2.data.sources.base import SPLITS, ErrorPolicy, ObjectRecord, stamp
+
+
+# the 3D-R2N2 release's voxel folder and the side of its grids (ShapeNetVox32.tgz: 32^3 binvox)
+RELEASE_VOXEL_DIR = "ShapeNetVox32"
+RELEASE_RESOLUTION = 32
 
 
 class ShapeNetSource:
@@ -29,6 +39,7 @@ class ShapeNetSource:
     """
 
     voxel_key = None
+    resolution = RESOLUTION
 
     def __init__(
         self,
@@ -36,7 +47,7 @@ class ShapeNetSource:
         taxonomy: str | None = None,
         categories: list[str] | None = None,
         rendering_dir: str = "ShapeNetRendering",
-        voxel_dir: str = "ShapeNetVox32",
+        voxel_dir: str = RELEASE_VOXEL_DIR,
     ):
         self.root = Path(root).expanduser()
         self.taxonomy = None if taxonomy is None else self.root / Path(taxonomy).expanduser()
@@ -48,6 +59,11 @@ class ShapeNetSource:
             raise DataError(self.root / self.rendering_dir,
                             f"no {self.rendering_dir} folder: set data.source.root to the folder that holds "
                             f"{self.rendering_dir}/ and {self.voxel_dir}/")
+        if self.voxel_dir == RELEASE_VOXEL_DIR and self.resolution > RELEASE_RESOLUTION:
+            raise DataError(self.root / self.voxel_dir,
+                            f"the 3D-R2N2 release holds {RELEASE_RESOLUTION}^3 grids; data.resolution="
+                            f"{self.resolution} would only repeat their voxels: use data.resolution="
+                            f"{RELEASE_RESOLUTION}, or finer grids (data=synthetic, data=pix3d, data=manifest)")
 
     def describe(self) -> dict:
         return {

@@ -8,9 +8,10 @@ import math
 from pathlib import Path
 
 from r2n2.data.categories import category_filter
+from r2n2.data.formats import RESOLUTION
 from r2n2.data.sources.base import ErrorPolicy, ObjectRecord
 from r2n2.data.sources.shapenet import ShapeNetSource
-from r2n2.data.synth.generate import DEFAULT_OBJECTS_PER_CATEGORY, DEFAULT_VIEWS
+from r2n2.data.synth.generate import DEFAULT_OBJECTS_PER_CATEGORY, DEFAULT_VIEWS, voxel_dir
 
 log = logging.getLogger(__name__)
 
@@ -23,9 +24,12 @@ class SyntheticSource:
 
     objects_per_category: at least this many objects per category; more are generated when the
         requested split sizes need them (e.g. 20,000/4,000/1,000 samples for ``experiment=paper``).
+    The grids are voxelised at ``resolution`` (``data.resolution``, which ``R2N2DataModule`` sets):
+    solid R^3 binvox files in ``ShapeNetVox<R>/``, the folder named ``...-r<R>`` above 32.
     """
 
     voxel_key = None
+    resolution = RESOLUTION
 
     def __init__(self, root: str, objects_per_category: int = DEFAULT_OBJECTS_PER_CATEGORY, views: int = DEFAULT_VIEWS,
                  seed: int = 0, categories: list[str] | None = None, workers: int | None = None):
@@ -50,7 +54,8 @@ class SyntheticSource:
 
     def folder(self, sizes: dict[str, int | None]) -> Path:
         cats = "" if self.categories is None else "-" + "_".join(sorted(self.categories))
-        return self.root / f"synth-n{self.objects_needed(sizes)}-v{self.views}-s{self.seed}{cats}"
+        res = "" if self.resolution == RESOLUTION else f"-r{self.resolution}"
+        return self.root / f"synth-n{self.objects_needed(sizes)}-v{self.views}-s{self.seed}{cats}{res}"
 
     def prepare(self, sizes: dict[str, int | None]) -> None:
         """Generate the set, or regenerate it if its generator or parameters changed (synth.json)."""
@@ -59,19 +64,23 @@ class SyntheticSource:
 
         folder = self.folder(sizes)
         n = self.objects_needed(sizes)
-        if made_with(folder) != parameters(n, self.views, self.seed, resolve_categories(self.categories)):
+        synsets = resolve_categories(self.categories)
+        if made_with(folder) != parameters(n, self.views, self.seed, synsets, self.resolution):
             log.info("generating the synthetic dataset (%d objects per category) into %s", n, folder)
         # the folder is ours (named by the parameters): an outdated set in it is replaced
         generate_dataset(folder, objects_per_category=n, views=self.views, seed=self.seed,
-                         categories=self.categories, workers=self.workers, overwrite=True)
+                         categories=self.categories, workers=self.workers, overwrite=True, resolution=self.resolution)
 
     def describe(self) -> dict:
         return {"kind": "synthetic", "root": str(self.root.resolve()), "objects_per_category": self.objects_per_category,
                 "views": self.views, "seed": self.seed, "categories": self.categories}
 
     def fingerprint(self, sizes: dict[str, int | None] | None = None) -> str:
-        return ShapeNetSource(self.folder(sizes or {}), taxonomy="ShapeNet.json").fingerprint()
+        return self._shapenet(sizes).fingerprint()
 
     def records(self, errors: ErrorPolicy, sizes: dict[str, int | None] | None = None) -> list[ObjectRecord]:
-        folder = self.folder(sizes or {})
-        return ShapeNetSource(folder, taxonomy="ShapeNet.json").records(errors)
+        return self._shapenet(sizes).records(errors)
+
+    def _shapenet(self, sizes: dict[str, int | None] | None) -> ShapeNetSource:
+        """The generated set, read as the ShapeNet layout it is written in."""
+        return ShapeNetSource(self.folder(sizes or {}), taxonomy="ShapeNet.json", voxel_dir=voxel_dir(self.resolution))

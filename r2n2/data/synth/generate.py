@@ -3,7 +3,7 @@
     <root>/ShapeNetRendering/<synset>/<object_id>/rendering/{00..NN}.png   137x137 RGBA
     <root>/ShapeNetRendering/<synset>/<object_id>/rendering/rendering_metadata.txt
     <root>/ShapeNetRendering/<synset>/<object_id>/rendering/renderings.txt
-    <root>/ShapeNetVox32/<synset>/<object_id>/model.binvox                   solid 32^3
+    <root>/ShapeNetVox<R>/<synset>/<object_id>/model.binvox                  solid R^3 (R = 32 by default)
     <root>/ShapeNet.json   Pix2Vox's taxonomy and object-level train/val/test split
     <root>/synth.json      the generator's parameters and version
 
@@ -103,13 +103,18 @@ def split_indices(seed: int, synset: str, n: int) -> dict[str, list[int]]:
             "test": sorted(order[n_train + n_val:])}
 
 
-def write_renderings(root: Path, seed: int, synset: str, index: int, views: int) -> tuple:
+def voxel_dir(resolution: int) -> str:
+    """The voxel folder of an R^3 set: ShapeNetVox32 (the 3D-R2N2 release's name) at 32, ShapeNetVox64, ..."""
+    return f"ShapeNetVox{resolution}"
+
+
+def write_renderings(root: Path, seed: int, synset: str, index: int, views: int, resolution: int = GRID) -> tuple:
     """Generate object ``index`` of ``synset`` and write its renderings under ``root``. Runs in the
     worker processes. Returns ``(object_id, packed, translate, scale)`` for ``write_voxels``, ``packed``
-    being ``np.packbits`` of the (32, 32, 32) bool voxels (4 KiB to send back instead of 32)."""
+    being ``np.packbits`` of the (R, R, R) bool voxels (4 KiB at 32^3 to send back instead of 32)."""
     oid = object_id(seed, synset, index)
     shape_rng, view_rng = object_rngs(seed, synset, index)
-    obj = make_object(synset, shape_rng)
+    obj = make_object(synset, shape_rng, resolution)
     folder = root / "ShapeNetRendering" / synset / oid / "rendering"
     folder.mkdir(parents=True, exist_ok=True)
     width = max(2, len(str(views - 1)))
@@ -128,14 +133,17 @@ def _render_task(task: tuple) -> tuple:
     return (task[2],) + write_renderings(*task)
 
 
-def write_voxels(root: Path, synset: str, oid: str, packed: np.ndarray, translate: tuple, scale: float) -> None:
-    """Write ``model.binvox`` like ShapeNetVox32: translate = bounding-box minimum, scale = grid side."""
+def write_voxels(root: Path, synset: str, oid: str, packed: np.ndarray, translate: tuple, scale: float,
+                 resolution: int = GRID) -> None:
+    """Write ``model.binvox`` (R^3, R = ``resolution``) like ShapeNetVox32: translate = bounding-box
+    minimum, scale = grid side."""
     # imported here, not at module level: r2n2.data.formats pulls in torch (~2 s per worker process),
     # so the parent writes the (small) voxel files and the workers only render
     from r2n2.data.formats.binvox import write_binvox
 
-    voxels = np.unpackbits(packed, count=GRID**3).astype(bool).reshape(GRID, GRID, GRID)
-    write_binvox(root / "ShapeNetVox32" / synset / oid / "model.binvox", voxels, translate=translate, scale=scale)
+    r = resolution
+    voxels = np.unpackbits(packed, count=r**3).astype(bool).reshape(r, r, r)
+    write_binvox(root / voxel_dir(r) / synset / oid / "model.binvox", voxels, translate=translate, scale=scale)
 
 
 def generator_fingerprint() -> str:
@@ -146,13 +154,13 @@ def generator_fingerprint() -> str:
     return h.hexdigest()
 
 
-def parameters(objects_per_category: int, views: int, seed: int, synsets: Sequence[str]) -> dict:
+def parameters(objects_per_category: int, views: int, seed: int, synsets: Sequence[str], resolution: int = GRID) -> dict:
     """The contents of synth.json: everything that determines the output (the generator's version and
     code, and its parameters; not the worker count). A set whose synth.json differs is regenerated."""
     return {"generator": "r2n2.data.synth", "version": GENERATOR_VERSION, "generator_code": generator_fingerprint(),
             "seed": seed,
             "objects_per_category": objects_per_category, "views": views, "categories": list(synsets),
-            "image_size": 137, "supersample": SUPERSAMPLE, "voxel_grid": 32,
+            "image_size": 137, "supersample": SUPERSAMPLE, "voxel_grid": resolution,
             "split": {"train": 0.7, "val": 0.1, "test": 0.2}}
 
 
@@ -174,10 +182,12 @@ def _pool_context():
 
 def generate_dataset(root: str | os.PathLike, objects_per_category: int = DEFAULT_OBJECTS_PER_CATEGORY,
                      views: int = DEFAULT_VIEWS, seed: int = 0, categories: Iterable[str] | None = None,
-                     workers: int | None = None, overwrite: bool = False) -> Path:
+                     workers: int | None = None, overwrite: bool = False, resolution: int = GRID) -> Path:
     """Generate the synthetic ShapeNet into ``root`` and return it as a Path.
 
     categories: synset ids or names (default: all 13); workers: processes (default ``os.cpu_count()``).
+    resolution: R, the side of the solid voxel grids (``ShapeNetVox<R>/``): 32 (default), 64 or 128; the
+    renderings do not depend on it.
     If ``root`` already holds a dataset made with the same parameters and generator (``synth.json``) it
     is returned as is; another non-empty ``root`` raises ``FileExistsError`` unless ``overwrite``. The
     new set is built beside ``root`` and swapped in when complete, so until then the old one stays
@@ -185,11 +195,12 @@ def generate_dataset(root: str | os.PathLike, objects_per_category: int = DEFAUL
     ``.<name>.tmp-*`` folder beside ``root`` (safe to delete), never a partial ``root``; one killed
     during the swap leaves the old set as ``.<name>.old-*``, which the next call puts back.
     """
-    if objects_per_category < 1 or views < 1:
-        raise ValueError(f"need objects_per_category >= 1 and views >= 1, got {objects_per_category}, {views}")
+    if objects_per_category < 1 or views < 1 or resolution < 1:
+        raise ValueError(f"need objects_per_category, views and resolution >= 1, got {objects_per_category}, "
+                         f"{views}, {resolution}")
     root = Path(root).expanduser().absolute()
     synsets = resolve_categories(categories)
-    params = parameters(objects_per_category, views, seed, synsets)
+    params = parameters(objects_per_category, views, seed, synsets, resolution)
     _recover_swap(root)
     if made_with(root) == params:
         return root
@@ -204,17 +215,17 @@ def generate_dataset(root: str | os.PathLike, objects_per_category: int = DEFAUL
     tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
     tmp.mkdir()
     try:
-        tasks = [(tmp, seed, s, i, views) for s in synsets for i in range(objects_per_category)]
+        tasks = [(tmp, seed, s, i, views, resolution) for s in synsets for i in range(objects_per_category)]
         workers = max(1, min(workers or os.cpu_count() or 1, len(tasks)))
         bar = tqdm(total=len(tasks), desc=f"generating {root.name}", unit="object", disable=len(tasks) < 50)
         if workers == 1:
             for task in tasks:
-                write_voxels(tmp, *_render_task(task))
+                write_voxels(tmp, *_render_task(task), resolution)
                 bar.update()
         else:
             with _pool_context().Pool(workers) as pool:
                 for result in pool.imap_unordered(_render_task, tasks, chunksize=1):
-                    write_voxels(tmp, *result)
+                    write_voxels(tmp, *result, resolution)
                     bar.update()
         bar.close()
         with atomic_write(tmp / "ShapeNet.json", "w") as f:

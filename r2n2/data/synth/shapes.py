@@ -30,7 +30,8 @@ class SynthObject:
     """One normalised object.
 
     primitives: its solid parts (world units: bounding box centred at the origin, diagonal 1).
-    voxels: (32, 32, 32) bool in (x, y, z) order, y up; a cube of side ``scale`` centred at the origin.
+    voxels: (R, R, R) bool in (x, y, z) order, y up (R = 32 unless asked, ShapeNetVox32); a cube of side
+        ``scale`` centred at the origin.
     scale: the largest bounding-box extent (the grid side, binvox ``scale``).
     translate: (3,) the bounding-box minimum (binvox ``translate``, as in ShapeNetVox32).
     """
@@ -422,7 +423,7 @@ def normalise(prims: list[Primitive]) -> tuple[list[Primitive], np.ndarray]:
 
 
 def make_object(synset: str, rng: np.random.Generator, grid: int = GRID) -> SynthObject:
-    """A random object of category ``synset`` (see CATEGORIES), normalised and voxelised."""
+    """A random object of category ``synset`` (see CATEGORIES), normalised and voxelised to ``grid``^3."""
     if synset not in BUILDERS:
         raise KeyError(f"unknown synset {synset!r}; expected one of {list(CATEGORIES)}")
     prims, extent = normalise(build_parts(synset, rng))
