@@ -16,8 +16,16 @@ import numpy as np
 import pytest
 from conftest import ROOT
 
+from r2n2.data.formats import load_voxels
 from r2n2.evaluation import fscore as F
-from r2n2.evaluation.fscore import FScorer, fscore_points, score_packed, surface_points, voxel_fscore
+from r2n2.evaluation.fscore import (
+    FSCORE_DISTANCE,
+    FScorer,
+    fscore_points,
+    score_packed,
+    surface_points,
+    voxel_fscore,
+)
 
 BENCH_GT = "binvox/piaomz_Pix2Vox_Keras__bench_modelt_transposed021.binvox"
 BENCH_PRED = "binvox/piaomz_Pix2Vox_Keras__bench_predict001.binvox"  # a real network's prediction of it
@@ -209,3 +217,16 @@ def test_the_device_fscore_draws_the_same_points_and_gives_the_pools_figures(sha
     assert expected[4] == 0 and expected[5] == 1 and expected[6] > 0.9 and 0 < expected[0] < expected[1]
     with pytest.raises(ValueError, match="level"):
         DeviceFScorer("cpu", level="half")
+
+
+def test_the_1_percent_radius_scales_with_the_grid(shared_data):
+    """Points live in the unit cube whatever R is, so the radius is 1% of the grid side: a real pair of
+    32^3 grids scores about the same F-score as that pair at 64^3 (each voxel repeated 2^3), not what a
+    radius of a fixed 0.32 voxel (1% of 32) would give."""
+    root = shared_data / "binvox"
+    gt = load_voxels(root / "piaomz_Pix2Vox_Keras__bench_modelt_transposed021.binvox")
+    pred = load_voxels(root / "piaomz_Pix2Vox_Keras__bench_predict001.binvox")
+    up = lambda g: g.repeat(2, 0).repeat(2, 1).repeat(2, 2)  # noqa: E731
+    f32, f64 = voxel_fscore(pred, gt), voxel_fscore(up(pred), up(gt))
+    fixed_voxels = voxel_fscore(up(pred), up(gt), distance=FSCORE_DISTANCE / 2)  # 0.32 voxel of 64
+    assert 0.2 < f32 < 1.0 and f64 == pytest.approx(f32, abs=0.03) and abs(fixed_voxels - f32) > 0.05

@@ -1,17 +1,21 @@
 """data.resolution=64 end to end on the CPU, on real files: each source makes, pools or refuses its
 grids for it, the cache keys and stores it, and a small real training run at 64^3 trains, tests and
-checkpoints a 64^3 network (the run is shared by the evaluation, prediction and export tests)."""
+checkpoints a 64^3 network, which r2n2-eval scores as training did, r2n2-predict writes 64^3 outputs
+from and r2n2-export exports (weights, ONNX)."""
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from conftest import run_train, tiny, write_manifest
+from helpers.reference import naive_binvox
 
 from r2n2.data.datamodule import R2N2DataModule
 from r2n2.data.errors import DataError
@@ -90,3 +94,74 @@ def test_a_64_cubed_run_trains_tests_and_checkpoints_a_64_cubed_network(trained6
     metrics = json.loads((run_dir / "metrics.json").read_text())
     for key in ("test/iou@0.3", "test/iou@0.3/chair", "baseline/category_mean_shape_test_iou"):
         assert 0.0 < metrics[key] <= 1.0, (key, metrics)
+
+
+# --- downstream of a 64^3 checkpoint: r2n2-eval, r2n2-predict, r2n2-export -------------------------
+
+BIN = Path(sys.executable).parent
+
+
+def _run(cmd: list[str]) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+def test_eval_scores_a_64_cubed_checkpoint_as_training_did(trained64, tmp_path):
+    """r2n2-eval's IoU@0.3 and category mean shape on the test split are the training run's (two code
+    paths, 64^3 grids), with F-scores@1% and its figures."""
+    run_dir, _ = trained64
+    out = tmp_path / "eval"
+    _run([str(BIN / "r2n2-eval"), f"ckpt={run_dir / 'checkpoints' / 'best.ckpt'}", "fscore.points=2048",
+          f"hydra.run.dir={out}"])  # fmt: skip
+    result, metrics = json.loads((out / "eval.json").read_text()), json.loads((run_dir / "metrics.json").read_text())
+    one = result["model"]["1"]
+    assert one["iou@0.3"]["mean_over_samples"] == pytest.approx(metrics["test/iou@0.3"], abs=1e-4)
+    assert one["iou@0.3"]["per_category"]["chair"] == pytest.approx(metrics["test/iou@0.3/chair"], abs=1e-4)
+    category_mean = result["baselines"]["category mean shape"]["iou@0.3"]["mean_over_samples"]
+    assert category_mean == pytest.approx(metrics["baseline/category_mean_shape_test_iou"], abs=1e-4)
+    assert 0.0 <= one["fscore@1%"]["mean_over_samples"] <= 1.0
+    for name in ("best.png", "worst.png", "iou_vs_threshold.png", "reconstructions.html"):
+        assert (out / name).stat().st_size > 0, name
+    assert '"r": 64' in (out / "reconstructions.html").read_text()
+    assert (run_dir / "reconstructions" / "epoch_000.png").stat().st_size > 0  # the training figure
+
+
+def test_predict_writes_64_cubed_outputs(trained64, shared_data, tmp_path):
+    run_dir, _ = trained64
+    out = tmp_path / "pred"
+    photos = [str(shared_data / "photos" / f"{i}.png") for i in range(2)]
+    _run([str(BIN / "r2n2-predict"), "--ckpt", str(run_dir / "checkpoints" / "best.ckpt"), *photos, "--out",
+          str(out), "--html"])  # fmt: skip
+    probs = np.load(out / "prediction.npy")
+    assert probs.shape == (R, R, R) and probs.dtype == np.float32
+    grid, dims, _, scale = naive_binvox(out / "prediction.binvox")  # an independent reader
+    assert dims == (R, R, R) and scale == 1.0 and np.array_equal(grid, probs >= 0.3)
+    verts = np.array([[float(x) for x in line.split()[1:]] for line in (out / "prediction.obj").read_text().splitlines()
+                      if line.startswith("v ")])  # fmt: skip
+    if grid.any():  # the mesh spans the unit cube whatever R is
+        assert len(verts) and np.abs(verts).max() <= 0.5 + 1e-6
+    assert (out / "prediction.png").stat().st_size > 0
+    assert '"r": 64' in (out / "prediction.html").read_text()
+
+
+@pytest.mark.parametrize("fmt", ["weights", "onnx"])
+def test_export_a_64_cubed_network(trained64, shared_data, tmp_path, fmt):
+    """r2n2-export checks the exported logits against PyTorch's for 1..5 views itself (rc 0); the ONNX
+    model's output is (B, 64, 64, 64) and r2n2-predict reads the weights file."""
+    run_dir, _ = trained64
+    out = tmp_path / f"model.{fmt}"
+    _run([str(BIN / "r2n2-export"), "--ckpt", str(run_dir / "checkpoints" / "best.ckpt"), "--format", fmt, "--out",
+          str(out)])  # fmt: skip
+    photo = str(shared_data / "photos" / "0.png")
+    if fmt == "onnx":
+        import onnxruntime as ort
+
+        from r2n2.cli.predict import load_views
+
+        session = ort.InferenceSession(str(out))
+        (logits,) = session.run(None, {"images": load_views([photo]).numpy()})
+        assert logits.shape == (1, R, R, R)
+    else:
+        _run([str(BIN / "r2n2-predict"), "--ckpt", str(out), photo, "--out", str(tmp_path / "p")])
+        assert np.load(tmp_path / "p" / "prediction.npy").shape == (R, R, R)

@@ -86,7 +86,7 @@ def predict(ckpt: str, images: list[str], out: str, threshold: float = THRESHOLD
     np.save(buf, probs.astype(np.float32))
     with atomic_write(out_dir / "prediction.npy") as f:
         f.write(buf.getvalue())
-    # the grid is a cube of side 1 centred at the origin, as ShapeNetVox32 (binvox 'translate' is its corner)
+    # the grid (any R) is a cube of side 1 centred at the origin, as ShapeNetVox32 (binvox 'translate' is its corner)
     write_binvox(out_dir / "prediction.binvox", Binvox(probs >= threshold, translate=(-0.5, -0.5, -0.5), scale=1.0))
     faces = write_obj(out_dir / "prediction.obj", probs, threshold)
     save(prediction_figure(views[0], probs, threshold, [Path(p).name for p in images]), out_dir / "prediction.png")

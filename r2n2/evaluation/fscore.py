@@ -3,8 +3,10 @@
 Definition (what3d, Tatarchenko et al. 2019, adopted by Pix2Vox++): turn the predicted and the
 ground-truth grid into meshes, sample points uniformly (by area) on each; precision = share of
 predicted points closer than 1% of the grid side to a ground-truth point, recall = the reverse;
-F = 2PR / (P + R). :func:`surface_points` and :func:`fscore_points` are that definition, written
-plainly (the reference). Two surfaces can be chosen (``level``, :data:`LEVELS`):
+F = 2PR / (P + R). The points are in the unit cube at any resolution R, so the radius is 1% of the
+grid side at 32^3 (0.32 voxel), 64^3 (0.64 voxel) and 128^3 alike. :func:`surface_points` and
+:func:`fscore_points` are that definition, written plainly (the reference). Two surfaces can be
+chosen (``level``, :data:`LEVELS`):
 
 - ``"what3d"`` (the default): what3d's own mesh, PyMCubes' level-0 surface of the binary grid padded
   by one empty voxel (it runs through the centres of the empty voxels next to the filled ones: half a

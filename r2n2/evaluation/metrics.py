@@ -62,7 +62,7 @@ def voxel_iou_from_logits(logits: torch.Tensor, target: torch.Tensor, threshold:
 
 
 def voxel_iou(probs: torch.Tensor, target: torch.Tensor, threshold: float = THRESHOLD) -> torch.Tensor:
-    """Per-sample IoU. probs: (B, 32, 32, 32) in [0, 1]; target: (B, 32, 32, 32) {0, 1} -> (B,) float32.
+    """Per-sample IoU. probs: (B, R, R, R) in [0, 1]; target: (B, R, R, R) {0, 1} -> (B,) float32.
 
     Occupied where ``probs >= threshold``; both empty -> 1.
     """
@@ -81,8 +81,8 @@ class VoxelIoU(Metric):
         **kwargs: torchmetrics Metric options (dist_sync_on_step, process_group, ...).
 
     ``update(probs, target, category=None)``:
-        probs: (B, 32, 32, 32) float probabilities in [0, 1] (apply sigmoid to logits first);
-        target: (B, 32, 32, 32) {0, 1}, bool/int/float;
+        probs: (B, R, R, R) float probabilities in [0, 1] (apply sigmoid to logits first);
+        target: (B, R, R, R) {0, 1}, bool/int/float;
         category: (B,) int tensor, or a list of B names/ints; required iff ``categories`` was given.
         Any grid shape works as long as probs and target agree.
 
@@ -162,7 +162,7 @@ class VoxelIoU(Metric):
         return idx
 
     def update(self, probs: torch.Tensor, target: torch.Tensor, category=None) -> None:
-        """probs: (B, 32, 32, 32) in [0, 1]; target: (B, 32, 32, 32) {0, 1}; category: (B,) or None."""
+        """probs: (B, R, R, R) in [0, 1]; target: (B, R, R, R) {0, 1}; category: (B,) or None."""
         if probs.shape != target.shape or probs.dim() < 2:
             raise ValueError(f"probs {tuple(probs.shape)} and target {tuple(target.shape)} must both be (B, ...grid)")
         if self.validate_args:

@@ -25,7 +25,7 @@ MAX_PAIRWISE = 256  # samples kept for the pairwise IoU (a 256 x 256 matrix of 3
 
 
 class PredictionSpread(L.Callback):
-    """Collects statistics of the test predictions ``probs: (B, 32, 32, 32)`` (see the module docstring).
+    """Collects statistics of the test predictions ``probs: (B, R, R, R)`` (see the module docstring).
 
     The pairwise IoU keeps at most ``MAX_PAIRWISE`` predictions spread evenly over the test split:
     every ``stride``-th sample (``stride = ceil(N / MAX_PAIRWISE)`` for N test samples), because splits

@@ -43,7 +43,7 @@ def _zero_sums() -> dict:
 
 
 class ReconstructionModule(L.LightningModule):
-    """Wraps a network ``images: (B, V, 3, 127, 127) -> logits: (B, 32, 32, 32)``.
+    """Wraps a network ``images: (B, V, 3, 127, 127) -> logits: (B, R, R, R)``.
 
     net: network config, e.g. ``{"_target_": "r2n2.models.SeedModel", "hidden_size": 128}``.
     optimizer: optimizer config with ``_partial_: true`` (e.g. Adam lr 1e-3, weight decay 1e-4).
@@ -147,7 +147,7 @@ class ReconstructionModule(L.LightningModule):
             )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """images: (B, V, 3, 127, 127) float -> logits: (B, 32, 32, 32) float."""
+        """images: (B, V, 3, 127, 127) float -> logits: (B, R, R, R) float."""
         return self.net(images)
 
     def _step(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:

@@ -18,7 +18,7 @@ class ReconstructionFigures(L.Callback):
     The samples are taken in the first validation epoch (not the sanity check), from batches spread
     evenly over the loader: the splits list the objects of a category together, so the first batch
     would show one object's views. Batches are those the module sees: ``images (B, V, 3, S, S)
-    float``, ``voxels (B, 32, 32, 32)``, ``category`` (names)."""
+    float``, ``voxels (B, R, R, R)``, ``category`` (names)."""
 
     def __init__(self, every_n_epochs: int = 1, samples: int = 4):
         self.every, self.samples = every_n_epochs, samples

@@ -79,7 +79,7 @@ def reconstruction_figure(
 ) -> plt.Figure:
     """The seed report's Figure 2: a row per sample of input view | ground truth | prediction.
 
-    images: (N, 3, H, W) normalised; voxels: (N, 32, 32, 32) {0, 1}; probs: (N, 32, 32, 32) in [0, 1].
+    images: (N, 3, H, W) normalised; voxels: (N, R, R, R) {0, 1}; probs: (N, R, R, R) in [0, 1].
     The prediction is ``probs >= threshold``; its IoU with the ground truth is in the title.
     """
     from r2n2.evaluation.metrics import voxel_iou
