@@ -35,17 +35,17 @@ import shutil
 import tempfile
 import zlib
 from array import array
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from r2n2.utils.atomic import atomic_write
 from r2n2.data.errors import DataError
 from r2n2.data.formats import load_voxels, read_rgba
 from r2n2.data.sources.base import ErrorPolicy, ObjectRecord
+from r2n2.utils.atomic import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ class Plan:
     samples: np.ndarray
 
     @classmethod
-    def make(cls, objects: list[ObjectRecord], samples, all_views: bool) -> "Plan":
+    def make(cls, objects: list[ObjectRecord], samples, all_views: bool) -> Plan:
         """Store only the sampled views (single-view), or every view of a sampled object (multi-view).
 
         samples: (K, 2) (object index into ``objects``, view index) pairs, sorted by object."""
@@ -160,8 +160,15 @@ class _Writer:
             self._voxels.write(np.ascontiguousarray(bits, dtype=np.uint8).tobytes())
         except OSError as e:
             raise OSError(e.errno, e.strerror, str(self.folder)) from None
-        self.objects.append({"id": object_id, "category": category, "first": len(self.crcs) - len(blobs),
-                             "count": len(blobs), "views": int(views)})
+        self.objects.append(
+            {
+                "id": object_id,
+                "category": category,
+                "first": len(self.crcs) - len(blobs),
+                "count": len(blobs),
+                "views": int(views),
+            }
+        )
 
     def finish(self, samples: np.ndarray) -> dict:
         """Write the tables and ``index.json`` (last); returns the index."""
@@ -176,8 +183,12 @@ class _Writer:
             with atomic_write(self.folder / name) as f:
                 np.save(f, arr)
         index = {
-            "version": CACHE_VERSION, "image_size": self.size, "resolution": self.resolution,
-            "num_images": len(self.crcs), "num_samples": len(samples), "objects": self.objects,
+            "version": CACHE_VERSION,
+            "image_size": self.size,
+            "resolution": self.resolution,
+            "num_images": len(self.crcs),
+            "num_samples": len(samples),
+            "objects": self.objects,
             "bytes": {p.name: p.stat().st_size for p in sorted(self.folder.iterdir()) if p.is_file()},
             "crc": {name: _crc(self.folder / name) for name in _CHECKED},
         }
@@ -202,14 +213,21 @@ def write_split(folder: Path, images: np.ndarray, voxels: np.ndarray, objects: l
     images = np.asarray(images, dtype=np.uint8)
     writer = _Writer(folder, images.shape[1], voxels.shape[1])
     for o, grid in zip(objects, voxels):
-        blobs = [compress(img) for img in images[o["first"]:o["first"] + o["count"]]]
+        blobs = [compress(img) for img in images[o["first"] : o["first"] + o["count"]]]
         writer.add(o["id"], o["category"], o.get("views", o["count"]), np.packbits(np.asarray(grid, bool)), blobs)
     writer.finish(np.asarray(samples, np.int64))
     return folder
 
 
-def pack(folder: Path, plan: Plan, image_size: int, resolution: int, voxel_key: str | None,
-         errors: ErrorPolicy, workers: int = 0) -> None:
+def pack(
+    folder: Path,
+    plan: Plan,
+    image_size: int,
+    resolution: int,
+    voxel_key: str | None,
+    errors: ErrorPolicy,
+    workers: int = 0,
+) -> None:
     """Read every planned file and write the packed cache to ``folder`` (atomically), streaming:
     the processes read, resize and compress, this one appends."""
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -224,8 +242,14 @@ def pack(folder: Path, plan: Plan, image_size: int, resolution: int, voxel_key: 
         pool = mp.get_context("fork").Pool(workers) if workers > 1 else None
         try:
             results = pool.imap(_load_object, jobs, chunksize=4) if pool else map(_load_object, jobs)
-            results = tqdm(results, total=len(plan.objects), desc=f"packing {folder.name}", unit="object",
-                           disable=len(plan.objects) < 50, leave=False)
+            results = tqdm(
+                results,
+                total=len(plan.objects),
+                desc=f"packing {folder.name}",
+                unit="object",
+                disable=len(plan.objects) < 50,
+                leave=False,
+            )
             for o, (rec, (bits, blobs, kept, faults)) in enumerate(zip(plan.objects, results)):
                 for path, fault in faults:
                     errors.handle(DataError(path, fault))
@@ -241,8 +265,12 @@ def pack(folder: Path, plan: Plan, image_size: int, resolution: int, voxel_key: 
         samples = np.array([(slot[o], stored[slot[o]][v]) for o, v in plan.samples[keep].tolist()], np.int64)
         if not len(samples):
             raise DataError(None, f"no usable samples for cache {folder.name}: every planned sample failed to load")
-        errors.write(tmp / "skipped.json", f"cache {folder.name}", final=folder / "skipped.json",
-                     dropped=len(plan.samples) - len(samples))
+        errors.write(
+            tmp / "skipped.json",
+            f"cache {folder.name}",
+            final=folder / "skipped.json",
+            dropped=len(plan.samples) - len(samples),
+        )
         writer.finish(samples)
         writer = None
         try:
@@ -318,8 +346,10 @@ class ImageStore:
 
     def _bytes(self, i: int) -> np.ndarray:
         if self._data is None:
-            self._data = np.memmap(self.folder / "images.z", np.uint8, "r") if self.table[-1, 0] else np.zeros(0, np.uint8)
-        return self._data[self.table[i, 0]:self.table[i + 1, 0]]
+            self._data = (
+                np.memmap(self.folder / "images.z", np.uint8, "r") if self.table[-1, 0] else np.zeros(0, np.uint8)
+            )
+        return self._data[self.table[i, 0] : self.table[i + 1, 0]]
 
     def intact(self, i: int) -> bool:
         return zlib.crc32(self._bytes(i)) == self.table[i, 1]
@@ -339,8 +369,11 @@ class ImageStore:
                     raise ValueError(f"{len(raw)} bytes, expected {flat.shape[1]}")
             except (ValueError, zlib.error) as e:
                 self._invalidate()
-                raise CorruptImage(self.folder, f"image {i} of the cache is corrupt ({e}): the cache is invalidated "
-                                                "and will be rebuilt at the next start") from None
+                raise CorruptImage(
+                    self.folder,
+                    f"image {i} of the cache is corrupt ({e}): the cache is invalidated "
+                    "and will be rebuilt at the next start",
+                ) from None
             flat[j] = np.frombuffer(raw, np.uint8)
         return out
 
@@ -364,13 +397,26 @@ def _warn_of_old_caches(cache_dir: Path) -> None:
             old.append(index.parent)
     if old:
         size = sum(p.stat().st_size for folder in old for p in folder.iterdir() if p.is_file())
-        log.warning("%s holds %d cache folder(s) of an older version (%.2f GB) that nothing reads any more: "
-                    "delete them to free the space (%s)", cache_dir, len(old), size / 1e9,
-                    ", ".join(f.name for f in old[:3]) + (", ..." if len(old) > 3 else ""))
+        log.warning(
+            "%s holds %d cache folder(s) of an older version (%.2f GB) that nothing reads any more: "
+            "delete them to free the space (%s)",
+            cache_dir,
+            len(old),
+            size / 1e9,
+            ", ".join(f.name for f in old[:3]) + (", ..." if len(old) > 3 else ""),
+        )
 
 
-def ensure_packed(cache_dir: Path, split: str, identity: dict, plan: Plan | Callable[[], Plan], config: dict,
-                  errors: ErrorPolicy, workers: int = 0, verify: bool = False) -> Path:
+def ensure_packed(
+    cache_dir: Path,
+    split: str,
+    identity: dict,
+    plan: Plan | Callable[[], Plan],
+    config: dict,
+    errors: ErrorPolicy,
+    workers: int = 0,
+    verify: bool = False,
+) -> Path:
     """Return the folder of a valid cache for one split, building (or rebuilding) it if needed.
 
     identity: what fixes the split's content besides ``config`` (``cache_key``); plan: the ``Plan``,

@@ -34,8 +34,10 @@ def category_filter(categories) -> list[str] | None:
         if isinstance(c, int) and not isinstance(c, bool):
             synset = f"{c:08o}"
             if synset not in R2N2_CATEGORIES:
-                raise ValueError(f"data.source.categories: {c} is a number, not a synset id or name; write "
-                                 "synset ids as strings (in a YAML file quote them: '03001627')")
+                raise ValueError(
+                    f"data.source.categories: {c} is a number, not a synset id or name; write "
+                    "synset ids as strings (in a YAML file quote them: '03001627')"
+                )
             c = synset
         out.append(str(c))
     return out

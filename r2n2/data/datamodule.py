@@ -14,7 +14,6 @@ from lightning.pytorch.accelerators import CUDAAccelerator
 from torch.utils.data import BatchSampler, DataLoader
 
 from r2n2.data import device as on_device
-from r2n2.utils.atomic import atomic_write
 from r2n2.data.cache import Plan, cache_key, ensure_packed
 from r2n2.data.dataset import PackedDataset
 from r2n2.data.errors import DataError
@@ -23,6 +22,7 @@ from r2n2.data.samplers import EpochBatchSampler, EpochShuffleSampler, ShardSamp
 from r2n2.data.sources.base import SPLITS, ErrorPolicy, Source
 from r2n2.data.splits import LEGACY_SPLIT_VERSION, assign_splits, check_split_version, select_samples
 from r2n2.data.transforms import Augment, to_images
+from r2n2.utils.atomic import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -140,8 +140,10 @@ class R2N2DataModule(L.LightningDataModule):
         self.pack_workers = os.cpu_count() if pack_workers is None else pack_workers
         self.verify_cache = verify_cache
         if device_data not in ("auto", True, False) or not 0 < float(device_data_fraction) <= 1:
-            raise ValueError(f"data.device_data must be auto, true or false and data.device_data_fraction in (0, 1], "
-                             f"got {device_data!r} and {device_data_fraction!r}")
+            raise ValueError(
+                f"data.device_data must be auto, true or false and data.device_data_fraction in (0, 1], "
+                f"got {device_data!r} and {device_data_fraction!r}"
+            )
         self.device_data, self.device_data_fraction = device_data, float(device_data_fraction)
         self.datasets: dict[str, PackedDataset] = {}
         self.categories: list[str] = []
@@ -179,9 +181,14 @@ class R2N2DataModule(L.LightningDataModule):
         source or of the parameters lists the source and packs again."""
         if self._folder_paths is not None:
             return self._folder_paths
-        base = {"source": self.source.describe(), "fingerprint": self.source.fingerprint(self.sizes),
-                "fractions": self.fractions, "seed": self.seed, "split_version": self.split_version,
-                "on_error": self.on_error}
+        base = {
+            "source": self.source.describe(),
+            "fingerprint": self.source.fingerprint(self.sizes),
+            "fractions": self.fractions,
+            "seed": self.seed,
+            "split_version": self.split_version,
+            "on_error": self.on_error,
+        }
         summary_path = self.cache_dir / f"splits-{cache_key({**base, 'sizes': self.sizes}, {})}.json"
         plans: dict[str, Plan] | None = None
 
@@ -203,10 +210,18 @@ class R2N2DataModule(L.LightningDataModule):
                 json.dump({"categories": categories, "splits": counts}, f)
         self.categories = categories
         self._folder_paths = {
-            split: ensure_packed(self.cache_dir, split, {**base, "size": self.sizes[split]},
-                                 lambda split=split: planned()[split], self._pack_config(split),
-                                 ErrorPolicy(self.on_error), self.pack_workers, self.verify_cache)
-            for split in SPLITS if counts.get(split)
+            split: ensure_packed(
+                self.cache_dir,
+                split,
+                {**base, "size": self.sizes[split]},
+                lambda split=split: planned()[split],
+                self._pack_config(split),
+                ErrorPolicy(self.on_error),
+                self.pack_workers,
+                self.verify_cache,
+            )
+            for split in SPLITS
+            if counts.get(split)
         }
         return self._folder_paths
 
@@ -217,8 +232,13 @@ class R2N2DataModule(L.LightningDataModule):
         return self.datasets[split].min_views() if split in self.datasets else 0
 
     def _pack_config(self, split: str) -> dict:
-        return {"image_size": self.image_size, "resolution": self.resolution, "on_error": self.on_error,
-                "voxel_key": self.source.voxel_key, "all_views": self._views(split) > 1}
+        return {
+            "image_size": self.image_size,
+            "resolution": self.resolution,
+            "on_error": self.on_error,
+            "voxel_key": self.source.voxel_key,
+            "all_views": self._views(split) > 1,
+        }
 
     # -- Lightning hooks --------------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -243,8 +263,9 @@ class R2N2DataModule(L.LightningDataModule):
         """The input path of this run (chosen once, for all splits, on the trainer's device) and why."""
         if self._path is None:
             device = self._device
-            self._path = on_device.choose(self.device_data, list(self.datasets.values()), device,
-                                          self.device_data_fraction)
+            self._path = on_device.choose(
+                self.device_data, list(self.datasets.values()), device, self.device_data_fraction
+            )
             if self._path.on_device:
                 log.info("input path: the splits on %s, batches gathered there (%s)", device, self._path.reason)
             else:
@@ -264,8 +285,9 @@ class R2N2DataModule(L.LightningDataModule):
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         if train:
             sampler = EpochShuffleSampler(len(dataset), self.order_seed, self._next_epoch(), rank, world)
-            batches = EpochBatchSampler(sampler, self.batch_size, self.train_views,
-                                        drop_last=len(sampler) > self.batch_size)
+            batches = EpochBatchSampler(
+                sampler, self.batch_size, self.train_views, drop_last=len(sampler) > self.batch_size
+            )
         else:
             batches = BatchSampler(ShardSampler(len(dataset), rank, world), self.eval_batch_size, drop_last=False)
         if self.input_path().on_device:
@@ -275,9 +297,15 @@ class R2N2DataModule(L.LightningDataModule):
             pin = trainer is not None and isinstance(trainer.accelerator, CUDAAccelerator)
         # a private generator: without one, every new iterator draws its workers' base seed from the
         # global RNG, shifting dropout masks differently in a resumed run (workers draw nothing random)
-        return DataLoader(dataset, batch_sampler=batches, num_workers=self.num_workers, pin_memory=pin,
-                          persistent_workers=self.persistent_workers, collate_fn=collate,
-                          generator=torch.Generator().manual_seed(self.order_seed))
+        return DataLoader(
+            dataset,
+            batch_sampler=batches,
+            num_workers=self.num_workers,
+            pin_memory=pin,
+            persistent_workers=self.persistent_workers,
+            collate_fn=collate,
+            generator=torch.Generator().manual_seed(self.order_seed),
+        )
 
     def _next_epoch(self) -> int:
         """The epoch Lightning will train next, known when it builds the loader. On resume, Lightning

@@ -12,7 +12,6 @@ from torch.utils.data import Dataset
 from r2n2.data.cache import ImageStore
 from r2n2.data.samplers import SampleKey
 
-
 log = logging.getLogger(__name__)
 
 
@@ -50,11 +49,17 @@ class PackedDataset(Dataset):
         fewest = int(self.count.min()) if len(self.count) else 0
         if views > 1 and fewest < views:
             bad = self.objects[int(self.count.argmin())]["id"]
-            raise ValueError(f"{views} views per sample asked, but object {bad} has only {fewest} views in {self.folder}")
+            raise ValueError(
+                f"{views} views per sample asked, but object {bad} has only {fewest} views in {self.folder}"
+            )
         skipped = self.folder / "skipped.json"
         if skipped.is_file():
-            log.warning("%d bad file(s) were skipped when %s was built (list in %s)",
-                        len(json.loads(skipped.read_text())), self.folder.name, skipped)
+            log.warning(
+                "%d bad file(s) were skipped when %s was built (list in %s)",
+                len(json.loads(skipped.read_text())),
+                self.folder.name,
+                skipped,
+            )
         self._images = ImageStore(self.folder, self.size)
         self._vox: np.ndarray | None = None
 
@@ -73,8 +78,11 @@ class PackedDataset(Dataset):
         """Every object's bit-packed grid: ``(M, ceil(R^3 / 8)) uint8``, numpy's bit order (read-only)."""
         if self._vox is None:
             shape = (len(self.objects), self.resolution**3 // 8)
-            self._vox = np.memmap(self.folder / "voxels.u8", np.uint8, "r", shape=shape) if shape[0] else \
-                np.zeros(shape, np.uint8)
+            self._vox = (
+                np.memmap(self.folder / "voxels.u8", np.uint8, "r", shape=shape)
+                if shape[0]
+                else np.zeros(shape, np.uint8)
+            )
         return self._vox
 
     def decoded_bytes(self) -> int:

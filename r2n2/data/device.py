@@ -55,8 +55,10 @@ def choose(setting: bool | str, datasets: list[PackedDataset], device: torch.dev
         return Choice(False, f"no on-device path for a {device.type} device")
     free = torch.cuda.mem_get_info(device)[0]
     fits = need <= fraction * free
-    why = (f"the splits take {need / 2**30:.2f} GiB, {'within' if fits else 'over'} "
-           f"data.device_data_fraction={fraction:g} of the {free / 2**30:.1f} GiB free on {device}")
+    why = (
+        f"the splits take {need / 2**30:.2f} GiB, {'within' if fits else 'over'} "
+        f"data.device_data_fraction={fraction:g} of the {free / 2**30:.1f} GiB free on {device}"
+    )
     if setting is True and not fits:
         raise ValueError(f"data.device_data=true, but {why}: lower data.splits or set data.device_data=auto")
     return Choice(fits, why)

@@ -60,8 +60,9 @@ class EpochBatchSampler(Sampler[list[SampleKey]]):
     Lightning's ``set_epoch`` reaches ``self.sampler`` (it looks for ``batch_sampler.sampler``).
     """
 
-    def __init__(self, sampler: EpochShuffleSampler, batch_size: int, views: tuple[int, int] = (1, 1),
-                 drop_last: bool = True):
+    def __init__(
+        self, sampler: EpochShuffleSampler, batch_size: int, views: tuple[int, int] = (1, 1), drop_last: bool = True
+    ):
         self.sampler, self.batch_size, self.drop_last = sampler, int(batch_size), drop_last
         self.views = (int(views[0]), int(views[1]))
 

@@ -64,7 +64,7 @@ def _cuts(fractions: dict[str, float]) -> list[float]:
     total = sum(fractions[s] for s in SPLITS)
     cuts = [float(c) for c in np.cumsum([fractions[s] / total for s in SPLITS])]
     # the last split with a share ends at 1.0 exactly (no rounding sliver for a split of fraction 0)
-    return [1.0 if not any(fractions[s] for s in SPLITS[i + 1:]) else c for i, c in enumerate(cuts)]
+    return [1.0 if not any(fractions[s] for s in SPLITS[i + 1 :]) else c for i, c in enumerate(cuts)]
 
 
 def _split_at(cuts: list[float], position: float) -> str:
@@ -76,8 +76,9 @@ def split_of(seed: int, object_id: str, fractions: dict[str, float]) -> str:
     return _split_at(_cuts(fractions), object_position(seed, object_id))
 
 
-def assign_splits(records: list[ObjectRecord], fractions: dict[str, float], seed: int,
-                  version: int = LEGACY_SPLIT_VERSION) -> dict[str, list[ObjectRecord]]:
+def assign_splits(
+    records: list[ObjectRecord], fractions: dict[str, float], seed: int, version: int = LEGACY_SPLIT_VERSION
+) -> dict[str, list[ObjectRecord]]:
     """Group objects by split. Objects whose source fixes the split keep it; the others are split
     by ``fractions`` (e.g. train 0.7, val 0.1, test 0.2) and ``seed``:
 
@@ -148,18 +149,26 @@ def split_mismatch(trained: dict | None, evaluated: dict) -> str | None:
         return None
     version, theirs = split_version_of(trained), split_version_of(evaluated)
     if version != theirs:
-        return (f"the checkpoint's data was split with data.split_version={version}, this data config "
-                f"splits with {theirs}: objects it trained on may be in the evaluated split "
-                f"(data.split_version={version} evaluates on the checkpoint's split)")
+        return (
+            f"the checkpoint's data was split with data.split_version={version}, this data config "
+            f"splits with {theirs}: objects it trained on may be in the evaluated split "
+            f"(data.split_version={version} evaluates on the checkpoint's split)"
+        )
     default = {"seed": 0, "split_fractions": {"train": 0.7, "val": 0.1, "test": 0.2}}
     differ = [k for k in default if trained.get(k, default[k]) != evaluated.get(k, default[k])]
     if version == 1:
-        same_source = {k: v for k, v in (trained.get("source") or {}).items() if k != "workers"} == \
-            {k: v for k, v in (evaluated.get("source") or {}).items() if k != "workers"}
+        same_source = {k: v for k, v in (trained.get("source") or {}).items() if k != "workers"} == {
+            k: v for k, v in (evaluated.get("source") or {}).items() if k != "workers"
+        }
         differ += [] if same_source else ["source"]
     if not differ:
         return None
-    why = ("a split version 1 split depends on the whole object set" if version == 1 and "source" in differ
-           else "they decide which objects are in which split")
-    return (f"data.{', data.'.join(differ)} differ from the checkpoint's ({why}): objects it trained on may "
-            "be in the evaluated split")
+    why = (
+        "a split version 1 split depends on the whole object set"
+        if version == 1 and "source" in differ
+        else "they decide which objects are in which split"
+    )
+    return (
+        f"data.{', data.'.join(differ)} differ from the checkpoint's ({why}): objects it trained on may "
+        "be in the evaluated split"
+    )

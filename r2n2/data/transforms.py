@@ -57,8 +57,13 @@ class AugmentDraw:
     background: torch.Tensor | None = None
 
 
-def draw_augment(augment: Augment, batch: int, views: int, generator: torch.Generator | None = None,
-                 device: torch.device | str = "cpu") -> AugmentDraw:
+def draw_augment(
+    augment: Augment,
+    batch: int,
+    views: int,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+) -> AugmentDraw:
     """Draw every view's augmentation parameters from ``generator`` (on the generator's device), then
     move them to ``device``."""
     gen_device = generator.device if generator is not None else torch.device("cpu")
@@ -79,12 +84,20 @@ def draw_augment(augment: Augment, batch: int, views: int, generator: torch.Gene
     if augment.random_background:
         lo, hi = TRAIN_BACKGROUND_RANGE
         draw.background = torch.randint(lo, hi + 1, (*shape, 3), generator=generator, device=gen_device).float()
-    return AugmentDraw(*(None if t is None else t.to(device, non_blocking=True) for t in
-                         (draw.shift, draw.flip, draw.jitter, draw.background)))
+    return AugmentDraw(
+        *(
+            None if t is None else t.to(device, non_blocking=True)
+            for t in (draw.shift, draw.flip, draw.jitter, draw.background)
+        )
+    )
 
 
-def to_images(rgba: torch.Tensor, augment: Augment | None = None, generator: torch.Generator | None = None,
-              draw: AugmentDraw | None = None) -> torch.Tensor:
+def to_images(
+    rgba: torch.Tensor,
+    augment: Augment | None = None,
+    generator: torch.Generator | None = None,
+    draw: AugmentDraw | None = None,
+) -> torch.Tensor:
     """``rgba: (B, V, S, S, 4) uint8`` -> ``images: (B, V, 3, S, S) float32``, on ``rgba``'s device.
 
     Without augmentation every view is composited on grey 240 (3D-R2N2 at test time), scaled to
@@ -122,7 +135,7 @@ def to_images(rgba: torch.Tensor, augment: Augment | None = None, generator: tor
     return rgb.sub_(background).mul_(alpha).mul_(scale).add_(shift)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _mean_std(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """ImageNet mean and std * 255, (3, 1, 1) each, made once per device (no copy per batch)."""
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1) * 255
@@ -135,7 +148,7 @@ def _shift(rgba: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     b, v, s = rgba.shape[:3]
     flat = rgba.flatten(0, 1)  # (N, S, S, 4)
     padded = flat.new_zeros(b * v, s + 2 * CROP_PAD, s + 2 * CROP_PAD, 4)
-    padded[:, CROP_PAD:CROP_PAD + s, CROP_PAD:CROP_PAD + s] = flat
+    padded[:, CROP_PAD : CROP_PAD + s, CROP_PAD : CROP_PAD + s] = flat
     ar = torch.arange(s, device=rgba.device)
     dy, dx = shift.flatten(0, 1).unbind(-1)  # (N,) each
     rows = (CROP_PAD + dy)[:, None, None] + ar[None, :, None]  # (N, S, 1)
@@ -184,7 +197,7 @@ def frame_object(rgba: np.ndarray, fill: float = OBJECT_FILL, tolerance: int = 3
     else:
         border = np.concatenate([rgba[0], rgba[-1], rgba[:, 0], rgba[:, -1]])[:, :3]
         background = np.median(border, axis=0)
-        mask = (np.abs(rgba[..., :3].astype(np.int16) - background).max(-1) > tolerance)
+        mask = np.abs(rgba[..., :3].astype(np.int16) - background).max(-1) > tolerance
         fill_value = np.r_[background.astype(np.uint8), 255]
     if not mask.any():
         mask = np.ones_like(mask)

@@ -58,8 +58,11 @@ def load_voxels(path: str | os.PathLike, key: str | None = None, resolution: int
     if grid.size > MAX_VOXELS:
         raise DataError(path, f"voxel grid {tuple(grid.shape)} has more than {MAX_VOXELS} voxels")
     if grid.shape[0] < resolution and resolution > RESOLUTION:
-        raise DataError(path, f"voxel grid {tuple(grid.shape)} is coarser than data.resolution={resolution}; "
-                              f"use a {resolution}^3 or finer grid, or a lower data.resolution")
+        raise DataError(
+            path,
+            f"voxel grid {tuple(grid.shape)} is coarser than data.resolution={resolution}; "
+            f"use a {resolution}^3 or finer grid, or a lower data.resolution",
+        )
     occupied = np.asarray(grid) > 0
     if occupied.shape[0] != resolution:
         import torch  # imported here: the readers above are used by processes that need no torch

@@ -24,8 +24,17 @@ from r2n2.data.formats.limits import MAX_VOXELS
 # what a corrupt file or zip member can raise while its header or data is read (numpy: TokenError
 # from an unparsable header; zipfile: RuntimeError for encrypted members, NotImplementedError for
 # unknown compression)
-_READ_ERRORS = (ValueError, OSError, EOFError, SyntaxError, tokenize.TokenError, zipfile.BadZipFile, zlib.error,
-                RuntimeError, NotImplementedError)
+_READ_ERRORS = (
+    ValueError,
+    OSError,
+    EOFError,
+    SyntaxError,
+    tokenize.TokenError,
+    zipfile.BadZipFile,
+    zlib.error,
+    RuntimeError,
+    NotImplementedError,
+)
 # np.load's rule: a zip (an .npz) starts with a local file header, or, empty, with its end record
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 
@@ -64,7 +73,9 @@ def _read_npz(path, f: BinaryIO, key: str | None) -> np.ndarray:
                     if len(_header(path, f"member {name!r}", m)[0]) == 3:
                         found.append(name)
             if len(found) != 1:
-                raise DataError(path, f"expected one 3D array in .npz file, found {found or 'none'} among {list(members)}")
+                raise DataError(
+                    path, f"expected one 3D array in .npz file, found {found or 'none'} among {list(members)}"
+                )
         info = members[found[0]]
         with zf.open(info) as m:
             return _read_member(path, f"member {found[0]!r}", m, info.file_size)

@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from r2n2.utils.atomic import atomic_write
 from r2n2.data.errors import DataError
 from r2n2.data.formats.limits import MAX_BINVOX_SIDE, MAX_VOXELS
+from r2n2.utils.atomic import atomic_write
 
 MAGIC = b"#binvox"
 
@@ -59,7 +59,7 @@ def _parse_header(f: io.BufferedIOBase, path) -> tuple[int, tuple[int, int, int]
     if not first.startswith(MAGIC):
         raise DataError(path, f"not a binvox file: bad magic {first[:16]!r}, expected {MAGIC!r}")
     try:
-        version = int(first[len(MAGIC):].strip() or 1)
+        version = int(first[len(MAGIC) :].strip() or 1)
     except ValueError:
         raise DataError(path, f"bad binvox version line {first.strip()!r}") from None
     dims = translate = scale = None
@@ -91,8 +91,10 @@ def _parse_header(f: io.BufferedIOBase, path) -> tuple[int, tuple[int, int, int]
     if dims is None or len(dims) != 3 or min(dims) <= 0:
         raise DataError(path, f"binvox header has a bad or missing 'dim' line: {dims}")
     if max(dims) > MAX_BINVOX_SIDE or math.prod(dims) > MAX_VOXELS:
-        raise DataError(path, f"binvox dim {dims} is larger than the format allows ({MAX_BINVOX_SIDE} per side, "
-                              f"{MAX_VOXELS} voxels)")
+        raise DataError(
+            path,
+            f"binvox dim {dims} is larger than the format allows ({MAX_BINVOX_SIDE} per side, {MAX_VOXELS} voxels)",
+        )
     if translate is None or len(translate) != 3:
         translate = (0.0, 0.0, 0.0)
     return version, dims, translate, 1.0 if scale is None else scale

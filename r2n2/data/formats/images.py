@@ -32,8 +32,11 @@ def read_rgba(path: str | os.PathLike, size: int | None = None) -> np.ndarray:
     try:
         with Image.open(path, formats=FORMATS) as im:
             if im.width * im.height > MAX_IMAGE_PIXELS:  # checked on the header, before decoding
-                raise DataError(path, f"image of {im.width}x{im.height} pixels is larger than the "
-                                      f"{MAX_IMAGE_PIXELS} pixels allowed (corrupt header or not a view)")
+                raise DataError(
+                    path,
+                    f"image of {im.width}x{im.height} pixels is larger than the "
+                    f"{MAX_IMAGE_PIXELS} pixels allowed (corrupt header or not a view)",
+                )
             im.load()  # decode now: a truncated or corrupt file fails here, not later
             # phone photos are stored landscape with an EXIF Orientation tag (6: turn 90 degrees
             # clockwise to display); turn them upright, as every viewer does, and drop the tag

@@ -31,9 +31,25 @@ _V73_HEADER = b"MATLAB 7.3 MAT-file"
 # MAT-File Format, table 1-1 (data types) and 1-3 (array classes)
 _MI_INT8, _MI_INT32, _MI_UINT32, _MI_MATRIX, _MI_COMPRESSED = 1, 5, 6, 14, 15
 _MI_DTYPES = {1: "i1", 2: "u1", 3: "i2", 4: "u2", 5: "i4", 6: "u4", 7: "f4", 9: "f8", 12: "i8", 13: "u8"}
-_CLASSES = {1: "cell", 2: "struct", 3: "object", 4: "char", 5: "sparse", 6: "double", 7: "single", 8: "int8",
-            9: "uint8", 10: "int16", 11: "uint16", 12: "int32", 13: "uint32", 14: "int64", 15: "uint64",
-            16: "function", 17: "opaque"}
+_CLASSES = {
+    1: "cell",
+    2: "struct",
+    3: "object",
+    4: "char",
+    5: "sparse",
+    6: "double",
+    7: "single",
+    8: "int8",
+    9: "uint8",
+    10: "int16",
+    11: "uint16",
+    12: "int32",
+    13: "uint32",
+    14: "int64",
+    15: "uint64",
+    16: "function",
+    17: "opaque",
+}
 _NUMERIC = {"double", "single", "int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64", "logical"}
 _LOGICAL, _COMPLEX = 0x200, 0x800
 # a variable's header (flags, dims, name) is inflated first, to size the rest before inflating it
@@ -53,8 +69,10 @@ def read_mat(path: str | os.PathLike, key: str | None = None) -> np.ndarray:
     except OSError as e:
         raise DataError(path, f"unreadable .mat file ({e.strerror or e})") from None
     if blob.startswith(_V73_HEADER) or (len(blob) >= 128 and blob[124:126] in (b"\x00\x02", b"\x02\x00")):
-        raise DataError(path, "MATLAB v7.3 (HDF5) .mat files are not supported: re-save it with save(..., '-v7') "
-                              "or convert it to .npy")
+        raise DataError(
+            path,
+            "MATLAB v7.3 (HDF5) .mat files are not supported: re-save it with save(..., '-v7') or convert it to .npy",
+        )
     if len(blob) >= 4 and 0 in blob[:4]:  # scipy's rule: v4 files start with a small integer type code
         return _read_v4(path, key)
     order = {b"IM": "<", b"MI": ">"}.get(blob[126:128])
@@ -78,12 +96,16 @@ def _choose(path, key: str | None, arrays: dict[str, tuple[tuple[int, ...], str]
             shapes = {k: f"{cls} {shape}" for k, (shape, cls) in arrays.items()}
             raise DataError(path, f"no 3D array in .mat file (it holds {shapes})")
         if len(found) > 1:
-            raise DataError(path, f"several 3D arrays in .mat file {sorted(found)}: choose one with data.source.voxel_key")
+            raise DataError(
+                path, f"several 3D arrays in .mat file {sorted(found)}: choose one with data.source.voxel_key"
+            )
     name, (shape, cls) = next(iter(found.items()))
     if cls not in _NUMERIC:
         raise DataError(path, f"{name!r} in .mat file is a {cls} {shape}, not a numeric array")
     if any(d < 0 for d in shape) or math.prod(shape) > MAX_VOXELS:
-        raise DataError(path, f"{name!r} in .mat file declares shape {shape}: corrupt, or more than {MAX_VOXELS} voxels")
+        raise DataError(
+            path, f"{name!r} in .mat file declares shape {shape}: corrupt, or more than {MAX_VOXELS} voxels"
+        )
     return name
 
 
@@ -117,8 +139,11 @@ class _Variable:
         dtype = np.dtype(_MI_DTYPES[mtype]).newbyteorder(self.order)
         count = math.prod(self.shape)
         if (end - start) != count * dtype.itemsize:
-            raise DataError(path, f"corrupt .mat file: {self.name!r} holds {end - start} bytes of "
-                                  f"{dtype.name}, its shape {self.shape} needs {count * dtype.itemsize}")
+            raise DataError(
+                path,
+                f"corrupt .mat file: {self.name!r} holds {end - start} bytes of "
+                f"{dtype.name}, its shape {self.shape} needs {count * dtype.itemsize}",
+            )
         values = np.frombuffer(self.data, dtype, count, start).reshape(self.shape, order="F")
         return values.astype(bool) if self.flags & _LOGICAL else values.astype(dtype.newbyteorder("="))
 
@@ -143,7 +168,7 @@ def _v5_variables(path, blob: bytes, order: str):
     at = 128
     while at + 8 <= len(blob):
         mtype, nbytes = struct.unpack_from(order + "II", blob, at)
-        body = blob[at + 8:at + 8 + nbytes]
+        body = blob[at + 8 : at + 8 + nbytes]
         at += 8 + nbytes + (0 if mtype == _MI_COMPRESSED else -nbytes % 8)
         if mtype == _MI_COMPRESSED:
             inflater = zlib.decompressobj()
@@ -153,13 +178,19 @@ def _v5_variables(path, blob: bytes, order: str):
                     raise DataError(path, "corrupt .mat file: a compressed variable is empty")
                 mtype, nbytes = struct.unpack_from(order + "II", head)
                 var = _header(path, head[8:], order, mtype)
-                if var is not None and var.cls in _NUMERIC and 0 <= math.prod(var.shape) <= MAX_VOXELS \
-                        and min(var.shape, default=0) >= 0:
+                if (
+                    var is not None
+                    and var.cls in _NUMERIC
+                    and 0 <= math.prod(var.shape) <= MAX_VOXELS
+                    and min(var.shape, default=0) >= 0
+                ):
                     room = nbytes - len(head) + 8
                     if room > 16 * math.prod(var.shape) + _HEADER_BYTES:  # complex double at most
-                        raise DataError(path, f"corrupt .mat file: {var.name!r} declares {nbytes} bytes for shape {var.shape}")
+                        raise DataError(
+                            path, f"corrupt .mat file: {var.name!r} declares {nbytes} bytes for shape {var.shape}"
+                        )
                     rest = inflater.decompress(inflater.unconsumed_tail, max(room, 0) + 1)
-                    var.data = (head + rest)[8:8 + nbytes]
+                    var.data = (head + rest)[8 : 8 + nbytes]
             except zlib.error as e:
                 raise DataError(path, f"corrupt .mat file: a compressed variable does not inflate ({e})") from None
         else:

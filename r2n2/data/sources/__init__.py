@@ -9,4 +9,12 @@ from r2n2.data.sources.pix3d import Pix3DSource
 from r2n2.data.sources.shapenet import ShapeNetSource
 from r2n2.data.sources.synthetic import SyntheticSource
 
-__all__ = ["ErrorPolicy", "ManifestSource", "ObjectRecord", "Pix3DSource", "ShapeNetSource", "Source", "SyntheticSource"]
+__all__ = [
+    "ErrorPolicy",
+    "ManifestSource",
+    "ObjectRecord",
+    "Pix3DSource",
+    "ShapeNetSource",
+    "Source",
+    "SyntheticSource",
+]

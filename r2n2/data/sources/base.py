@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from r2n2.utils.atomic import atomic_write
 from r2n2.data.errors import DataError
+from r2n2.utils.atomic import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class Source(Protocol):
     def prepare(self, sizes: dict[str, int | None]) -> None:
         """Make the data exist (e.g. generate it); ``sizes`` are the requested split sizes."""
 
-    def records(self, errors: "ErrorPolicy", sizes: dict[str, int | None]) -> list[ObjectRecord]:
+    def records(self, errors: ErrorPolicy, sizes: dict[str, int | None]) -> list[ObjectRecord]:
         """All objects of the source, in a deterministic order (``sizes`` as given to ``prepare``)."""
 
     def describe(self) -> dict:
@@ -117,5 +117,6 @@ class ErrorPolicy:
         shown = "; ".join(f"{s['path']}: {s['fault']}" for s in self.skipped[:5])
         more = f" (+{len(self.skipped) - 5} more)" if len(self.skipped) > 5 else ""
         lost = " or entries" if dropped is None else f": {dropped} samples dropped"
-        log.warning("%s: skipped %d bad file(s)%s (list in %s): %s%s", what, len(self.skipped), lost,
-                    final or path, shown, more)
+        log.warning(
+            "%s: skipped %d bad file(s)%s (list in %s): %s%s", what, len(self.skipped), lost, final or path, shown, more
+        )

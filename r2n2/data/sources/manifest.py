@@ -58,8 +58,12 @@ class ManifestSource:
             raise DataError(self.path, "manifest CSV not found")
 
     def describe(self) -> dict:
-        return {"kind": "manifest", "path": str(self.path.resolve()), "root": str(self.root.resolve()),
-                "voxel_key": self.voxel_key}
+        return {
+            "kind": "manifest",
+            "path": str(self.path.resolve()),
+            "root": str(self.root.resolve()),
+            "voxel_key": self.voxel_key,
+        }
 
     def _abs(self, p: str) -> str:
         p = os.path.expanduser(p.strip())
@@ -109,11 +113,17 @@ class ManifestSource:
                 continue
             voxels = self._abs(voxels)
             key = field["object_id"] or (_voxel_id(same(voxels), root) if resolved else voxels)
-            obj = objects.setdefault(key, {"category": category, "voxels": voxels, "split": split, "images": [],
-                                           "seen": set()})
+            obj = objects.setdefault(
+                key, {"category": category, "voxels": voxels, "split": split, "images": [], "seen": set()}
+            )
             if (same(obj["voxels"]), obj["split"], obj["category"]) != (same(voxels), split, category):
-                errors.handle(DataError(self.path, f"line {line}: object {key!r} given different voxels, split "
-                                                   "or category than on an earlier line"))
+                errors.handle(
+                    DataError(
+                        self.path,
+                        f"line {line}: object {key!r} given different voxels, split "
+                        "or category than on an earlier line",
+                    )
+                )
                 continue
             for p, seen in ((p, same(p)) for p in images):
                 if seen not in obj["seen"]:

@@ -64,11 +64,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from r2n2.utils.atomic import atomic_write
 from r2n2.data.categories import category_filter
 from r2n2.data.errors import DataError
 from r2n2.data.formats import RESOLUTION, load_voxels
 from r2n2.data.sources.base import SPLITS, ErrorPolicy, ObjectRecord, files_fingerprint
+from r2n2.utils.atomic import atomic_write
 
 # Pix2Vox's image size for Pix3D (config.py: CONST.IMG_W = IMG_H = 224); the cache then resizes to 127
 CROP_SIZE = 224
@@ -104,8 +104,8 @@ def crop_rgba(rgb: np.ndarray, mask: np.ndarray | None, bbox, size: int = CROP_S
     """``rgb: (H, W, 3) uint8``, ``mask: (H, W) uint8`` or None -> ``(size, size, 4) uint8`` RGBA.
 
     The square crop of :func:`square_box`; outside the photo, colours repeat its edge pixels
-    (Pix2Vox: ``np.pad(mode="edge")``) and alpha is 0 (255 everywhere without a mask). Resized with antialiasing on premultiplied
-    alpha, so background colours do not bleed into the object's edge.
+    (Pix2Vox: ``np.pad(mode="edge")``) and alpha is 0 (255 everywhere without a mask). Resized with
+    antialiasing on premultiplied alpha, so background colours do not bleed into the object's edge.
     """
     h, w = rgb.shape[:2]
     left, top, right, bottom = square_box(bbox, w, h)
@@ -134,9 +134,18 @@ class Pix3DSource:
     voxel_key = None  # records point at the R^3 .npy made from voxel.mat (see _voxels)
     resolution = RESOLUTION  # R2N2DataModule sets data.resolution
 
-    def __init__(self, root: str, annotations: str = "pix3d.json", taxonomy: str | None = None,
-                 categories: list[str] | None = None, drop_truncated: bool = False, drop_occluded: bool = False,
-                 mask: bool = True, crop_size: int = CROP_SIZE, crop_dir: str | None = None):
+    def __init__(
+        self,
+        root: str,
+        annotations: str = "pix3d.json",
+        taxonomy: str | None = None,
+        categories: list[str] | None = None,
+        drop_truncated: bool = False,
+        drop_occluded: bool = False,
+        mask: bool = True,
+        crop_size: int = CROP_SIZE,
+        crop_dir: str | None = None,
+    ):
         self.root = Path(root).expanduser()
         self.annotations = self.root / Path(annotations).expanduser()
         self.taxonomy = None if taxonomy is None else self.root / Path(taxonomy).expanduser()
@@ -150,10 +159,17 @@ class Pix3DSource:
             raise DataError(self.annotations, "Pix3D annotations not found: is data.source.root the Pix3D folder?")
 
     def describe(self) -> dict:
-        return {"kind": "pix3d", "root": str(self.root.resolve()), "annotations": str(self.annotations.resolve()),
-                "taxonomy": None if self.taxonomy is None else str(self.taxonomy.resolve()),
-                "categories": self.categories, "drop_truncated": self.drop_truncated,
-                "drop_occluded": self.drop_occluded, "mask": self.mask, "crop_size": self.crop_size}
+        return {
+            "kind": "pix3d",
+            "root": str(self.root.resolve()),
+            "annotations": str(self.annotations.resolve()),
+            "taxonomy": None if self.taxonomy is None else str(self.taxonomy.resolve()),
+            "categories": self.categories,
+            "drop_truncated": self.drop_truncated,
+            "drop_occluded": self.drop_occluded,
+            "mask": self.mask,
+            "crop_size": self.crop_size,
+        }
 
     # -- reading ------------------------------------------------------------------------------
     def _entries(self) -> list[dict]:
@@ -206,8 +222,9 @@ class Pix3DSource:
         rgb = _read(img, "RGB")
         m = _read(mask, "L") if self.mask else None
         if m is not None and m.shape != rgb.shape[:2]:
-            raise DataError(mask, f"mask is {m.shape[1]}x{m.shape[0]} but its photo {img} is "
-                                  f"{rgb.shape[1]}x{rgb.shape[0]}")
+            raise DataError(
+                mask, f"mask is {m.shape[1]}x{m.shape[0]} but its photo {img} is {rgb.shape[1]}x{rgb.shape[0]}"
+            )
         bbox = entry["bbox"]
         if len(bbox) != 4 or not (bbox[2] > bbox[0] and bbox[3] > bbox[1]):
             raise DataError(self.annotations, f"entry {entry['img']}: bad bbox {bbox} (expected [x0, y0, x1, y1])")
@@ -288,10 +305,15 @@ class Pix3DSource:
             splits_of.setdefault(rel, set()).add(split)
         shared = sorted(rel for rel, s in splits_of.items() if len(s) > 1)
         if shared:
-            log.warning("Pix3D: %d of %d 3D models have photos in more than one split, as %s splits photos, "
-                        "not models (Pix2Vox's photo-level split): each such model is one object per split, so "
-                        "a model seen in training is scored again, from other photos (e.g. %s)", len(shared),
-                        len(splits_of), self.taxonomy.name, shared[0])
+            log.warning(
+                "Pix3D: %d of %d 3D models have photos in more than one split, as %s splits photos, "
+                "not models (Pix2Vox's photo-level split): each such model is one object per split, so "
+                "a model seen in training is scored again, from other photos (e.g. %s)",
+                len(shared),
+                len(splits_of),
+                self.taxonomy.name,
+                shared[0],
+            )
 
 
 def _read(path: Path, mode: str) -> np.ndarray:

@@ -24,7 +24,6 @@ from r2n2.data.errors import DataError
 from r2n2.data.formats import RESOLUTION
 from r2n2.data.sources.base import SPLITS, ErrorPolicy, ObjectRecord, stamp
 
-
 # the 3D-R2N2 release's voxel folder and the side of its grids (ShapeNetVox32.tgz: 32^3 binvox)
 RELEASE_VOXEL_DIR = "ShapeNetVox32"
 RELEASE_RESOLUTION = 32
@@ -56,14 +55,18 @@ class ShapeNetSource:
 
     def prepare(self, sizes: dict[str, int | None]) -> None:
         if not (self.root / self.rendering_dir).is_dir():
-            raise DataError(self.root / self.rendering_dir,
-                            f"no {self.rendering_dir} folder: set data.source.root to the folder that holds "
-                            f"{self.rendering_dir}/ and {self.voxel_dir}/")
+            raise DataError(
+                self.root / self.rendering_dir,
+                f"no {self.rendering_dir} folder: set data.source.root to the folder that holds "
+                f"{self.rendering_dir}/ and {self.voxel_dir}/",
+            )
         if self.voxel_dir == RELEASE_VOXEL_DIR and self.resolution > RELEASE_RESOLUTION:
-            raise DataError(self.root / self.voxel_dir,
-                            f"the 3D-R2N2 release holds {RELEASE_RESOLUTION}^3 grids; data.resolution="
-                            f"{self.resolution} would only repeat their voxels: use data.resolution="
-                            f"{RELEASE_RESOLUTION}, or finer grids (data=synthetic, data=pix3d, data=manifest)")
+            raise DataError(
+                self.root / self.voxel_dir,
+                f"the 3D-R2N2 release holds {RELEASE_RESOLUTION}^3 grids; data.resolution="
+                f"{self.resolution} would only repeat their voxels: use data.resolution="
+                f"{RELEASE_RESOLUTION}, or finer grids (data=synthetic, data=pix3d, data=manifest)",
+            )
 
     def describe(self) -> dict:
         return {
@@ -88,8 +91,11 @@ class ShapeNetSource:
             except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
                 raise DataError(self.taxonomy, f"taxonomy is not valid JSON ({e})") from None
             if not isinstance(entries, list):
-                raise DataError(self.taxonomy, f"not in Pix2Vox ShapeNet.json format (a JSON {type(entries).__name__}, "
-                                               "expected a list of categories)")
+                raise DataError(
+                    self.taxonomy,
+                    f"not in Pix2Vox ShapeNet.json format (a JSON {type(entries).__name__}, "
+                    "expected a list of categories)",
+                )
             out = []
             for entry in entries:
                 try:
@@ -100,7 +106,9 @@ class ShapeNetSource:
                             raise TypeError(f"{split!r} is not a list of model ids")
                         out += [(synset, name, str(m), split) for m in models]
                 except (KeyError, TypeError) as e:
-                    raise DataError(self.taxonomy, f"not in Pix2Vox ShapeNet.json format ({e!r} in {entry!r:.80})") from None
+                    raise DataError(
+                        self.taxonomy, f"not in Pix2Vox ShapeNet.json format ({e!r} in {entry!r:.80})"
+                    ) from None
             return _once_per_object(out, self.taxonomy)
         base = self.root / self.rendering_dir
         return [
@@ -120,9 +128,12 @@ class ShapeNetSource:
             h.update(stamp(self.taxonomy).encode())
         renderings = os.path.join(self.root, self.rendering_dir, "")  # plain strings: pathlib cost 3x the stats
         voxels = os.path.join(self.root, self.voxel_dir, "")
-        lines = [f"{synset}/{model}\0{name}\0{split}\0{stamp(f'{renderings}{synset}/{model}/rendering')}\0"
-                 f"{stamp(f'{voxels}{synset}/{model}')}\n"
-                 for synset, name, model, split in self._listing() if self._keep(synset, name)]
+        lines = [
+            f"{synset}/{model}\0{name}\0{split}\0{stamp(f'{renderings}{synset}/{model}/rendering')}\0"
+            f"{stamp(f'{voxels}{synset}/{model}')}\n"
+            for synset, name, model, split in self._listing()
+            if self._keep(synset, name)
+        ]
         h.update("".join(lines).encode())
         return h.hexdigest()
 

@@ -31,8 +31,15 @@ class SyntheticSource:
     voxel_key = None
     resolution = RESOLUTION
 
-    def __init__(self, root: str, objects_per_category: int = DEFAULT_OBJECTS_PER_CATEGORY, views: int = DEFAULT_VIEWS,
-                 seed: int = 0, categories: list[str] | None = None, workers: int | None = None):
+    def __init__(
+        self,
+        root: str,
+        objects_per_category: int = DEFAULT_OBJECTS_PER_CATEGORY,
+        views: int = DEFAULT_VIEWS,
+        seed: int = 0,
+        categories: list[str] | None = None,
+        workers: int | None = None,
+    ):
         self.root = Path(root).expanduser()
         self.objects_per_category, self.views, self.seed = objects_per_category, views, seed
         self.categories = category_filter(categories)
@@ -68,12 +75,26 @@ class SyntheticSource:
         if made_with(folder) != parameters(n, self.views, self.seed, synsets, self.resolution):
             log.info("generating the synthetic dataset (%d objects per category) into %s", n, folder)
         # the folder is ours (named by the parameters): an outdated set in it is replaced
-        generate_dataset(folder, objects_per_category=n, views=self.views, seed=self.seed,
-                         categories=self.categories, workers=self.workers, overwrite=True, resolution=self.resolution)
+        generate_dataset(
+            folder,
+            objects_per_category=n,
+            views=self.views,
+            seed=self.seed,
+            categories=self.categories,
+            workers=self.workers,
+            overwrite=True,
+            resolution=self.resolution,
+        )
 
     def describe(self) -> dict:
-        return {"kind": "synthetic", "root": str(self.root.resolve()), "objects_per_category": self.objects_per_category,
-                "views": self.views, "seed": self.seed, "categories": self.categories}
+        return {
+            "kind": "synthetic",
+            "root": str(self.root.resolve()),
+            "objects_per_category": self.objects_per_category,
+            "views": self.views,
+            "seed": self.seed,
+            "categories": self.categories,
+        }
 
     def fingerprint(self, sizes: dict[str, int | None] | None = None) -> str:
         return self._shapenet(sizes).fingerprint()

@@ -28,11 +28,11 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from r2n2.utils.atomic import atomic_write
 from r2n2.data.camera import AZIMUTH_RANGE, DIST_RATIO_RANGE, ELEVATION_RANGE, View
 from r2n2.data.synth.render import SUPERSAMPLE, render
 from r2n2.data.synth.shapes import CATEGORIES, make_object
 from r2n2.data.synth.voxelize import GRID
+from r2n2.utils.atomic import atomic_write
 
 # Bump when the output for given parameters changes (shapes, renderer, voxeliser, layout). A set is also
 # regenerated when the code of GENERATOR_MODULES changes (generator_fingerprint), bumped or not.
@@ -40,7 +40,10 @@ GENERATOR_VERSION = 1
 _HERE = Path(__file__).resolve().parent
 # every module whose code shapes the files written: this package, the camera, the binvox writer
 GENERATOR_MODULES = tuple(sorted(str(p) for p in _HERE.glob("*.py") if p.name != "__init__.py")) + (
-    str(_HERE.parent / "camera.py"), str(_HERE.parent / "categories.py"), str(_HERE.parent / "formats" / "binvox.py"))
+    str(_HERE.parent / "camera.py"),
+    str(_HERE.parent / "categories.py"),
+    str(_HERE.parent / "formats" / "binvox.py"),
+)
 # ShapeNetRendering has 24 views per object; the synthetic set spends the same rendering (768 images per
 # category) on 4x the objects, 128 x 6 views instead of 32 x 24: more shapes, not more views of each, is
 # what lifts the model above the category prior (docs/ablation.md, "The 2-minute GPU budget").
@@ -99,8 +102,11 @@ def split_indices(seed: int, synset: str, n: int) -> dict[str, list[int]]:
     order = np.random.default_rng([seed, int(synset), n, 1]).permutation(n).tolist()
     n_val = max(n * SPLIT_TENTHS["val"] // 10, 1 if n >= 3 else 0)
     n_train = max(min(n, 1), min(n * SPLIT_TENTHS["train"] // 10, n - n_val - 1))
-    return {"train": sorted(order[:n_train]), "val": sorted(order[n_train:n_train + n_val]),
-            "test": sorted(order[n_train + n_val:])}
+    return {
+        "train": sorted(order[:n_train]),
+        "val": sorted(order[n_train : n_train + n_val]),
+        "test": sorted(order[n_train + n_val :]),
+    }
 
 
 def voxel_dir(resolution: int) -> str:
@@ -133,8 +139,9 @@ def _render_task(task: tuple) -> tuple:
     return (task[2],) + write_renderings(*task)
 
 
-def write_voxels(root: Path, synset: str, oid: str, packed: np.ndarray, translate: tuple, scale: float,
-                 resolution: int = GRID) -> None:
+def write_voxels(
+    root: Path, synset: str, oid: str, packed: np.ndarray, translate: tuple, scale: float, resolution: int = GRID
+) -> None:
     """Write ``model.binvox`` (R^3, R = ``resolution``) like ShapeNetVox32: translate = bounding-box
     minimum, scale = grid side."""
     # imported here, not at module level: r2n2.data.formats pulls in torch (~2 s per worker process),
@@ -154,14 +161,24 @@ def generator_fingerprint() -> str:
     return h.hexdigest()
 
 
-def parameters(objects_per_category: int, views: int, seed: int, synsets: Sequence[str], resolution: int = GRID) -> dict:
+def parameters(
+    objects_per_category: int, views: int, seed: int, synsets: Sequence[str], resolution: int = GRID
+) -> dict:
     """The contents of synth.json: everything that determines the output (the generator's version and
     code, and its parameters; not the worker count). A set whose synth.json differs is regenerated."""
-    return {"generator": "r2n2.data.synth", "version": GENERATOR_VERSION, "generator_code": generator_fingerprint(),
-            "seed": seed,
-            "objects_per_category": objects_per_category, "views": views, "categories": list(synsets),
-            "image_size": 137, "supersample": SUPERSAMPLE, "voxel_grid": resolution,
-            "split": {"train": 0.7, "val": 0.1, "test": 0.2}}
+    return {
+        "generator": "r2n2.data.synth",
+        "version": GENERATOR_VERSION,
+        "generator_code": generator_fingerprint(),
+        "seed": seed,
+        "objects_per_category": objects_per_category,
+        "views": views,
+        "categories": list(synsets),
+        "image_size": 137,
+        "supersample": SUPERSAMPLE,
+        "voxel_grid": resolution,
+        "split": {"train": 0.7, "val": 0.1, "test": 0.2},
+    }
 
 
 def _taxonomy(seed: int, synsets: Sequence[str], n: int) -> list[dict]:
@@ -180,9 +197,16 @@ def _pool_context():
     return mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
 
 
-def generate_dataset(root: str | os.PathLike, objects_per_category: int = DEFAULT_OBJECTS_PER_CATEGORY,
-                     views: int = DEFAULT_VIEWS, seed: int = 0, categories: Iterable[str] | None = None,
-                     workers: int | None = None, overwrite: bool = False, resolution: int = GRID) -> Path:
+def generate_dataset(
+    root: str | os.PathLike,
+    objects_per_category: int = DEFAULT_OBJECTS_PER_CATEGORY,
+    views: int = DEFAULT_VIEWS,
+    seed: int = 0,
+    categories: Iterable[str] | None = None,
+    workers: int | None = None,
+    overwrite: bool = False,
+    resolution: int = GRID,
+) -> Path:
     """Generate the synthetic ShapeNet into ``root`` and return it as a Path.
 
     categories: synset ids or names (default: all 13); workers: processes (default ``os.cpu_count()``).
@@ -196,8 +220,9 @@ def generate_dataset(root: str | os.PathLike, objects_per_category: int = DEFAUL
     during the swap leaves the old set as ``.<name>.old-*``, which the next call puts back.
     """
     if objects_per_category < 1 or views < 1 or resolution < 1:
-        raise ValueError(f"need objects_per_category, views and resolution >= 1, got {objects_per_category}, "
-                         f"{views}, {resolution}")
+        raise ValueError(
+            f"need objects_per_category, views and resolution >= 1, got {objects_per_category}, {views}, {resolution}"
+        )
     root = Path(root).expanduser().absolute()
     synsets = resolve_categories(categories)
     params = parameters(objects_per_category, views, seed, synsets, resolution)
@@ -208,8 +233,10 @@ def generate_dataset(root: str | os.PathLike, objects_per_category: int = DEFAUL
         before = made_with(root)
         if before is not None:
             changed = sorted(k for k in params if before.get(k) != params[k])
-            raise FileExistsError(f"{root} holds a synthetic dataset made with another {', '.join(changed)}; "
-                                  "pass overwrite=True (r2n2-synth --overwrite) to regenerate it")
+            raise FileExistsError(
+                f"{root} holds a synthetic dataset made with another {', '.join(changed)}; "
+                "pass overwrite=True (r2n2-synth --overwrite) to regenerate it"
+            )
         raise FileExistsError(f"{root} exists and is not this synthetic dataset; pass overwrite=True to replace it")
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"

@@ -95,7 +95,7 @@ class Primitive:
         n = mul(self._normal(self.to_local(p)), self.rot)
         return n / np.maximum(np.linalg.norm(n, axis=-1, keepdims=True), _TINY)
 
-    def transformed(self, shift: np.ndarray, factor: float) -> "Primitive":
+    def transformed(self, shift: np.ndarray, factor: float) -> Primitive:
         """The primitive after ``world -> factor * (world - shift)``."""
         raise NotImplementedError
 
@@ -208,8 +208,9 @@ class Frustum(Primitive):
         return np.where((cap_gap < side_gap)[:, None], cap, side)
 
     def transformed(self, shift, factor):
-        return replace(self, centre=factor * (self.centre - shift), h=factor * self.h,
-                       r0=factor * self.r0, r1=factor * self.r1)
+        return replace(
+            self, centre=factor * (self.centre - shift), h=factor * self.h, r0=factor * self.r0, r1=factor * self.r1
+        )
 
 
 @dataclass(frozen=True, eq=False)
@@ -249,10 +250,15 @@ class Ellipsoid(Primitive):
 
 # ---- constructors used by the shape builders (sizes are full lengths, not half-sizes) ----
 
+
 def box(centre, size, colour, rot=None) -> Box:
     """An oriented box of full side lengths ``size`` (local x, y, z)."""
-    return Box(np.asarray(centre, float), np.eye(3) if rot is None else np.asarray(rot, float), tuple(colour),
-               half=0.5 * np.asarray(size, float))
+    return Box(
+        np.asarray(centre, float),
+        np.eye(3) if rot is None else np.asarray(rot, float),
+        tuple(colour),
+        half=0.5 * np.asarray(size, float),
+    )
 
 
 def beam(p0, p1, width_x, width_z, colour, x_hint=None) -> Box:
@@ -265,8 +271,14 @@ def beam(p0, p1, width_x, width_z, colour, x_hint=None) -> Box:
 def frustum(p0, p1, r0, r1, colour) -> Frustum:
     """A capped frustum from ``p0`` (radius r0) to ``p1`` (radius r1)."""
     p0, p1 = np.asarray(p0, float), np.asarray(p1, float)
-    return Frustum(0.5 * (p0 + p1), frame_with_y(p1 - p0), tuple(colour),
-                   h=0.5 * float(np.linalg.norm(p1 - p0)), r0=float(r0), r1=float(r1))
+    return Frustum(
+        0.5 * (p0 + p1),
+        frame_with_y(p1 - p0),
+        tuple(colour),
+        h=0.5 * float(np.linalg.norm(p1 - p0)),
+        r0=float(r0),
+        r1=float(r1),
+    )
 
 
 def cylinder(p0, p1, r, colour) -> Frustum:
@@ -275,5 +287,9 @@ def cylinder(p0, p1, r, colour) -> Frustum:
 
 
 def ellipsoid(centre, radii, colour, rot=None) -> Ellipsoid:
-    return Ellipsoid(np.asarray(centre, float), np.eye(3) if rot is None else np.asarray(rot, float), tuple(colour),
-                     radii=np.asarray(radii, float))
+    return Ellipsoid(
+        np.asarray(centre, float),
+        np.eye(3) if rot is None else np.asarray(rot, float),
+        tuple(colour),
+        radii=np.asarray(radii, float),
+    )

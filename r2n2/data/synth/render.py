@@ -91,7 +91,7 @@ def render(obj, view: View, image_size: int = RENDER_SIZE, supersample: int = SU
     order = np.argsort(flat_owner, kind="stable")
     bounds = np.searchsorted(flat_owner[order], np.arange(len(obj.primitives) + 1))
     for i, prim in enumerate(obj.primitives):
-        idx = order[bounds[i]:bounds[i + 1]]
+        idx = order[bounds[i] : bounds[i + 1]]
         if idx.size:
             d = flat_dirs[:, idx].T
             points = origin + flat_depth[idx, None] * d
@@ -100,7 +100,7 @@ def render(obj, view: View, image_size: int = RENDER_SIZE, supersample: int = SU
     hit = (owner >= 0).reshape(ph, supersample, pw, supersample)
     count = hit.sum(axis=(1, 3))
     colour = rgb.reshape(ph, supersample, pw, supersample, 3).sum(axis=(1, 3)) / np.maximum(count, 1)[..., None]
-    win = out[wr0 // supersample:wr1 // supersample, wc0 // supersample:wc1 // supersample]
+    win = out[wr0 // supersample : wr1 // supersample, wc0 // supersample : wc1 // supersample]
     win[..., :3] = np.round(np.clip(colour, 0.0, 1.0) * 255)
     win[..., 3] = np.round(count * (255.0 / supersample**2))
     return out

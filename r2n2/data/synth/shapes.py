@@ -22,7 +22,7 @@ from r2n2.data.synth.voxelize import GRID, voxelize
 
 # The 13 categories of the 3D-R2N2 benchmark (Choy et al. 2016; Pix2Vox's ShapeNet.json), synset -> name
 # the 13 3D-R2N2 categories, synset id -> name, in the benchmark's order
-CATEGORIES: "OrderedDict[str, str]" = OrderedDict(R2N2_CATEGORIES)
+CATEGORIES: OrderedDict[str, str] = OrderedDict(R2N2_CATEGORIES)
 
 
 @dataclass(frozen=True, eq=False)
@@ -71,9 +71,11 @@ def _airplane(p: _Parts) -> None:
     r, length = p.u(0.045, 0.08), 1.0
     nose, tail = 0.5 * length, -0.5 * length
     tail_len, nose_len = p.u(0.15, 0.3), p.u(0.06, 0.14)
-    p.add(cylinder((tail + tail_len, 0, 0), (nose - nose_len, 0, 0), r, body),
-          ellipsoid((nose - nose_len, 0, 0), (nose_len, r, r), body),
-          frustum((tail + tail_len, 0, 0), (tail, 0.6 * r, 0), r, 0.3 * r, body))
+    p.add(
+        cylinder((tail + tail_len, 0, 0), (nose - nose_len, 0, 0), r, body),
+        ellipsoid((nose - nose_len, 0, 0), (nose_len, r, r), body),
+        frustum((tail + tail_len, 0, 0), (tail, 0.6 * r, 0), r, 0.3 * r, body),
+    )
     span, chord, thick = p.u(0.35, 0.6), p.u(0.12, 0.25), p.u(0.02, 0.04)
     sweep, dihedral, wing_x = p.u(0.0, 0.6), p.u(-0.05, 0.12), p.u(-0.08, 0.1)
     root = np.array([wing_x, -0.4 * r, 0.0])
@@ -110,7 +112,7 @@ def _bench(p: _Parts) -> None:
                 p.add(box((x, (height - thick / 2) / 2, z), (leg_t, height - thick / 2, leg_t), frame))
     if p.chance(0.6):  # stretcher between the ends (slab ends) or between the legs at each side
         y = p.u(0.15, 0.5) * height
-        for x in ((0.0,) if slab else (depth / 2 - leg_t / 2, -(depth / 2 - leg_t / 2))):
+        for x in (0.0,) if slab else (depth / 2 - leg_t / 2, -(depth / 2 - leg_t / 2)):
             p.add(box((x, y, 0), (leg_t, leg_t, 2 * zs[0]), frame))
     if p.chance(0.5):  # backrest on posts at -x
         back_h, tilt = p.u(0.25, 0.45), p.u(0.0, 0.25)
@@ -158,8 +160,10 @@ def _car(p: _Parts) -> None:
     if p.chance(0.25):  # pickup: cab forward, open bed walls behind
         cab_l, cab_h = p.u(0.25, 0.35), p.u(0.12, 0.18)
         cab_x = p.u(0.0, 0.12)
-        p.add(box((cab_x, top + cab_h / 2 - 0.01, 0), (cab_l, cab_h, width * 0.92), paint),
-              box((cab_x + 0.01, top + cab_h / 2, 0), (cab_l * 0.9, cab_h * 0.7, width * 0.94), glass))
+        p.add(
+            box((cab_x, top + cab_h / 2 - 0.01, 0), (cab_l, cab_h, width * 0.92), paint),
+            box((cab_x + 0.01, top + cab_h / 2, 0), (cab_l * 0.9, cab_h * 0.7, width * 0.94), glass),
+        )
         bed_x0, wall = -length / 2, p.u(0.05, 0.09)
         bed_len = cab_x - cab_l / 2 - bed_x0
         for z in (width / 2 - 0.02, -width / 2 + 0.02):
@@ -168,10 +172,13 @@ def _car(p: _Parts) -> None:
     else:
         cab_l, cab_h, cab_x = p.u(0.35, 0.6), p.u(0.1, 0.17), p.u(-0.15, 0.05)
         slope = p.u(0.05, 0.3)
-        p.add(box((cab_x, top + cab_h / 2 - 0.01, 0), (cab_l, cab_h, width * p.u(0.8, 0.92)), glass),
-              box((cab_x, top + cab_h - 0.005, 0), (cab_l * 0.85, 0.02, width * 0.85), paint),
-              box((cab_x + cab_l / 2, top + cab_h / 3, 0), (0.05, cab_h * 0.8, width * 0.85), glass,
-                  rotation(pitch=slope)))
+        p.add(
+            box((cab_x, top + cab_h / 2 - 0.01, 0), (cab_l, cab_h, width * p.u(0.8, 0.92)), glass),
+            box((cab_x, top + cab_h - 0.005, 0), (cab_l * 0.85, 0.02, width * 0.85), paint),
+            box(
+                (cab_x + cab_l / 2, top + cab_h / 3, 0), (0.05, cab_h * 0.8, width * 0.85), glass, rotation(pitch=slope)
+            ),
+        )
     axle = p.u(0.28, 0.36) * length
     for x in (axle, -axle):
         for side in (1, -1):
@@ -209,8 +216,10 @@ def _chair(p: _Parts) -> None:
         arm_y = seat_y + p.u(0.15, 0.25)
         for z in (1, -1):
             zz = z * (width / 2 - 0.02)
-            p.add(box((0, arm_y, zz), (depth, 0.03, 0.05), seat_c),
-                  box((depth / 2 - 0.03, (seat_y + arm_y) / 2, zz), (0.03, arm_y - seat_y, 0.03), leg_c))
+            p.add(
+                box((0, arm_y, zz), (depth, 0.03, 0.05), seat_c),
+                box((depth / 2 - 0.03, (seat_y + arm_y) / 2, zz), (0.03, arm_y - seat_y, 0.03), leg_c),
+            )
 
 
 def _display(p: _Parts) -> None:
@@ -218,8 +227,10 @@ def _display(p: _Parts) -> None:
     width, height, thick = p.u(0.8, 1.3), p.u(0.5, 0.8), p.u(0.02, 0.06)
     lift = p.u(0.1, 0.3)
     y = lift + height / 2
-    p.add(box((0, y, 0), (thick, height, width), frame),
-          box((thick / 2, y, 0), (0.01, height * p.u(0.85, 0.95), width * p.u(0.9, 0.96)), screen))
+    p.add(
+        box((0, y, 0), (thick, height, width), frame),
+        box((thick / 2, y, 0), (0.01, height * p.u(0.85, 0.95), width * p.u(0.9, 0.96)), screen),
+    )
     if p.chance(0.2):  # deep CRT-style back
         p.add(box((-thick / 2 - 0.15, y, 0), (0.3, height * 0.75, width * 0.7), frame))
     neck_w, neck_t = p.u(0.04, 0.15), p.u(0.03, 0.06)
@@ -244,15 +255,20 @@ def _lamp(p: _Parts) -> None:
     shade_h = p.u(0.15, 0.35)
     if p.chance(0.7):  # floor / table lamp: straight stem, shade on top
         top = np.array([0.0, stem_h, 0.0])
-        p.add(cylinder((0, base_h / 2, 0), top + (0, 0.3 * shade_h, 0), stem_r, metal),
-              frustum(top, top + (0, shade_h, 0), bottom_r, bottom_r * p.u(0.3, 0.9), shade_c))
+        p.add(
+            cylinder((0, base_h / 2, 0), top + (0, 0.3 * shade_h, 0), stem_r, metal),
+            frustum(top, top + (0, shade_h, 0), bottom_r, bottom_r * p.u(0.3, 0.9), shade_c),
+        )
     else:  # desk lamp: two arm segments and a shade pointing down-forward
         elbow = np.array([p.u(-0.3, 0.1), p.u(0.4, 0.7) * stem_h, p.u(-0.1, 0.1)])
         head = elbow + np.array([p.u(0.3, 0.5), p.u(0.0, 0.3), 0.0])
         aim = np.array([p.u(0.2, 0.6), -1.0, 0.0])
         aim /= np.linalg.norm(aim)
-        p.add(cylinder((0, base_h / 2, 0), elbow, stem_r, metal), cylinder(elbow, head, stem_r, metal),
-              frustum(head - 0.2 * shade_h * aim, head + 0.8 * shade_h * aim, 0.3 * bottom_r, bottom_r, shade_c))
+        p.add(
+            cylinder((0, base_h / 2, 0), elbow, stem_r, metal),
+            cylinder(elbow, head, stem_r, metal),
+            frustum(head - 0.2 * shade_h * aim, head + 0.8 * shade_h * aim, 0.3 * bottom_r, bottom_r, shade_c),
+        )
 
 
 def _speaker(p: _Parts) -> None:
@@ -276,8 +292,10 @@ def _rifle(p: _Parts) -> None:
     rec_l, rec_h, rec_w = p.u(0.22, 0.38), p.u(0.07, 0.11), p.u(0.04, 0.07)
     barrel_l, barrel_r = p.u(0.3, 0.5), p.u(0.012, 0.022)
     stock_l, stock_h = p.u(0.22, 0.35), p.u(0.07, 0.12)
-    p.add(box((0, 0, 0), (rec_l, rec_h, rec_w), metal),
-          cylinder((rec_l / 2 - 0.02, rec_h * 0.2, 0), (rec_l / 2 + barrel_l, rec_h * 0.2, 0), barrel_r, metal))
+    p.add(
+        box((0, 0, 0), (rec_l, rec_h, rec_w), metal),
+        cylinder((rec_l / 2 - 0.02, rec_h * 0.2, 0), (rec_l / 2 + barrel_l, rec_h * 0.2, 0), barrel_r, metal),
+    )
     drop = p.u(0.0, 0.2)
     back = np.array([-rec_l / 2 - stock_l * math.cos(drop), -stock_l * math.sin(drop), 0.0])
     p.add(beam((-rec_l / 2 + 0.02, 0, 0), back, stock_h, rec_w * 0.9, wood, x_hint=(0, 1, 0)))
@@ -335,8 +353,10 @@ def _table(p: _Parts) -> None:
         p.add(box((0, top_y, 0), (depth, top_t, length), top_c))
     if p.chance(0.3):  # pedestal
         r = p.u(0.03, 0.08)
-        p.add(cylinder((0, 0.02, 0), (0, top_y, 0), r, leg_c),
-              cylinder((0, 0, 0), (0, 0.04, 0), p.u(0.2, 0.4) * min(length, depth), leg_c))
+        p.add(
+            cylinder((0, 0.02, 0), (0, top_y, 0), r, leg_c),
+            cylinder((0, 0, 0), (0, 0.04, 0), p.u(0.2, 0.4) * min(length, depth), leg_c),
+        )
         return
     leg = p.u(0.025, 0.08)
     k = 0.35 if round_top else 0.5  # legs under a round top sit inside the circle
@@ -375,8 +395,10 @@ def _watercraft(p: _Parts) -> None:
     length, beam_w, depth = 1.0, p.u(0.18, 0.35), p.u(0.08, 0.16)
     stern_l = p.u(0.5, 0.7) * length
     x0 = -length / 2
-    p.add(box((x0 + stern_l / 2, 0, 0), (stern_l, depth, beam_w), hull),
-          ellipsoid((x0 + stern_l, 0, 0), (length - stern_l, depth / 2, beam_w / 2), hull))
+    p.add(
+        box((x0 + stern_l / 2, 0, 0), (stern_l, depth, beam_w), hull),
+        ellipsoid((x0 + stern_l, 0, 0), (length - stern_l, depth / 2, beam_w / 2), hull),
+    )
     p.add(box((x0 + stern_l / 2, depth / 2, 0), (stern_l * 0.98, 0.012, beam_w * 0.98), deck))
     if p.chance(0.35):  # sailing boat: mast and a sail
         mast_h = p.u(0.4, 0.9)
@@ -399,9 +421,19 @@ def _watercraft(p: _Parts) -> None:
 
 
 BUILDERS = {
-    "02691156": _airplane, "02828884": _bench, "02933112": _cabinet, "02958343": _car, "03001627": _chair,
-    "03211117": _display, "03636649": _lamp, "03691459": _speaker, "04090263": _rifle, "04256520": _sofa,
-    "04379243": _table, "04401088": _telephone, "04530566": _watercraft,
+    "02691156": _airplane,
+    "02828884": _bench,
+    "02933112": _cabinet,
+    "02958343": _car,
+    "03001627": _chair,
+    "03211117": _display,
+    "03636649": _lamp,
+    "03691459": _speaker,
+    "04090263": _rifle,
+    "04256520": _sofa,
+    "04379243": _table,
+    "04401088": _telephone,
+    "04530566": _watercraft,
 }
 
 

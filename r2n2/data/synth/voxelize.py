@@ -70,8 +70,9 @@ def _touches(prim: Primitive, centres: np.ndarray, voxel: float, levels: int) ->
     return hit
 
 
-def voxelize(primitives: Sequence[Primitive], scale: float, n: int = GRID, levels: int = LEVELS,
-             fill: bool = True) -> np.ndarray:
+def voxelize(
+    primitives: Sequence[Primitive], scale: float, n: int = GRID, levels: int = LEVELS, fill: bool = True
+) -> np.ndarray:
     """Conservative solid voxelisation. Returns ``voxels: (n, n, n) bool`` in (x, y, z) order.
 
     ``fill`` closes enclosed cavities (binvox's solid fill), so the grid is solid like ShapeNetVox32.
@@ -106,7 +107,7 @@ def reference_voxelize(primitives: Sequence[Primitive], scale: float, n: int = G
         pts = _centres(scale, n, block).reshape(-1, 3)
         hit = np.zeros(len(pts), dtype=bool)
         for start in range(0, len(pts), 2048):
-            chunk = pts[start:start + 2048, None, :] + offsets
-            hit[start:start + 2048] = (prim.sdf(chunk) <= 0.0).any(axis=1)
+            chunk = pts[start : start + 2048, None, :] + offsets
+            hit[start : start + 2048] = (prim.sdf(chunk) <= 0.0).any(axis=1)
         occupied[block] |= hit.reshape(occupied[block].shape)
     return occupied
