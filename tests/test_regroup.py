@@ -48,18 +48,21 @@ def test_every_target_a_saved_run_folder_names_resolves_after_the_move():
     assert OmegaConf.to_container(cfg, resolve=False)["x"]["y"][0] == "${callbacks}"  # kept as written
 
 
-def test_checkpoints_and_weights_files_name_no_module_of_the_package(tmp_path):
-    """A checkpoint or weights file stores tensors and plain values (hyper-parameters name only
-    ``r2n2.data`` and ``r2n2.models`` targets, which did not move), so one written before the move
-    loads after it: torch.load(weights_only=True) refuses any pickled class of ours."""
-    from r2n2.export import export_weights
-    from r2n2.models import SeedModel
+def test_checkpoints_name_no_module_that_moved(trained):
+    """A checkpoint stores tensors and plain values, and its hyper-parameters name only ``r2n2.data``
+    and ``r2n2.models`` targets (which did not move), so one written before the move loads after it:
+    no pickled object of ours (``torch.load(weights_only=True)`` would refuse it) and no moved target."""
+    import pickletools
+    import zipfile
 
-    net = SeedModel()
-    with open(tmp_path / "w.pt", "wb") as f:
-        export_weights(net, {"_target_": "r2n2.models.SeedModel"}, f)
-    payload = torch.load(tmp_path / "w.pt", weights_only=True)
-    assert _targets(payload["net"], set()) == {"r2n2.models.SeedModel"}
+    ckpt = trained[0] / "checkpoints" / "best.ckpt"
+    hparams = torch.load(ckpt, weights_only=True, map_location="cpu")["hyper_parameters"]
+    named = _targets(hparams, set())
+    assert named and all(t.startswith(("r2n2.data.", "r2n2.models.", "torch.")) for t in named), named
+    with zipfile.ZipFile(ckpt) as z:
+        pickle = z.read(next(n for n in z.namelist() if n.endswith("data.pkl")))
+    globals_ = [arg for op, arg, _ in pickletools.genops(pickle) if op.name in ("GLOBAL", "STACK_GLOBAL")]
+    assert not [g for g in globals_ if g and str(g).startswith("r2n2")], globals_
 
 
 def _old_code(into: Path) -> Path | None:
