@@ -100,7 +100,7 @@ def test_a_non_finite_loss_stops_the_run_naming_step_and_samples(data_dir, tmp_p
     keys = list(batches)[step % per_epoch]
     assert ids == [train[k]["object_id"] for k in keys]
 
-    again = run_train(args + [f"resume={run_dir}"], check=False)
+    again = run_train(args + [f"resume={run_dir}"], tmp_path / "refused", check=False)
     assert again.returncode != 0 and found.group(0) in again.stderr + again.stdout, again.stderr[-3000:]
 
 

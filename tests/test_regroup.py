@@ -128,7 +128,7 @@ def test_run_folder_checkpoint_and_weights_from_before_the_move_resume_evaluate_
     named = {t for t in saved if t.rpartition(".")[0] in MOVED_MODULES}
     assert named and named <= set(yaml.safe_load(FIXTURE.read_text())["targets"])
 
-    run_train([f"resume={run}", "trainer.max_epochs=2"])
+    run_train([f"resume={run}", "trainer.max_epochs=2"], tmp_path / "resume-hydra")
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1
 
     proc = subprocess.run(

@@ -103,6 +103,7 @@ def test_resume_is_exact_with_augmentation_and_random_view_counts(data_dir, tmp_
     _check_resume_is_exact(data_dir, tmp_path, ["data.augment=true", "data.views_per_sample=[1,3]"])
 
 
+@pytest.mark.slow
 def test_resume_with_more_epochs_respreads_the_default_cosine_schedule(data_dir, tmp_path):
     """The default schedule (scheduler=cosine) spans the run's optimiser steps. A finished 1-epoch run
     resumed with trainer.max_epochs=2 used to stop at the old last step ("Tried to step N times"): its
@@ -117,7 +118,7 @@ def test_resume_with_more_epochs_respreads_the_default_cosine_schedule(data_dir,
     first = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["lr_schedulers"][0]
     steps = first["last_epoch"]
     assert first["total_steps"] == steps  # one epoch's steps, all taken
-    run_train([f"resume={run}", "trainer.max_epochs=2"])
+    run_train([f"resume={run}", "trainer.max_epochs=2"], tmp_path / "resume-hydra")
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     sched = ckpt["lr_schedulers"][0]
     assert ckpt["epoch"] == 1 and sched["total_steps"] == 2 * steps and sched["last_epoch"] == 2 * steps
@@ -131,6 +132,7 @@ def test_resume_with_more_epochs_respreads_the_default_cosine_schedule(data_dir,
     assert ckpt["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(opt.param_groups[0]["lr"], rel=1e-6)
 
 
+@pytest.mark.slow
 def test_run_stopped_while_testing_ends_with_the_uninterrupted_metrics(trained, tmp_path):
     """A run stopped after its last checkpoint but before metrics.json (killed or requeued during the
     final test; tests/test_faults.py kills one there for real) has nothing left to train. resume=
