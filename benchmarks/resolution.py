@@ -10,7 +10,8 @@ machine that is host memory; the card's is not read here). The pooled IoU: the t
 and the ground truth are both max-pooled by R/32 (a 32^3 voxel is occupied if any of its finer voxels
 is), and so is the thresholded category mean shape; so the 32^3 column compares every model on the
 same coarse shapes.
-Prints a markdown table and writes resolution.json in --work.
+Prints a markdown table and writes resolution.json in --work. ``--step-memory B...`` only measures
+what one training step at batch B adds to the peak memory at each R (for the batch size to pick).
 """
 
 from __future__ import annotations
@@ -106,15 +107,57 @@ def train(r: int, args) -> dict:
     }
 
 
+STEP_MEMORY = """
+import resource, sys, torch
+from hydra import compose, initialize_config_dir
+from r2n2.train.network import build_network
+r, batch = int(sys.argv[1]), int(sys.argv[2])
+with initialize_config_dir(config_dir=sys.argv[3], version_base="1.3"):
+    cfg = compose("config", [f"data.resolution={r}"])
+net = build_network(cfg.model)
+opt = torch.optim.Adam(net.parameters())
+images, voxels = torch.rand(batch, 1, 3, 127, 127), (torch.rand(batch, r, r, r) < 0.1).float()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+for _ in range(2):  # the second step holds Adam's state too
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(net(images), voxels)
+    loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
+"""
+
+
+def step_memory(r: int, batch: int) -> float:
+    """GB that one fp32 training step of the default model at R adds to the peak RSS of a fresh process
+    (activations, gradients, Adam state; random inputs of the real shapes, ``images (B, 1, 3, 127, 127)``,
+    ``voxels (B, R, R, R)``): what a batch needs on top of the process, on a CPU or, roughly, a GPU."""
+    cmd = [sys.executable, "-c", STEP_MEMORY, str(r), str(batch), str(ROOT / "conf")]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    return int(out.strip().splitlines()[-1]) / 1e9
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--resolutions", type=int, nargs="+", default=[32, 64])
     ap.add_argument("--minutes", type=int, default=5, help="training budget per resolution (trainer.max_time)")
     ap.add_argument("--epochs", type=int, default=2, help="the schedule's length (it stops at --minutes first)")
-    ap.add_argument("--work", type=Path, required=True)
+    ap.add_argument("--work", type=Path)
     ap.add_argument("--data-dir", type=Path, help="where the synthetic sets and caches are (default: --work/data)")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides for every run (e.g. data.batch_size=8)")
+    ap.add_argument(
+        "--step-memory",
+        type=int,
+        nargs="+",
+        metavar="B",
+        help="only print what one training step at batch B adds to peak memory at each R (no training)",
+    )
     args = ap.parse_args(argv)
+    if args.step_memory:
+        print("| R | " + " | ".join(f"batch {b} (GB)" for b in args.step_memory) + " |")
+        print("|---|" + "---|" * len(args.step_memory))
+        for r in args.resolutions:
+            print(f"| {r} | " + " | ".join(f"{step_memory(r, b):.2f}" for b in args.step_memory) + " |")
+        return
+    if args.work is None:
+        ap.error("--work is required to train")
     args.work = args.work.resolve()
     args.work.mkdir(parents=True, exist_ok=True)
     rows = {r: train(r, args) for r in args.resolutions}
