@@ -103,6 +103,7 @@ def test_compare_writes_the_table_with_measured_flops(data_dir, tmp_path):
     assert "| seed_gru | 6,566,908 |" in md and "| r2n2_gru | 32,206,401 |" in md
 
 
+@pytest.mark.slow
 def test_speed_only_measures_each_batch_size(tmp_path):
     """The GPU recipe (`--speed-only --speed-batches 8 256`), here on the CPU at batches 1 and 2."""
     out = tmp_path / "speed"

@@ -109,6 +109,7 @@ def test_resident_images_equal_the_decoded_ones_and_are_decoded_once(shared_data
             assert held._decoded.sum() == len(asked) and held._decoded[asked].all()
 
 
+@pytest.mark.slow
 def test_a_run_logs_its_input_path_and_trains_as_the_dataloader_path(data_dir, tmp_path):
     """Two real train.py runs of the default config (shrunk), device path and DataLoader path with
     2 workers: the same weights' figures, exactly; the log says which path each took and why."""

@@ -237,6 +237,7 @@ def test_mean_shape_baseline_by_hand_and_blind_to_test_voxels(tmp_path):
     assert ious == [[1.0, 0.5], [0.5, 1.0], [0.5, 0.25]]
 
 
+@pytest.mark.slow
 def test_the_shared_encoder_check_tests_structure_not_bf16_rounding(trained):
     """A sharp model (here: the trained net with its last layer centred and made steeper; longer training
     sharpens a model too) turns bf16's rounding into probability differences above 0.01 between the

@@ -30,6 +30,7 @@ def test_spread_of_identical_predictions_is_degenerate():
     assert any("same grid" in w for w in degeneracy_warnings(s))
 
 
+@pytest.mark.slow
 def test_spread_under_ddp_equals_one_process(tmp_path):
     """Two real DDP processes (gloo) each see their shard of 301 test predictions; the gathered
     statistics equal one process's, including which 256 samples the pairwise IoU keeps."""

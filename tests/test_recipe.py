@@ -58,6 +58,7 @@ def test_cosine_is_one_cycle_with_a_short_warm_up():
     assert (cfg.scheduler.pct_start, cfg.scheduler.max_lr, cfg.scheduler.total_steps) == (0.05, 3e-3, "auto")
 
 
+@pytest.mark.slow
 def test_onecycle_and_soft_iou_train_in_train_py(data_dir, tmp_path):
     """total_steps: auto = every optimiser step of the run: the LR peaks at optimizer.lr and ends near 0;
     the soft-IoU term is part of the logged loss (it is > BCE alone, which is what the default run logs)."""

@@ -107,6 +107,7 @@ def _run(cmd: list[str]) -> subprocess.CompletedProcess:
     return proc
 
 
+@pytest.mark.slow
 def test_eval_scores_a_64_cubed_checkpoint_as_training_did(trained64, tmp_path):
     """r2n2-eval's IoU@0.3 and category mean shape on the test split are the training run's (two code
     paths, 64^3 grids), with F-scores@1% and its figures."""
@@ -145,7 +146,7 @@ def test_predict_writes_64_cubed_outputs(trained64, shared_data, tmp_path):
     assert '"r": 64' in (out / "prediction.html").read_text()
 
 
-@pytest.mark.parametrize("fmt", ["weights", "onnx"])
+@pytest.mark.parametrize("fmt", ["weights", pytest.param("onnx", marks=pytest.mark.slow)])
 def test_export_a_64_cubed_network(trained64, shared_data, tmp_path, fmt):
     """r2n2-export checks the exported logits against PyTorch's for 1..5 views itself (rc 0); the ONNX
     model's output is (B, 64, 64, 64) and r2n2-predict reads the weights file."""

@@ -104,6 +104,7 @@ def test_tensorboard_has_scalars_images_figure_and_hparams(trained):
     assert tags["hparams"]
 
 
+@pytest.mark.slow
 def test_resume_after_a_crash_equals_an_uninterrupted_run(data_dir, trained, tmp_path):
     """Kill a run (SIGKILL) as its second epoch starts, resume it from its folder: same final
     weights and metrics as the uninterrupted 2-epoch run."""
@@ -130,6 +131,7 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(data_dir, trained, tmp
     assert own_log.strip().splitlines()[-1].split(" - ", 1)[1].startswith(f"test IoU@0.3 {mb['test/iou']:.4f}")
 
 
+@pytest.mark.slow
 def test_sweep_runs_each_job_in_its_folder_and_writes_a_summary(data_dir, tmp_path):
     sweep = tmp_path / "sweep"
     args = [
@@ -189,6 +191,7 @@ def test_ddp_ranks_exit_cleanly_after_closing_the_gloo_group(tmp_path):
         assert [rc for rc, _ in results] == [0, 0], (attempt, [err[-2000:] for _, err in results])
 
 
+@pytest.mark.slow
 def test_ddp_two_cpu_processes_log_the_iou_one_process_computes(data_dir, tmp_path):
     """trainer=ddp_cpu: 2 gloo processes (Lightning's ddp launcher, as trainer=ddp on GPUs). The val
     IoU they log equals the IoU one process computes with the final weights on the same validation

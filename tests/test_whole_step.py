@@ -51,7 +51,7 @@ def _fit(data_dir, tmp_path, name: str, overrides: list[str]) -> tuple[dict, lis
     return weights, losses, lrs, trainer.global_step, first
 
 
-@pytest.mark.parametrize("schedule", ["cosine", "multistep"])
+@pytest.mark.parametrize("schedule", ["cosine", pytest.param("multistep", marks=pytest.mark.slow)])
 def test_whole_step_trains_as_lightnings_automatic_optimisation(data_dir, tmp_path, schedule):
     sched = ["scheduler=multistep", "scheduler.milestones=[1]"] if schedule == "multistep" else []
     auto = _fit(data_dir, tmp_path, "auto", sched)
