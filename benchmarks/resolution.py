@@ -31,13 +31,14 @@ COARSE = 32  # the paper's grid: every model is also scored here
 
 
 def pooled_iou(pred: torch.Tensor, gt: torch.Tensor, factor: int) -> torch.Tensor:
-    """Per-sample IoU (B,) of boolean grids ``pred, gt: (B, R, R, R)`` max-pooled by ``factor``."""
+    """Per-sample IoU (B,) of boolean grids ``pred, gt: (B, R, R, R)`` max-pooled by ``factor``
+    (the project's ``voxel_iou``: 1.0 where both are empty)."""
+    from r2n2.evaluation.metrics import voxel_iou
+
     if factor > 1:
         pred = F.max_pool3d(pred[:, None].float(), factor)[:, 0] > 0
         gt = F.max_pool3d(gt[:, None].float(), factor)[:, 0] > 0
-    inter = (pred & gt).flatten(1).sum(1).float()
-    union = (pred | gt).flatten(1).sum(1).float()
-    return torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
+    return voxel_iou(pred, gt, 0.5)  # 0/1 grids: any threshold in (0, 1] reads them as they are
 
 
 def score(ckpt: Path, threshold: float = 0.3) -> dict:
